@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from laid.cli import main as laid_main
-from laid.data.synth import SynthConfig, _targets_in_distractors, generate, load_objects, read_manifest
+from laid.data.synth import SynthConfig, targets_in_distractors, generate, load_objects, read_manifest
 from laid.data.vhs import find_vhs_files, load_vhs_file, parse_question
 
 
@@ -92,12 +92,12 @@ def test_target_count_does_not_depend_on_the_answer():
     # known: whatever the needles hold, needles_with_t + distractors_with_t is the same.
     for size, n in [(5, 1), (10, 1), (150, 1), (5, 2), (20, 3), (7, 3)]:
         for seed in range(20):
-            totals = {j + _targets_in_distractors(np.random.default_rng(seed), size, n, j, 0.2) for j in range(n + 1)}
+            totals = {j + targets_in_distractors(np.random.default_rng(seed), size, n, j, 0.2) for j in range(n + 1)}
             assert len(totals) == 1
-            m = _targets_in_distractors(np.random.default_rng(seed), size, n, 0, 0.2)
+            m = targets_in_distractors(np.random.default_rng(seed), size, n, 0, 0.2)
             assert 1 <= m <= size - n
-    assert _targets_in_distractors(np.random.default_rng(0), 2, 1, 1, 0.9) == 1  # N = 2: the other image
-    assert _targets_in_distractors(np.random.default_rng(0), 1, 1, 1, 0.9) == 0  # N = 1: no distractor
+    assert targets_in_distractors(np.random.default_rng(0), 2, 1, 1, 0.9) == 1  # N = 2: the other image
+    assert targets_in_distractors(np.random.default_rng(0), 1, 1, 1, 0.9) == 0  # N = 1: no distractor
 
 
 def test_same_seed_same_bytes_other_seed_differs(quick, tmp_path):

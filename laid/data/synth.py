@@ -122,7 +122,7 @@ def spread(total: int, sizes, unit: int) -> dict[int, int]:
     return {n: unit * (units + (i < extra)) for i, n in enumerate(sizes)}
 
 
-def _targets_in_distractors(rng, size: int, n_needles: int, needles_with_t: int, p: float) -> int:
+def targets_in_distractors(rng, size: int, n_needles: int, needles_with_t: int, p: float) -> int:
     """How many distractors hold the target; the haystack total k does not depend on the answer."""
     n_neg = size - n_needles
     if n_neg == 0:
@@ -151,7 +151,7 @@ def make_entry(pool: ImagePool, rng, prevalence: np.ndarray, size: int, setting:
     else:
         j = int(rng.integers(1, n + 1)) if yes else 0
         question = multi_needle_question("any", a, t)
-    m = _targets_in_distractors(rng, size, n, j, prevalence[ai, ti])
+    m = targets_in_distractors(rng, size, n, j, prevalence[ai, ti])
     pos = pool.sample(rng, j, has=(a, t)) + pool.sample(rng, n - j, has=(a,), has_not=(t,))
     neg = pool.sample(rng, m, has=(t,), has_not=(a,)) + pool.sample(rng, size - n - m, has_not=(a, t))
     pos = [pos[i] for i in rng.permutation(len(pos))]
