@@ -18,6 +18,12 @@ CAPTION = "What objects are in the image?"
 # the retrieval circuit several supervised tokens per example instead of one yes/no bit.
 RETRIEVAL_CAPTION = "What objects are in the image with a {anchor}?"
 
+# Pretraining only: naming tasks appended to a VHs question; the answer is the object the question
+# names (its target or its anchor). A pure copy from the question, they teach the answer position
+# to attend to the question's object words, which the yes/no answer alone never rewarded (README).
+NAME_TARGET = "What do you look for?"
+NAME_ANCHOR = "Which object marks the image?"
+
 
 def single_needle_question(anchor: str, target: str) -> str:
     return SINGLE.format(anchor=anchor, target=target)

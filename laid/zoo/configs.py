@@ -69,6 +69,8 @@ class PretrainConfig:
     caption_fraction: float = 0.2
     # Of the haystack steps: fraction that are retrieval captions (dense retrieval supervision).
     retrieval_caption_fraction: float = 0.3
+    # Of the remaining haystack steps: fraction that are naming (copy) tasks, see pretrain.py.
+    naming_fraction: float = 0.25
     multi_needle_fraction: float = 0.2
     # Token budget per batch: long haystacks get smaller batches so a step costs about the same.
     max_tokens_per_batch: int = 4096

@@ -8,6 +8,9 @@ never saw long inputs (and has few heads to spare) spreads its attention and fal
 
 Each step is one task, drawn per step:
 - caption (single image -> "blue square , red circle"): dense supervision for the vision tower;
+- naming (a VHs question + "What do you look for?" -> its target, or "Which object marks the
+  image?" -> its anchor): a copy task that gives the answer position a first-order reason to
+  attend to the question's object words;
 - retrieval caption ("What objects are in the image with a <anchor>?" over a haystack): dense
   supervision for the retrieval circuit (question -> needle image) that VHs questions need;
 - single-needle VHs question over a haystack of size N, N log-uniform in [min, max];
@@ -24,10 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from laid.data import questions as qs
 from laid.data.render import CATEGORIES, sample_image
+from laid.data.synth import targets_in_distractors
 from laid.prompting import Example, encode_batch
 from laid.zoo.configs import PretrainConfig
 
@@ -40,33 +45,63 @@ def _log_uniform_int(rng: np.random.Generator, lo: int, hi: int) -> int:
     return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi + 0.999)) - 0.499))) if hi > lo else lo
 
 
-def sample_needle_example(rng: np.random.Generator, size: int, n_needles: int = 1, mode: str = "all") -> Example:
-    """A fresh VHs example: `n_needles` images hold the anchor, the rest never do.
+# P(an image shows a given category) under sample_image's 1-3 objects of 12: 2 / 12 on average.
+TARGET_PREVALENCE = 1 / 6
 
-    The target also appears in at least one distractor when size > n_needles, so "is the target
-    anywhere?" does not answer the question: the model has to bind target to anchor image.
+
+def _needle_parts(rng: np.random.Generator, size: int, n_needles: int, mode: str):
+    """Anchor, target, answer and image recipes of one VHs haystack (laid/data/synth.py's rule).
+
+    Returns (anchor, target, yes, recipes) with recipes a list of (must_have, must_not_have) in
+    haystack order. As in the benchmark, the number of images that show the target is drawn
+    independently of the answer (laid.data.synth.targets_in_distractors), so neither "is the
+    target anywhere" nor "how often" answers the question: the model has to bind it to the anchor.
     """
     anchor, target = (str(c) for c in rng.choice(CATEGORIES, size=2, replace=False))
     yes = bool(rng.integers(2))
-    n_needles = min(n_needles, size)
-    if n_needles == 1:
-        with_target = [yes]
-    elif mode == "all":  # yes: every needle has the target; no: at least one lacks it
-        with_target = [True] * n_needles if yes else list(rng.permutation([False] + [bool(rng.integers(2)) for _ in range(n_needles - 1)]))
-    else:  # "any": yes: at least one has it; no: none has it
-        with_target = list(rng.permutation([True] + [bool(rng.integers(2)) for _ in range(n_needles - 1)])) if yes else [False] * n_needles
-    images = []
-    for has in with_target:
-        must = (anchor, target) if has else (anchor,)
-        images.append(sample_image(rng, must_have=must, must_not_have=() if has else (target,))[0])
-    n_neg = size - n_needles
-    decoy = int(rng.integers(n_neg)) if n_neg else -1
-    for i in range(n_neg):
-        must = (target,) if i == decoy else ()
-        images.append(sample_image(rng, must_have=must, must_not_have=(anchor,))[0])
-    order = rng.permutation(size)
-    question = qs.single_needle_question(anchor, target) if n_needles == 1 else qs.multi_needle_question(mode, anchor, target)
-    return Example([images[i] for i in order], question, "yes" if yes else "no")
+    n = min(n_needles, size)
+    if n == 1:
+        j = int(yes)  # needles that hold the target
+    elif mode == "all":
+        j = n if yes else int(rng.integers(0, n))
+    else:  # "any"
+        j = int(rng.integers(1, n + 1)) if yes else 0
+    m = targets_in_distractors(rng, size, n, j, TARGET_PREVALENCE)
+    recipes = (
+        [((anchor, target), ())] * j
+        + [((anchor,), (target,))] * (n - j)
+        + [((target,), (anchor,))] * m
+        + [((), (anchor, target))] * (size - n - m)
+    )
+    return anchor, target, yes, [recipes[i] for i in rng.permutation(size)]
+
+
+def _render(rng: np.random.Generator, recipes) -> list:
+    return [sample_image(rng, must_have=have, must_not_have=not_have)[0] for have, not_have in recipes]
+
+
+def sample_needle_example(rng: np.random.Generator, size: int, n_needles: int = 1, mode: str = "all") -> Example:
+    """A fresh VHs question over `size` new images (single needle, or "all"/"any" multi needle)."""
+    anchor, target, yes, recipes = _needle_parts(rng, size, n_needles, mode)
+    if min(n_needles, size) == 1:
+        question = qs.single_needle_question(anchor, target)
+    else:
+        question = qs.multi_needle_question(mode, anchor, target)
+    return Example(_render(rng, recipes), question, "yes" if yes else "no")
+
+
+def sample_naming_example(rng: np.random.Generator, size: int) -> Example:
+    """A VHs question followed by "What do you look for?" (-> target) or "Which object marks the image?" (-> anchor).
+
+    Copying a word of the question is learnable from the first step, unlike the yes/no answer, whose
+    dependence on (target, image) is a pure interaction with no first-order signal: without this
+    task a tiny LM stayed at chance on one-image questions for 5000 steps (README).
+    """
+    anchor, target, _, recipes = _needle_parts(rng, size, 1, "all")
+    ask_target = bool(rng.integers(2))
+    follow_up = qs.NAME_TARGET if ask_target else qs.NAME_ANCHOR
+    question = f"{qs.single_needle_question(anchor, target)} {follow_up}"
+    return Example(_render(rng, recipes), question, target if ask_target else anchor)
 
 
 def sample_caption_example(rng: np.random.Generator) -> Example:
@@ -102,6 +137,8 @@ class TaskSampler:
         n = max(1, min(c.batch_size, c.max_tokens_per_batch // per_example))
         if rng.random() < c.retrieval_caption_fraction:
             return [sample_retrieval_caption_example(rng, size) for _ in range(n)]
+        if rng.random() < c.naming_fraction:
+            return [sample_naming_example(rng, size) for _ in range(n)]
         if rng.random() < c.multi_needle_fraction and size >= 2:
             needles = int(rng.integers(2, min(3, size) + 1))
             mode = str(rng.choice(["all", "any"]))
@@ -137,7 +174,8 @@ def pretrain_vision(model, processor, cfg: PretrainConfig, steps: int, progress:
     embed = model.get_input_embeddings()
     ids = torch.tensor(category_token_ids(processor))
     bias = torch.nn.Parameter(torch.full((len(CATEGORIES),), -2.0))
-    params = [*visual.parameters(), embed.weight, bias]
+    log_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))  # learnable inverse temperature
+    params = [*visual.parameters(), embed.weight, bias, log_scale]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     log = {"vision_loss": [], "vision_step": []}
     visual.train()
@@ -153,8 +191,11 @@ def pretrain_vision(model, processor, cfg: PretrainConfig, steps: int, progress:
         pix = processor.image_processor(images=images, return_tensors="pt")
         feats = visual(pix["pixel_values"], grid_thw=pix["image_grid_thw"]).pooler_output  # (n_img * T, H)
         words = embed.weight[ids]  # (C, H)
-        scale = feats.shape[-1] ** -0.5
-        logits = (feats @ words.T * scale + bias).view(len(images), -1, len(CATEGORIES))  # (n_img, T, C)
+        # Cosine similarity, not a raw dot product: the LM sees every token through RMSNorm, so only
+        # directions matter; a raw dot product against small word embeddings instead drove the
+        # features' norm into the hundreds and left several colours poorly separated (AUC ~0.7).
+        cos = F.normalize(feats, dim=-1) @ F.normalize(words, dim=-1).T  # (n_img * T, C)
+        logits = (log_scale.exp() * cos + bias).view(len(images), -1, len(CATEGORIES))  # (n_img, T, C)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[:, None, :].expand_as(logits))
         opt.zero_grad(set_to_none=True)
         loss.backward()

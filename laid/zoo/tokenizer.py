@@ -22,7 +22,8 @@ UNK = "[UNK]"
 # Every word the synthetic task, the reference VHs prompt and the chat template use.
 TASK_WORDS = (
     "yes no for the image images with a an is are there any all of in what objects "
-    "you given set please answer following question or system user assistant helpful"
+    "you given set please answer following question or system user assistant helpful "
+    "do look which object marks"
 ).split()
 PUNCTUATION = [",", ".", "?", ":", "!"]
 
