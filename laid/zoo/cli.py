@@ -27,48 +27,81 @@ def zoo_configs(config_dir: str | Path = DEFAULT_CONFIG_DIR, models=DEFAULT_MODE
     return out
 
 
+def _quick(cfg: ZooModelConfig) -> ZooModelConfig:
+    cfg = copy.deepcopy(cfg)
+    cfg.pretrain.steps, cfg.pretrain.vision_steps = QUICK_STEPS, QUICK_VISION_STEPS
+    cfg.pretrain.max_haystack = min(cfg.pretrain.max_haystack, QUICK_MAX_HAYSTACK)
+    return cfg
+
+
+def _is_complete(folder: Path, cfg: ZooModelConfig) -> bool:
+    done = folder / "laid_zoo.json"
+    if not done.is_file():
+        return False
+    meta = json.loads(done.read_text())
+    return meta.get("pretrain_log", {}).get("steps") == cfg.pretrain.steps and meta.get("zoo_config") == cfg.to_dict()
+
+
+def build_one(cfg: ZooModelConfig, folder: Path, threads: int | None = None, progress: bool = True, position: int = 0) -> Path:
+    """Build, pretrain (vision stage, then multitask) and save one model folder."""
+    import torch
+
+    from laid.zoo.build import build_model, build_processor, save_zoo_folder
+    from laid.zoo.pretrain import pretrain, pretrain_vision
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = build_model(cfg)
+    processor = build_processor(cfg.image_size)
+    p = cfg.pretrain
+    vlog = pretrain_vision(model, processor, p, p.vision_steps, progress=progress, desc=f"vision {cfg.name}", position=position)
+    log = pretrain(model, processor, p, steps=p.steps, progress=progress, desc=f"pretrain {cfg.name}", position=position)
+    log.update(vlog, steps=p.steps, vision_steps=p.vision_steps)
+    log["torch_threads"] = torch.get_num_threads()
+    return save_zoo_folder(model, processor, cfg, folder, log)
+
+
 def build_zoo(
     out_dir: str | Path,
     configs: list[ZooModelConfig],
     quick: bool = False,
     force: bool = False,
     progress: bool = True,
+    workers: int | None = None,
 ) -> dict[str, Path]:
-    """Pretrain each model and save it as `out_dir/<name>/` (skipped if already complete)."""
-    import torch
+    """Pretrain each model and save it as `out_dir/<name>/` (skipped if already complete).
 
-    from laid.zoo.build import build_model, build_processor, save_zoo_folder
-    from laid.zoo.pretrain import pretrain, pretrain_vision
+    Models train in parallel worker processes, one per core by default (`workers`), each with
+    cores // workers torch threads: these tiny models use a core far better one per process than
+    several threads in one. The biggest model (most parameters x longest haystacks) starts first.
+    Pass workers=1 to train in this process.
+    """
+    import os
 
     out_dir = Path(out_dir)
-    folders = {}
-    for cfg in configs:
-        folder = out_dir / cfg.name
-        if quick:
-            cfg = copy.deepcopy(cfg)
-            cfg.pretrain.steps, cfg.pretrain.vision_steps = QUICK_STEPS, QUICK_VISION_STEPS
-            cfg.pretrain.max_haystack = min(cfg.pretrain.max_haystack, QUICK_MAX_HAYSTACK)
-        steps = cfg.pretrain.steps
-        done = folder / "laid_zoo.json"
-        if done.is_file() and not force:
-            meta = json.loads(done.read_text())
-            if meta.get("pretrain_log", {}).get("steps") == steps and meta.get("zoo_config") == cfg.to_dict():
-                folders[cfg.name] = folder
-                continue
-        model = build_model(cfg)
-        processor = build_processor(cfg.image_size)
-        vision_steps = cfg.pretrain.vision_steps
-        vlog = pretrain_vision(model, processor, cfg.pretrain, vision_steps, progress=progress, desc=f"vision {cfg.name}")
-        log = pretrain(model, processor, cfg.pretrain, steps=steps, progress=progress, desc=f"pretrain {cfg.name}")
-        log.update(vlog, steps=steps, vision_steps=vision_steps)
-        log["torch_threads"] = torch.get_num_threads()
-        folders[cfg.name] = save_zoo_folder(model, processor, cfg, folder, log)
-    return folders
+    configs = [_quick(c) if quick else c for c in configs]
+    todo = [c for c in configs if force or not _is_complete(out_dir / c.name, c)]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(workers or cores, len(todo) or 1))
+    todo.sort(key=lambda c: -(c.text.hidden_size**2 * c.text.num_hidden_layers * c.pretrain.max_haystack))
+    if workers == 1:
+        for c in todo:
+            build_one(c, out_dir / c.name, progress=progress)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, cores // workers)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            jobs = [pool.submit(build_one, c, out_dir / c.name, threads, progress, i) for i, c in enumerate(todo)]
+            for job in jobs:
+                job.result()  # re-raises a worker's error here
+    return {c.name: out_dir / c.name for c in configs}
 
 
 def _run(args: argparse.Namespace) -> int:
     cfgs = zoo_configs(args.config_dir, args.models)
-    folders = build_zoo(args.out, cfgs, quick=args.quick, force=args.force)
+    folders = build_zoo(args.out, cfgs, quick=args.quick, force=args.force, workers=args.workers)
     for name, path in folders.items():
         print(f"{name}: {path}")
     return 0
@@ -81,4 +114,5 @@ def register(subparsers) -> None:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="config names to build")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps on haystacks <= {QUICK_MAX_HAYSTACK} (smoke runs)")
     p.add_argument("--force", action="store_true", help="rebuild even if a complete folder exists")
+    p.add_argument("--workers", type=int, default=None, help="models trained in parallel (default: one per core)")
     p.set_defaults(func=_run)

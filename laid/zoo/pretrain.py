@@ -158,7 +158,9 @@ def category_token_ids(processor) -> list[int]:
     return [processor.tokenizer.convert_tokens_to_ids(c.split(" ")[0]) for c in CATEGORIES]
 
 
-def pretrain_vision(model, processor, cfg: PretrainConfig, steps: int, progress: bool = True, desc: str = "vision") -> dict:
+def pretrain_vision(
+    model, processor, cfg: PretrainConfig, steps: int, progress: bool = True, desc: str = "vision", position: int = 0
+) -> dict:
     """Stage 1: align the vision tower (with its merger) to the words that name the objects.
 
     Real VLMs start from a ViT pretrained contrastively against text (CLIP-style); this is the toy's
@@ -180,7 +182,7 @@ def pretrain_vision(model, processor, cfg: PretrainConfig, steps: int, progress:
     log = {"vision_loss": [], "vision_step": []}
     visual.train()
     ema = None
-    for step in tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0):
+    for step in tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0, position=position):
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / 20)
         images, labels = [], torch.zeros(cfg.vision_batch_size, len(CATEGORIES))
@@ -226,7 +228,9 @@ def max_position_seen(model, processor, cfg: PretrainConfig) -> int:
     return max(seen) + 1
 
 
-def pretrain(model, processor, cfg: PretrainConfig, steps: int | None = None, progress: bool = True, desc: str = "pretrain") -> dict:
+def pretrain(
+    model, processor, cfg: PretrainConfig, steps: int | None = None, progress: bool = True, desc: str = "pretrain", position: int = 0
+) -> dict:
     """Train `model` in place; returns a log dict (loss curve, seconds, examples seen)."""
     steps = steps or cfg.steps
     rng = np.random.default_rng(cfg.seed)
@@ -242,7 +246,7 @@ def pretrain(model, processor, cfg: PretrainConfig, steps: int | None = None, pr
     log = {"loss": [], "step": [], "examples": 0}
     t0 = time.time()
     ema = None
-    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0)
+    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0, position=position)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
