@@ -29,6 +29,9 @@ class Example:
     images: list[ImageLike]  # PIL images, image file paths, or ImagePixels
     question: str
     answer: str | None = None  # "yes" / "no" (or any text) for training and SFT
+    # Zoo pretraining only: indices (into `images`) of the images that hold the question's anchor;
+    # a retrieval head is supervised with them (laid/zoo/retrieval_attention.py). () = unknown.
+    needles: tuple[int, ...] = ()
 
 
 def build_messages(n_images: int, question: str, instruction: str = VHS_INSTRUCTION) -> list[dict]:

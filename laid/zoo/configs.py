@@ -72,6 +72,10 @@ class PretrainConfig:
     # Of the remaining haystack steps: fraction that are naming (copy) tasks, see pretrain.py.
     naming_fraction: float = 0.25
     multi_needle_fraction: float = 0.2
+    # Auxiliary loss: head 0 of this text layer is told to attend, from the answer position, to
+    # the needle images (laid/zoo/retrieval_attention.py); weight 0 turns it off.
+    retrieval_attention_weight: float = 1.0
+    retrieval_attention_layer: int = -1
     # Token budget per batch: long haystacks get smaller batches so a step costs about the same.
     max_tokens_per_batch: int = 4096
     seed: int = 0

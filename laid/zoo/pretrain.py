@@ -16,7 +16,8 @@ Each step is one task, drawn per step:
 - single-needle VHs question over a haystack of size N, N log-uniform in [min, max];
 - multi-needle VHs question ("all"/"any", 2-3 needles).
 Images are rendered on the fly (never repeated), so the model cannot memorise haystacks.
-Loss: cross-entropy on answer tokens only.
+Loss: cross-entropy on answer tokens only, plus (weight `retrieval_attention_weight`) the
+retrieval-attention loss of laid/zoo/retrieval_attention.py on examples whose needles are known.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from laid.data.render import CATEGORIES, sample_image
 from laid.data.synth import targets_in_distractors
 from laid.prompting import Example, encode_batch
 from laid.zoo.configs import PretrainConfig
+from laid.zoo.retrieval_attention import RetrievalAttentionLoss, needle_token_mask
+from laid_analysis.hooks import record_qk, site_name
 
 # Vision tokens per 56x56 image (4) + <|vision_start|>/<|vision_end|>; prompt overhead in tokens.
 TOKENS_PER_IMAGE = 6
@@ -87,7 +90,8 @@ def sample_needle_example(rng: np.random.Generator, size: int, n_needles: int = 
         question = qs.single_needle_question(anchor, target)
     else:
         question = qs.multi_needle_question(mode, anchor, target)
-    return Example(_render(rng, recipes), question, "yes" if yes else "no")
+    needles = tuple(i for i, (have, _) in enumerate(recipes) if anchor in have)
+    return Example(_render(rng, recipes), question, "yes" if yes else "no", needles)
 
 
 def sample_naming_example(rng: np.random.Generator, size: int) -> Example:
@@ -116,7 +120,7 @@ def sample_retrieval_caption_example(rng: np.random.Generator, size: int) -> Exa
     images = [needle] + [sample_image(rng, must_not_have=(anchor,))[0] for _ in range(size - 1)]
     order = rng.permutation(size)
     question = qs.RETRIEVAL_CAPTION.format(anchor=anchor)
-    return Example([images[i] for i in order], question, qs.caption_answer(cats))
+    return Example([images[i] for i in order], question, qs.caption_answer(cats), (int(np.argmin(order)),))
 
 
 @dataclass
@@ -209,6 +213,24 @@ def pretrain_vision(
     return log
 
 
+class _RetrievalSupervision:
+    """Computes the retrieval-attention loss of a batch from recorded Q/K (laid/zoo/retrieval_attention.py)."""
+
+    def __init__(self, model, processor):
+        self.loss = RetrievalAttentionLoss(head=0)
+        self.image_token_id = model.config.image_token_id
+        self.merge = model.config.vision_config.spatial_merge_size
+
+    def __call__(self, model, batch, examples, rec) -> torch.Tensor:
+        layer = rec.layers[0]
+        q, k = rec.tensors[site_name(layer, "q_rot")], rec.tensors[site_name(layer, "k_rot")]  # (B, H, S, D), (B, H_kv, S, D)
+        per_image = (batch["image_grid_thw"].prod(-1) // self.merge**2).tolist()
+        needles = needle_token_mask(batch["input_ids"], self.image_token_id, per_image, [ex.needles for ex in examples])
+        # The position that predicts the first answer token: one before the first labelled token.
+        query_pos = (batch["labels"] != -100).int().argmax(-1) - 1  # (B,)
+        return self.loss(q, k, query_pos, needles, batch["attention_mask"])
+
+
 @torch.no_grad()
 def max_position_seen(model, processor, cfg: PretrainConfig) -> int:
     """Largest M-RoPE position id + 1 of the longest pretraining haystack (the training length).
@@ -229,9 +251,19 @@ def max_position_seen(model, processor, cfg: PretrainConfig) -> int:
 
 
 def pretrain(
-    model, processor, cfg: PretrainConfig, steps: int | None = None, progress: bool = True, desc: str = "pretrain", position: int = 0
+    model,
+    processor,
+    cfg: PretrainConfig,
+    steps: int | None = None,
+    progress: bool = True,
+    desc: str = "pretrain",
+    position: int = 0,
+    on_step=None,
 ) -> dict:
-    """Train `model` in place; returns a log dict (loss curve, seconds, examples seen)."""
+    """Train `model` in place; returns a log dict (loss curve, seconds, examples seen).
+
+    on_step(step, model), if given, runs after every optimiser step (e.g. a periodic evaluation).
+    """
     steps = steps or cfg.steps
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -243,17 +275,25 @@ def pretrain(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.98),
     )
-    log = {"loss": [], "step": [], "examples": 0}
+    log = {"loss": [], "step": [], "examples": 0, "retrieval_attention_loss": []}
+    retrieval = _RetrievalSupervision(model, processor) if cfg.retrieval_attention_weight > 0 else None
     t0 = time.time()
-    ema = None
+    ema = att_ema = None
     bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0, position=position)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
         examples = sampler.batch()
         batch = encode_batch(processor, examples, with_answers=True)
-        out = model(**batch)
-        loss = out.loss
+        if retrieval is not None and any(ex.needles for ex in examples):
+            with record_qk(model, layers=[cfg.retrieval_attention_layer], sites=("q_rot", "k_rot"), detach=False) as rec:
+                out = model(**batch)
+            att = retrieval(model, batch, examples, rec)
+            loss = out.loss + cfg.retrieval_attention_weight * att
+            att_ema = att.item() if att_ema is None else 0.98 * att_ema + 0.02 * att.item()
+        else:
+            out = model(**batch)
+            loss = out.loss
         if not torch.isfinite(loss):
             raise RuntimeError(f"pretraining loss is {loss.item()} at step {step}; lower pretrain.lr in the zoo config")
         opt.zero_grad(set_to_none=True)
@@ -261,9 +301,12 @@ def pretrain(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         log["examples"] += len(examples)
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if on_step is not None:
+            on_step(step, model)
+        ema = out.loss.item() if ema is None else 0.98 * ema + 0.02 * out.loss.item()
         if step % 25 == 0 or step == steps - 1:
             log["loss"].append(round(ema, 5))
+            log["retrieval_attention_loss"].append(None if att_ema is None else round(att_ema, 5))
             log["step"].append(step)
             bar.set_postfix(loss=f"{ema:.3f}")
     log["seconds"] = round(time.time() - t0, 1)
