@@ -202,7 +202,7 @@ def pretrain_vision(
         # features' norm into the hundreds and left several colours poorly separated (AUC ~0.7).
         cos = F.normalize(feats, dim=-1) @ F.normalize(words, dim=-1).T  # (n_img * T, C)
         logits = (log_scale.exp() * cos + bias).view(len(images), -1, len(CATEGORIES))  # (n_img, T, C)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[:, None, :].expand_as(logits))
+        loss = F.binary_cross_entropy_with_logits(logits, labels[:, None, :].expand_as(logits))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -216,12 +216,12 @@ def pretrain_vision(
 class _RetrievalSupervision:
     """Computes the retrieval-attention loss of a batch from recorded Q/K (laid/zoo/retrieval_attention.py)."""
 
-    def __init__(self, model, processor):
+    def __init__(self, model):
         self.loss = RetrievalAttentionLoss(head=0)
         self.image_token_id = model.config.image_token_id
         self.merge = model.config.vision_config.spatial_merge_size
 
-    def __call__(self, model, batch, examples, rec) -> torch.Tensor:
+    def __call__(self, batch, examples, rec) -> torch.Tensor:
         layer = rec.layers[0]
         q, k = rec.tensors[site_name(layer, "q_rot")], rec.tensors[site_name(layer, "k_rot")]  # (B, H, S, D), (B, H_kv, S, D)
         per_image = (batch["image_grid_thw"].prod(-1) // self.merge**2).tolist()
@@ -276,7 +276,7 @@ def pretrain(
         lr=cfg.lr, betas=(0.9, 0.98),
     )
     log = {"loss": [], "step": [], "examples": 0, "retrieval_attention_loss": []}
-    retrieval = _RetrievalSupervision(model, processor) if cfg.retrieval_attention_weight > 0 else None
+    retrieval = _RetrievalSupervision(model) if cfg.retrieval_attention_weight > 0 else None
     t0 = time.time()
     ema = att_ema = None
     bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0, position=position)
@@ -288,7 +288,7 @@ def pretrain(
         if retrieval is not None and any(ex.needles for ex in examples):
             with record_qk(model, layers=[cfg.retrieval_attention_layer], sites=("q_rot", "k_rot"), detach=False) as rec:
                 out = model(**batch)
-            att = retrieval(model, batch, examples, rec)
+            att = retrieval(batch, examples, rec)
             loss = out.loss + cfg.retrieval_attention_weight * att
             att_ema = att.item() if att_ema is None else 0.98 * att_ema + 0.02 * att.item()
         else:
