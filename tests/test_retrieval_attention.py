@@ -84,3 +84,17 @@ def test_pretraining_marks_the_images_that_hold_the_anchor():
             assert len(ex.needles) == n
         rc = P.sample_retrieval_caption_example(np.random.default_rng(seed), 5)
         assert len(rc.needles) == 1 and 0 <= rc.needles[0] < 5
+
+
+def test_pretraining_with_the_loss_on_computes_and_logs_it():
+    from laid.zoo import pretrain as P
+    from laid.zoo.build import build_model, build_processor
+    from laid.zoo.configs import ZooModelConfig
+
+    cfg = ZooModelConfig(name="t", role="student", mirrors="none")
+    p = cfg.pretrain
+    p.retrieval_attention_weight, p.caption_fraction, p.max_haystack, p.batch_size = 1.0, 0.0, 4, 4
+    model, proc = build_model(cfg), build_processor()
+    log = P.pretrain(model, proc, p, steps=3, progress=False)
+    losses = [v for v in log["retrieval_attention_loss"] if v is not None]
+    assert losses and all(0 < v < 10 for v in losses)

@@ -16,8 +16,8 @@ Each step is one task, drawn per step:
 - single-needle VHs question over a haystack of size N, N log-uniform in [min, max];
 - multi-needle VHs question ("all"/"any", 2-3 needles).
 Images are rendered on the fly (never repeated), so the model cannot memorise haystacks.
-Loss: cross-entropy on answer tokens only, plus (weight `retrieval_attention_weight`) the
-retrieval-attention loss of laid/zoo/retrieval_attention.py on examples whose needles are known.
+Loss: cross-entropy on answer tokens only, plus, if `retrieval_attention_weight` > 0 (default 0),
+the retrieval-attention loss of laid/zoo/retrieval_attention.py on examples whose needles are known.
 """
 
 from __future__ import annotations
