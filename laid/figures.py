@@ -60,6 +60,11 @@ def describe_error(name: str, error, executed: Path) -> str:
     return f"notebook {name}.ipynb stopped at cell In [{error.exec_count}]: {error.ename}: {evalue} (executed copy: {executed})"
 
 
+# Seconds a cell may run without finishing, and a kernel may take to start (see run_notebook).
+CELL_TIMEOUT_S = 600
+KERNEL_START_TIMEOUT_S = 120
+
+
 def run_notebook(
     name: str,
     parameters: Mapping[str, Any],
@@ -70,25 +75,40 @@ def run_notebook(
     """Execute notebooks/<name>.ipynb with `parameters` into executed_dir/<name>.ipynb.
 
     Raises papermill's PapermillExecutionError if a cell fails (the executed copy shows where).
+    A kernel that hangs (a cell silent for CELL_TIMEOUT_S) or dies is restarted once: we saw a
+    kernel go idle mid-notebook with no error once in ~20 CI runs, which without a timeout hangs
+    the caller for ever. A second hang raises a RuntimeError naming the notebook.
     """
     import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     source = notebook_dir / f"{name}.ipynb"
     if not source.is_file():
         raise FileNotFoundError(f"notebook {source} not found; known notebooks: {', '.join(NOTEBOOKS)}")
     executed_dir.mkdir(parents=True, exist_ok=True)
     executed = executed_dir / f"{name}.ipynb"
-    with _repo_on_kernel_path():
-        papermill.execute_notebook(
-            str(source),
-            str(executed),
-            parameters=dict(parameters),
-            kernel_name=kernel,
-            cwd=str(notebook_dir),  # so a notebook opened in JupyterLab and one run here resolve paths alike
-            progress_bar=False,
-            # The kernel logs ("running over TCP without encryption", interrupt at shutdown) are noise here.
-            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
-        )
+    for attempt in (1, 2):
+        try:
+            with _repo_on_kernel_path():
+                papermill.execute_notebook(
+                    str(source),
+                    str(executed),
+                    parameters=dict(parameters),
+                    kernel_name=kernel,
+                    cwd=str(notebook_dir),  # so a notebook opened in JupyterLab and one run here resolve paths alike
+                    progress_bar=False,
+                    execution_timeout=CELL_TIMEOUT_S,
+                    start_timeout=KERNEL_START_TIMEOUT_S,
+                    # The kernel logs ("running over TCP without encryption", interrupt at shutdown) are noise here.
+                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+                )
+            return executed
+        except (CellTimeoutError, DeadKernelError) as e:
+            if attempt == 2:
+                raise RuntimeError(
+                    f"notebook {name}.ipynb: the kernel hung or died twice ({type(e).__name__}); "
+                    f"run it by hand in JupyterLab to see where (executed copy: {executed})"
+                ) from e
     return executed
 
 

@@ -258,7 +258,10 @@ def explore(render: Callable, **controls) -> None:
     from IPython.display import display
 
     def show(**values):
-        render(**values).show()
+        # display(), not fig.show(): show() uses plotly's default renderer, which outside a
+        # detected notebook frontend is "browser" (a local server that waits for a browser to
+        # fetch the page: a headless kernel hangs there). display() only emits mime bundles.
+        display(render(**values))
 
     wid = {k: widgets.Dropdown(options=v, description=k) if isinstance(v, (list, tuple)) else v for k, v in controls.items()}
     display(widgets.interactive(show, **wid))
