@@ -55,7 +55,8 @@ def build_one(cfg: ZooModelConfig, folder: Path, threads: int | None = None, pro
     processor = build_processor(cfg.image_size)
     p = cfg.pretrain
     vlog = pretrain_vision(model, processor, p, p.vision_steps, progress=progress, desc=f"vision {cfg.name}", position=position)
-    log = pretrain(model, processor, p, steps=p.steps, progress=progress, desc=f"pretrain {cfg.name}", position=position)
+    log = pretrain(model, processor, p, steps=p.steps, progress=progress, desc=f"pretrain {cfg.name}", position=position,
+                   image_size=cfg.image_size)
     log.update(vlog, steps=p.steps, vision_steps=p.vision_steps)
     log["torch_threads"] = torch.get_num_threads()
     return save_zoo_folder(model, processor, cfg, folder, log)

@@ -77,6 +77,13 @@ class PretrainConfig:
     # 1-3 images, batch 32, 3,000 steps) weight 1 kept yes/no at chance, weight 0 reached 0.94.
     retrieval_attention_weight: float = 0.0
     retrieval_attention_layer: int = -1
+    # Pair every single-needle question with its twin over the same haystack and the opposite
+    # answer (laid/zoo/pretrain.py, sample_needle_pair).
+    minimal_pairs: bool = True
+    # Keep the vision tower as stage 1 left it and draw training images from a bank of this many
+    # pre-rendered images with cached features (laid/zoo/image_bank.py).
+    freeze_vision: bool = True
+    image_bank_size: int = 6000
     # Token budget per batch: long haystacks get smaller batches so a step costs about the same.
     max_tokens_per_batch: int = 4096
     seed: int = 0

@@ -1,21 +1,24 @@
-"""CPU pretraining of a tiny zoo model on freshly rendered synthetic haystacks.
+"""CPU pretraining of a tiny zoo model on synthetic haystacks.
 
 Why this makes a teacher with a long effective window and students with short ones (README, "How
-the gap arises"): the teacher is larger *and* sees haystacks up to `max_haystack` = 150 images
-during pretraining, the students are smaller and see at most 10. Retrieval over a long haystack
-needs sharp attention from the question to the few needle tokens among thousands; a model that
-never saw long inputs (and has few heads to spare) spreads its attention and falls to chance.
+the gap arises"): the teacher is larger *and* sees longer haystacks during pretraining
+(`max_haystack`), the students are smaller and see short ones only. Retrieval over a long haystack
+needs sharp attention from the question to the few needle tokens among many; a model that never
+saw long inputs (and has few heads to spare) spreads its attention and falls to chance.
 
-Each step is one task, drawn per step:
-- caption (single image -> "blue square , red circle"): dense supervision for the vision tower;
+Stage 1 (`pretrain_vision`) aligns the vision tower to the category words; stage 2 (`pretrain`)
+freezes it and trains the LM on a task mix, one task per step:
+- caption (single image -> "blue square , red circle"): dense supervision of reading an image;
 - naming (a VHs question + "What do you look for?" -> its target, or "Which object marks the
   image?" -> its anchor): a copy task that gives the answer position a first-order reason to
   attend to the question's object words;
 - retrieval caption ("What objects are in the image with a <anchor>?" over a haystack): dense
   supervision for the retrieval circuit (question -> needle image) that VHs questions need;
-- single-needle VHs question over a haystack of size N, N log-uniform in [min, max];
+- single-needle VHs question over a haystack of size N, N log-uniform in [min, max], in minimal
+  pairs (`sample_needle_pair`: same haystack, opposite answers);
 - multi-needle VHs question ("all"/"any", 2-3 needles).
-Images are rendered on the fly (never repeated), so the model cannot memorise haystacks.
+Images come from laid/zoo/image_bank.py: a bank of rendered images with cached frozen-tower
+features (or fresh renders with `freeze_vision: false`); haystacks are recomposed at every step.
 Loss: cross-entropy on answer tokens only, plus, if `retrieval_attention_weight` > 0 (default 0),
 the retrieval-attention loss of laid/zoo/retrieval_attention.py on examples whose needles are known.
 """
@@ -36,6 +39,7 @@ from laid.data.render import CATEGORIES, sample_image
 from laid.data.synth import targets_in_distractors
 from laid.prompting import Example, encode_batch
 from laid.zoo.configs import PretrainConfig
+from laid.zoo.image_bank import FreshImages, ImageBank, encoder_outputs
 from laid.zoo.retrieval_attention import RetrievalAttentionLoss, needle_token_mask
 from laid_analysis.hooks import record_qk, site_name
 
@@ -79,22 +83,54 @@ def _needle_parts(rng: np.random.Generator, size: int, n_needles: int, mode: str
     return anchor, target, yes, [recipes[i] for i in rng.permutation(size)]
 
 
-def _render(rng: np.random.Generator, recipes) -> list:
-    return [sample_image(rng, must_have=have, must_not_have=not_have)[0] for have, not_have in recipes]
+def _draw(rng: np.random.Generator, recipes, source) -> list[tuple]:
+    """(image, categories) for each (must_have, must_not_have) recipe."""
+    source = source or FreshImages()
+    return [source.draw(rng, have, not_have) for have, not_have in recipes]
 
 
-def sample_needle_example(rng: np.random.Generator, size: int, n_needles: int = 1, mode: str = "all") -> Example:
-    """A fresh VHs question over `size` new images (single needle, or "all"/"any" multi needle)."""
+def sample_needle_example(
+    rng: np.random.Generator, size: int, n_needles: int = 1, mode: str = "all", source=None
+) -> Example:
+    """A VHs question over `size` images (single needle, or "all"/"any" multi needle).
+
+    `source` gives the images (laid/zoo/image_bank.py); default: freshly rendered ones.
+    """
     anchor, target, yes, recipes = _needle_parts(rng, size, n_needles, mode)
     if min(n_needles, size) == 1:
         question = qs.single_needle_question(anchor, target)
     else:
         question = qs.multi_needle_question(mode, anchor, target)
     needles = tuple(i for i, (have, _) in enumerate(recipes) if anchor in have)
-    return Example(_render(rng, recipes), question, "yes" if yes else "no", needles)
+    images = [image for image, _ in _draw(rng, recipes, source)]
+    return Example(images, question, "yes" if yes else "no", needles)
 
 
-def sample_naming_example(rng: np.random.Generator, size: int) -> Example:
+def sample_needle_pair(rng: np.random.Generator, size: int, source=None) -> list[Example]:
+    """Two single-needle questions over the *same* haystack and anchor with opposite answers.
+
+    The second question asks for a target the needle image shows if the first one's answer was no,
+    and for one it does not show if it was yes. Within a pair the images, the anchor and every
+    word but the target are equal, so the only way to lower the loss on both is the interaction
+    the task is about (is this target in the anchor's image?): everything that depends on the
+    haystack or the question alone cancels out. In an A/B on tiny-7b (1-3 images, batch 32) pairs
+    reached 0.94 one-image accuracy after 2,000 steps, unpaired questions 0.66 (README).
+    Falls back to one unpaired question when no partner exists (the needle shows only the anchor).
+    """
+    anchor, target, yes, recipes = _needle_parts(rng, size, 1, "all")
+    drawn = _draw(rng, recipes, source)
+    images = [image for image, _ in drawn]
+    needle = next(i for i, (have, _) in enumerate(recipes) if anchor in have)
+    first = Example(images, qs.single_needle_question(anchor, target), "yes" if yes else "no", (needle,))
+    shown = set(drawn[needle][1]) - {anchor}
+    partners = sorted(set(CATEGORIES) - shown - {anchor}) if yes else sorted(shown)
+    if not partners:
+        return [first]
+    other = str(rng.choice(partners))
+    return [first, Example(images, qs.single_needle_question(anchor, other), "no" if yes else "yes", (needle,))]
+
+
+def sample_naming_example(rng: np.random.Generator, size: int, source=None) -> Example:
     """A VHs question followed by "What do you look for?" (-> target) or "Which object marks the image?" (-> anchor).
 
     Copying a word of the question is learnable from the first step, unlike the yes/no answer, whose
@@ -105,19 +141,21 @@ def sample_naming_example(rng: np.random.Generator, size: int) -> Example:
     ask_target = bool(rng.integers(2))
     follow_up = qs.NAME_TARGET if ask_target else qs.NAME_ANCHOR
     question = f"{qs.single_needle_question(anchor, target)} {follow_up}"
-    return Example(_render(rng, recipes), question, target if ask_target else anchor)
+    images = [image for image, _ in _draw(rng, recipes, source)]
+    return Example(images, question, target if ask_target else anchor)
 
 
-def sample_caption_example(rng: np.random.Generator) -> Example:
-    image, cats = sample_image(rng)
+def sample_caption_example(rng: np.random.Generator, source=None) -> Example:
+    [(image, cats)] = _draw(rng, [((), ())], source)
     return Example([image], qs.CAPTION, qs.caption_answer(cats))
 
 
-def sample_retrieval_caption_example(rng: np.random.Generator, size: int) -> Example:
+def sample_retrieval_caption_example(rng: np.random.Generator, size: int, source=None) -> Example:
     """"What objects are in the image with a <anchor>?" over a haystack: answer = that image's objects."""
     anchor = str(rng.choice(CATEGORIES))
-    needle, cats = sample_image(rng, must_have=(anchor,))
-    images = [needle] + [sample_image(rng, must_not_have=(anchor,))[0] for _ in range(size - 1)]
+    drawn = _draw(rng, [((anchor,), ())] + [((), (anchor,))] * (size - 1), source)
+    cats = drawn[0][1]
+    images = [image for image, _ in drawn]
     order = rng.permutation(size)
     question = qs.RETRIEVAL_CAPTION.format(anchor=anchor)
     return Example([images[i] for i in order], question, qs.caption_answer(cats), (int(np.argmin(order)),))
@@ -127,27 +165,33 @@ def sample_retrieval_caption_example(rng: np.random.Generator, size: int) -> Exa
 class TaskSampler:
     cfg: PretrainConfig
     rng: np.random.Generator
+    source: object = None  # FreshImages or ImageBank (laid/zoo/image_bank.py); None = fresh renders
 
     def haystack_size(self) -> int:
         return _log_uniform_int(self.rng, self.cfg.min_haystack, self.cfg.max_haystack)
 
     def batch(self) -> list[Example]:
         """One batch of a single task; batch size shrinks with haystack size (token budget)."""
-        c, rng = self.cfg, self.rng
+        c, rng, src = self.cfg, self.rng, self.source
         if rng.random() < c.caption_fraction:
-            return [sample_caption_example(rng) for _ in range(c.batch_size)]
+            return [sample_caption_example(rng, src) for _ in range(c.batch_size)]
         size = self.haystack_size()
         per_example = size * TOKENS_PER_IMAGE + PROMPT_TOKENS
         n = max(1, min(c.batch_size, c.max_tokens_per_batch // per_example))
         if rng.random() < c.retrieval_caption_fraction:
-            return [sample_retrieval_caption_example(rng, size) for _ in range(n)]
+            return [sample_retrieval_caption_example(rng, size, src) for _ in range(n)]
         if rng.random() < c.naming_fraction:
-            return [sample_naming_example(rng, size) for _ in range(n)]
+            return [sample_naming_example(rng, size, src) for _ in range(n)]
         if rng.random() < c.multi_needle_fraction and size >= 2:
             needles = int(rng.integers(2, min(3, size) + 1))
             mode = str(rng.choice(["all", "any"]))
-            return [sample_needle_example(rng, size, needles, mode) for _ in range(n)]
-        return [sample_needle_example(rng, size) for _ in range(n)]
+            return [sample_needle_example(rng, size, needles, mode, src) for _ in range(n)]
+        if c.minimal_pairs:
+            out: list[Example] = []
+            while len(out) < n:
+                out.extend(sample_needle_pair(rng, size, src))
+            return out[:n]
+        return [sample_needle_example(rng, size, source=src) for _ in range(n)]
 
 
 def _lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -259,6 +303,7 @@ def pretrain(
     desc: str = "pretrain",
     position: int = 0,
     on_step=None,
+    image_size: int = 56,
 ) -> dict:
     """Train `model` in place; returns a log dict (loss curve, seconds, examples seen).
 
@@ -267,10 +312,20 @@ def pretrain(
     steps = steps or cfg.steps
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    sampler = TaskSampler(cfg, rng)
+    source = None
+    if cfg.freeze_vision:
+        # The vision tower keeps what stage 1 taught it (as LLaVA-style VLMs keep their CLIP tower
+        # frozen while the LM learns to use it): in an A/B on tiny-7b this reached 0.88 one-image
+        # accuracy after 2,000 steps vs 0.66 with the tower trained along, and its features can be
+        # cached, which halves the step time (laid/zoo/image_bank.py).
+        model.model.visual.requires_grad_(False)
+        source = ImageBank(model, processor, cfg.image_bank_size, cfg.seed + 2000, image_size=image_size,
+                           progress=progress, desc=desc)
+    sampler = TaskSampler(cfg, rng, source)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if p.ndim >= 2]
+    no_decay = [p for n, p in trainable if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.98),
@@ -285,6 +340,9 @@ def pretrain(
             g["lr"] = _lr_at(step, cfg)
         examples = sampler.batch()
         batch = encode_batch(processor, examples, with_answers=True)
+        if (cached := encoder_outputs(examples)) is not None:
+            batch.pop("pixel_values")  # (0, D): bank images carry their features instead
+            batch["mm_encoder_outputs"] = cached
         if retrieval is not None and any(ex.needles for ex in examples):
             with record_qk(model, layers=[cfg.retrieval_attention_layer], sites=("q_rot", "k_rot"), detach=False) as rec:
                 out = model(**batch)
@@ -298,7 +356,7 @@ def pretrain(
             raise RuntimeError(f"pretraining loss is {loss.item()} at step {step}; lower pretrain.lr in the zoo config")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
         opt.step()
         log["examples"] += len(examples)
         if on_step is not None:
@@ -310,6 +368,7 @@ def pretrain(
             log["step"].append(step)
             bar.set_postfix(loss=f"{ema:.3f}")
     log["seconds"] = round(time.time() - t0, 1)
+    model.model.visual.requires_grad_(True)  # later stages (distillation) decide for themselves
     model.eval()
     log["max_position"] = max_position_seen(model, processor, cfg)
     log["max_haystack"] = cfg.max_haystack
