@@ -24,7 +24,7 @@ def vhs_data(tmp_path_factory):
 def test_diagnose_student_against_teacher_with_head_weights(random_zoo, vhs_data, tmp_path, capsys):
     hw_path = tmp_path / "head_weights.nc"
     rng = np.random.default_rng(0)
-    # tiny-3b (2 layers, 2 heads / 1 KV) distilled from tiny-32b (4 layers, 8 heads / 4 KV), last layers paired.
+    # tiny-3b (2 layers, 2 heads / 1 KV) distilled from tiny-32b (4 layers, 4 heads / 2 KV), last layers paired.
     xr.Dataset({"w_q": (("layer_pair", "student_head", "teacher_head"), rng.normal(size=(1, 2, 8))),
                 "w_k": (("layer_pair", "student_kv_head", "teacher_kv_head"), rng.normal(size=(1, 1, 4))),
                 "gain_q": (("gain_layer", "student_head", "rotary_pair"), 1 + rng.random((1, 2, 16)))},

@@ -80,3 +80,27 @@ def test_vision_stage_learns_the_categories():
     # BCE of a constant predictor at the category base rate (~2 of 12 present) is ~0.45.
     assert log["vision_loss"][0] > 0.4
     assert log["vision_loss"][-1] < log["vision_loss"][0] - 0.1, log["vision_loss"]
+
+
+def test_category_schedule_limits_what_questions_name():
+    from laid.zoo.configs import PretrainConfig
+
+    cfg = PretrainConfig(caption_fraction=0.0, retrieval_caption_fraction=0.3, naming_fraction=0.3,
+                         multi_needle_fraction=0.2, batch_size=4, max_haystack=4,
+                         category_schedule=[[0, 3], [50, 12]], minimal_pairs=False)
+    # (A pair's twin with answer yes may name any category its needle image shows.)
+    sampler = P.TaskSampler(cfg, np.random.default_rng(0))
+
+    def named(step):
+        sampler.step = step
+        words = set()
+        for _ in range(40):
+            for ex in sampler.batch():
+                words |= {c for c in CATEGORIES if c in ex.question}
+        return words
+
+    early, late = named(0), named(50)
+    assert early == set(CATEGORIES[:3])
+    assert late == set(CATEGORIES)
+    sampler.cfg = PretrainConfig(category_schedule=[])
+    assert sampler.asked == CATEGORIES

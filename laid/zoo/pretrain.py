@@ -56,7 +56,7 @@ def _log_uniform_int(rng: np.random.Generator, lo: int, hi: int) -> int:
 TARGET_PREVALENCE = 1 / 6
 
 
-def _needle_parts(rng: np.random.Generator, size: int, n_needles: int, mode: str):
+def _needle_parts(rng: np.random.Generator, size: int, n_needles: int, mode: str, asked=CATEGORIES):
     """Anchor, target, answer and image recipes of one VHs haystack (laid/data/synth.py's rule).
 
     Returns (anchor, target, yes, recipes) with recipes a list of (must_have, must_not_have) in
@@ -64,7 +64,7 @@ def _needle_parts(rng: np.random.Generator, size: int, n_needles: int, mode: str
     independently of the answer (laid.data.synth.targets_in_distractors), so neither "is the
     target anywhere" nor "how often" answers the question: the model has to bind it to the anchor.
     """
-    anchor, target = (str(c) for c in rng.choice(CATEGORIES, size=2, replace=False))
+    anchor, target = (str(c) for c in rng.choice(asked, size=2, replace=False))
     yes = bool(rng.integers(2))
     n = min(n_needles, size)
     if n == 1:
@@ -90,13 +90,14 @@ def _draw(rng: np.random.Generator, recipes, source) -> list[tuple]:
 
 
 def sample_needle_example(
-    rng: np.random.Generator, size: int, n_needles: int = 1, mode: str = "all", source=None
+    rng: np.random.Generator, size: int, n_needles: int = 1, mode: str = "all", source=None, asked=CATEGORIES
 ) -> Example:
     """A VHs question over `size` images (single needle, or "all"/"any" multi needle).
 
-    `source` gives the images (laid/zoo/image_bank.py); default: freshly rendered ones.
+    `source` gives the images (laid/zoo/image_bank.py); default: freshly rendered ones. Anchor and
+    target are drawn from `asked` (the category curriculum, see TaskSampler); images show any category.
     """
-    anchor, target, yes, recipes = _needle_parts(rng, size, n_needles, mode)
+    anchor, target, yes, recipes = _needle_parts(rng, size, n_needles, mode, asked)
     if min(n_needles, size) == 1:
         question = qs.single_needle_question(anchor, target)
     else:
@@ -106,7 +107,7 @@ def sample_needle_example(
     return Example(images, question, "yes" if yes else "no", needles)
 
 
-def sample_needle_pair(rng: np.random.Generator, size: int, source=None) -> list[Example]:
+def sample_needle_pair(rng: np.random.Generator, size: int, source=None, asked=CATEGORIES) -> list[Example]:
     """Two single-needle questions over the *same* haystack and anchor with opposite answers.
 
     The second question asks for a target the needle image shows if the first one's answer was no,
@@ -116,28 +117,29 @@ def sample_needle_pair(rng: np.random.Generator, size: int, source=None) -> list
     haystack or the question alone cancels out. In an A/B on tiny-7b (1-3 images, batch 32) pairs
     reached 0.94 one-image accuracy after 2,000 steps, unpaired questions 0.66 (README).
     Falls back to one unpaired question when no partner exists (the needle shows only the anchor).
+    A twin whose answer is yes may name any category its needle shows, also one outside `asked`.
     """
-    anchor, target, yes, recipes = _needle_parts(rng, size, 1, "all")
+    anchor, target, yes, recipes = _needle_parts(rng, size, 1, "all", asked)
     drawn = _draw(rng, recipes, source)
     images = [image for image, _ in drawn]
     needle = next(i for i, (have, _) in enumerate(recipes) if anchor in have)
     first = Example(images, qs.single_needle_question(anchor, target), "yes" if yes else "no", (needle,))
     shown = set(drawn[needle][1]) - {anchor}
-    partners = sorted(set(CATEGORIES) - shown - {anchor}) if yes else sorted(shown)
+    partners = sorted(set(asked) - shown - {anchor}) if yes else sorted(shown)
     if not partners:
         return [first]
     other = str(rng.choice(partners))
     return [first, Example(images, qs.single_needle_question(anchor, other), "no" if yes else "yes", (needle,))]
 
 
-def sample_naming_example(rng: np.random.Generator, size: int, source=None) -> Example:
+def sample_naming_example(rng: np.random.Generator, size: int, source=None, asked=CATEGORIES) -> Example:
     """A VHs question followed by "What do you look for?" (-> target) or "Which object marks the image?" (-> anchor).
 
     Copying a word of the question is learnable from the first step, unlike the yes/no answer, whose
     dependence on (target, image) is a pure interaction with no first-order signal: without this
     task a tiny LM stayed at chance on one-image questions for 5000 steps (README).
     """
-    anchor, target, _, recipes = _needle_parts(rng, size, 1, "all")
+    anchor, target, _, recipes = _needle_parts(rng, size, 1, "all", asked)
     ask_target = bool(rng.integers(2))
     follow_up = qs.NAME_TARGET if ask_target else qs.NAME_ANCHOR
     question = f"{qs.single_needle_question(anchor, target)} {follow_up}"
@@ -150,9 +152,9 @@ def sample_caption_example(rng: np.random.Generator, source=None) -> Example:
     return Example([image], qs.CAPTION, qs.caption_answer(cats))
 
 
-def sample_retrieval_caption_example(rng: np.random.Generator, size: int, source=None) -> Example:
+def sample_retrieval_caption_example(rng: np.random.Generator, size: int, source=None, asked=CATEGORIES) -> Example:
     """"What objects are in the image with a <anchor>?" over a haystack: answer = that image's objects."""
-    anchor = str(rng.choice(CATEGORIES))
+    anchor = str(rng.choice(asked))
     drawn = _draw(rng, [((anchor,), ())] + [((), (anchor,))] * (size - 1), source)
     cats = drawn[0][1]
     images = [image for image, _ in drawn]
@@ -166,32 +168,53 @@ class TaskSampler:
     cfg: PretrainConfig
     rng: np.random.Generator
     source: object = None  # FreshImages or ImageBank (laid/zoo/image_bank.py); None = fresh renders
+    step: int = 0  # set by the training loop; selects the stage of cfg.category_schedule
+
+    @property
+    def asked(self) -> tuple[str, ...]:
+        """Categories questions may name at this step (the images always show all of them).
+
+        Starting with a few categories (cfg.category_schedule) shortens the plateau before the
+        first VHs answers are learned: with k targets, an image feature of each of them already
+        correlates with the answer (with 12 that correlation is too weak to follow). In an A/B on
+        tiny-7b, 4 -> 8 -> 12 categories reached 0.84 one-image accuracy after 1,500 steps, all 12
+        from the start 0.62.
+        """
+        k = len(CATEGORIES)
+        for start, n in self.cfg.category_schedule:
+            if self.step >= start:
+                k = n
+        return CATEGORIES[:k]
 
     def haystack_size(self) -> int:
-        return _log_uniform_int(self.rng, self.cfg.min_haystack, self.cfg.max_haystack)
+        """Log-uniform in [min_haystack, max_haystack]; capped at short_max_haystack for the first
+        short_haystack_steps steps (short haystacks first: the first answers are learned on them)."""
+        c = self.cfg
+        hi = min(c.max_haystack, c.short_max_haystack) if self.step < c.short_haystack_steps else c.max_haystack
+        return _log_uniform_int(self.rng, c.min_haystack, hi)
 
     def batch(self) -> list[Example]:
         """One batch of a single task; batch size shrinks with haystack size (token budget)."""
-        c, rng, src = self.cfg, self.rng, self.source
+        c, rng, src, asked = self.cfg, self.rng, self.source, self.asked
         if rng.random() < c.caption_fraction:
             return [sample_caption_example(rng, src) for _ in range(c.batch_size)]
         size = self.haystack_size()
         per_example = size * TOKENS_PER_IMAGE + PROMPT_TOKENS
         n = max(1, min(c.batch_size, c.max_tokens_per_batch // per_example))
         if rng.random() < c.retrieval_caption_fraction:
-            return [sample_retrieval_caption_example(rng, size, src) for _ in range(n)]
+            return [sample_retrieval_caption_example(rng, size, src, asked) for _ in range(n)]
         if rng.random() < c.naming_fraction:
-            return [sample_naming_example(rng, size, src) for _ in range(n)]
+            return [sample_naming_example(rng, size, src, asked) for _ in range(n)]
         if rng.random() < c.multi_needle_fraction and size >= 2:
             needles = int(rng.integers(2, min(3, size) + 1))
             mode = str(rng.choice(["all", "any"]))
-            return [sample_needle_example(rng, size, needles, mode, src) for _ in range(n)]
+            return [sample_needle_example(rng, size, needles, mode, src, asked) for _ in range(n)]
         if c.minimal_pairs:
             out: list[Example] = []
             while len(out) < n:
-                out.extend(sample_needle_pair(rng, size, src))
+                out.extend(sample_needle_pair(rng, size, src, asked))
             return out[:n]
-        return [sample_needle_example(rng, size, source=src) for _ in range(n)]
+        return [sample_needle_example(rng, size, source=src, asked=asked) for _ in range(n)]
 
 
 def _lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -338,6 +361,7 @@ def pretrain(
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
+        sampler.step = step
         examples = sampler.batch()
         batch = encode_batch(processor, examples, with_answers=True)
         if (cached := encoder_outputs(examples)) is not None:
