@@ -85,11 +85,17 @@ def test_encoder_outputs_only_for_all_bank_batches(bank):
     assert encoder_outputs([fresh, banked]) is None
 
 
-def test_an_impossible_draw_names_the_fix(bank):
-    with pytest.raises(ValueError, match="image_bank_size"):
-        bank.draw(np.random.default_rng(0), must_have=tuple(CATEGORIES[:4]), must_not_have=())  # 4+ objects never occur
-    with pytest.raises(ValueError, match="image_bank_size"):
-        bank.draw(np.random.default_rng(0), must_have=(A,), must_not_have=(A,))
+def test_a_small_bank_renders_missing_images_on_demand(model_and_processor):
+    model, proc = model_and_processor
+    small = ImageBank(model, proc, size=20, seed=0, progress=False)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        have = tuple(rng.choice(CATEGORIES, size=2, replace=False))
+        image, cats = small.draw(rng, have, ())
+        assert set(have) <= set(cats) and image is small.images[small.categories.index(cats)]
+    assert 20 < len(small) <= 50 and small.table.shape == (len(small), len(CATEGORIES))
+    with pytest.raises(ValueError, match="show and not show"):
+        small.draw(rng, must_have=(A,), must_not_have=(A,))
 
 
 @pytest.mark.parametrize("size", [1, 3, 8])

@@ -13,7 +13,7 @@ DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "zoo"
 DEFAULT_MODELS = ("tiny-32b", "tiny-7b", "tiny-3b")
 # Quick mode (tests, smoke runs): a fixed handful of steps on short haystacks, to exercise the
 # code path in seconds; quick models are untrained (accuracy at chance) by design.
-QUICK_STEPS, QUICK_VISION_STEPS, QUICK_MAX_HAYSTACK = 12, 6, 5
+QUICK_STEPS, QUICK_VISION_STEPS, QUICK_MAX_HAYSTACK, QUICK_IMAGE_BANK = 12, 6, 5, 300
 
 
 def zoo_configs(config_dir: str | Path = DEFAULT_CONFIG_DIR, models=DEFAULT_MODELS) -> list[ZooModelConfig]:
@@ -31,6 +31,7 @@ def _quick(cfg: ZooModelConfig) -> ZooModelConfig:
     cfg = copy.deepcopy(cfg)
     cfg.pretrain.steps, cfg.pretrain.vision_steps = QUICK_STEPS, QUICK_VISION_STEPS
     cfg.pretrain.max_haystack = min(cfg.pretrain.max_haystack, QUICK_MAX_HAYSTACK)
+    cfg.pretrain.image_bank_size = QUICK_IMAGE_BANK  # missing images are rendered on demand
     return cfg
 
 

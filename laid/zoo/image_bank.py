@@ -60,6 +60,7 @@ class ImageBank:
 
     def __init__(self, model, processor, size: int, seed: int, image_size: int = 56, progress: bool = True,
                  desc: str = "image bank"):
+        self.model, self.processor, self.image_size = model, processor, image_size
         rng = np.random.default_rng(seed)
         images, self.categories = [], []
         for _ in tqdm(range(size), desc=f"{desc}: render", disable=not progress, mininterval=2.0, leave=False):
@@ -98,13 +99,24 @@ class ImageBank:
         for c in must_not_have:
             mask &= ~self.table[:, CATEGORY_INDEX[c]]
         candidates = np.flatnonzero(mask)
-        if len(candidates) == 0:
-            raise ValueError(
-                f"the image bank ({len(self)} images) has no {n}-object image with {list(must_have)} and without "
-                f"{list(must_not_have)}; raise pretrain.image_bank_size in the zoo config"
-            )
-        i = int(rng.choice(candidates))
+        if len(candidates):
+            i = int(rng.choice(candidates))
+        else:  # a small bank lacks such an image: render one (and keep it), as sample_image would
+            if set(must_have) & set(must_not_have):
+                raise ValueError(f"no image can show and not show {sorted(set(must_have) & set(must_not_have))}")
+            i = self._add(*sample_image(rng, must_have=tuple(must_have), must_not_have=tuple(must_not_have),
+                                        n_objects=(n, n), size=self.image_size))
         return self.images[i], self.categories[i]
+
+    def _add(self, image: Image.Image, cats: list[str]) -> int:
+        [banked] = self._encode(self.model, self.processor, [image], progress=False, desc="")
+        row = np.zeros((1, len(CATEGORIES)), dtype=bool)
+        row[0, [CATEGORY_INDEX[c] for c in cats]] = True
+        self.images.append(banked)
+        self.categories.append(cats)
+        self.table = np.concatenate([self.table, row])
+        self.n_objects = np.append(self.n_objects, len(cats))
+        return len(self.images) - 1
 
 
 def encoder_outputs(examples) -> dict | None:
