@@ -71,13 +71,16 @@ def run_notebook(
     executed_dir: Path,
     notebook_dir: Path = NOTEBOOK_DIR,
     kernel: str = KERNEL,
+    cell_timeout: float = CELL_TIMEOUT_S,
 ) -> Path:
     """Execute notebooks/<name>.ipynb with `parameters` into executed_dir/<name>.ipynb.
 
     Raises papermill's PapermillExecutionError if a cell fails (the executed copy shows where).
-    A kernel that hangs (a cell silent for CELL_TIMEOUT_S) or dies is restarted once: we saw a
-    kernel go idle mid-notebook with no error once in ~20 CI runs, which without a timeout hangs
-    the caller for ever. A second hang raises a RuntimeError naming the notebook.
+    A kernel that hangs (a cell silent for `cell_timeout` seconds) or dies is restarted once: in
+    the interactive (ipywidgets) mode run headless, the client sometimes never gets the reply of a
+    finished cell while the kernel sits idle (nbclient issue 312; seen twice in our test runs), which
+    without a timeout hangs the caller for ever. A second hang raises a RuntimeError naming the
+    notebook.
     """
     import papermill
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -97,7 +100,7 @@ def run_notebook(
                     kernel_name=kernel,
                     cwd=str(notebook_dir),  # so a notebook opened in JupyterLab and one run here resolve paths alike
                     progress_bar=False,
-                    execution_timeout=CELL_TIMEOUT_S,
+                    execution_timeout=cell_timeout,
                     start_timeout=KERNEL_START_TIMEOUT_S,
                     # The kernel logs ("running over TCP without encryption", interrupt at shutdown) are noise here.
                     extra_arguments=["--IPKernelApp.log_level=CRITICAL"],

@@ -10,6 +10,7 @@ import xarray as xr
 
 from laid.cli import main
 from laid_analysis.io import read_netcdf
+from zoo_helpers import ZOO_CONFIGS
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +25,14 @@ def vhs_data(tmp_path_factory):
 def test_diagnose_student_against_teacher_with_head_weights(random_zoo, vhs_data, tmp_path, capsys):
     hw_path = tmp_path / "head_weights.nc"
     rng = np.random.default_rng(0)
-    # tiny-3b (2 layers, 2 heads / 1 KV) distilled from tiny-32b (4 layers, 4 heads / 2 KV), last layers paired.
-    xr.Dataset({"w_q": (("layer_pair", "student_head", "teacher_head"), rng.normal(size=(1, 2, 8))),
-                "w_k": (("layer_pair", "student_kv_head", "teacher_kv_head"), rng.normal(size=(1, 1, 4))),
+    # tiny-3b distilled from tiny-32b, last layers paired; mixer shapes from the zoo configs.
+    from laid.zoo.configs import load_zoo_config
+
+    s_cfg, t_cfg = (load_zoo_config(ZOO_CONFIGS / f"{n}.yaml").text for n in ("tiny-3b", "tiny-32b"))
+    xr.Dataset({"w_q": (("layer_pair", "student_head", "teacher_head"),
+                        rng.normal(size=(1, s_cfg.num_attention_heads, t_cfg.num_attention_heads))),
+                "w_k": (("layer_pair", "student_kv_head", "teacher_kv_head"),
+                        rng.normal(size=(1, s_cfg.num_key_value_heads, t_cfg.num_key_value_heads))),
                 "gain_q": (("gain_layer", "student_head", "rotary_pair"), 1 + rng.random((1, 2, 16)))},
                coords={"student_layer": ("layer_pair", [-1]), "teacher_layer": ("layer_pair", [-1]),
                        "gain_layer": [1]}).to_netcdf(hw_path)  # as trainers.export writes it

@@ -107,7 +107,8 @@ def test_layer_selection_token_mask_and_callback(teacher):
         model(**batch)
     k_full = full.tensors["layers.3.attn.k_rot"]
     k_img = streamed[1][1]
-    assert k_img.shape == (2, 4, int(image[0].sum()), 32)
+    cfg = model.config.text_config
+    assert k_img.shape == (2, cfg.num_key_value_heads, int(image[0].sum()), cfg.hidden_size // cfg.num_attention_heads)
     torch.testing.assert_close(k_img[1], k_full[1][:, image[1]])
     assert resolve_layers([-1, 0, -4], 4) == [0, 3]
     with pytest.raises(ValueError, match="out of range"):

@@ -213,7 +213,9 @@ def test_interactive_mode_builds_widgets(tmp_path):
     """interactive=True (JupyterLab) takes the ipywidgets + plotly path; papermill can run it headless."""
     run = fx.build_run(tmp_path / "run")
     params = {"run_dir": str(run), "figures_dir": str(tmp_path / "figs"), "quick": True, "interactive": True}
-    out = run_notebook("fig4_key_activations", params, tmp_path / "exec")
+    # Every cell takes seconds; a short timeout bounds nbclient's occasional lost reply with widgets
+    # (run_notebook restarts the kernel once) to a minute instead of ten.
+    out = run_notebook("fig4_key_activations", params, tmp_path / "exec", cell_timeout=60)
     nb = nbformat.read(out, as_version=4)
     mimetypes = {m for c in nb.cells if c.cell_type == "code" for o in c.outputs for m in o.get("data", {})}
     assert "application/vnd.jupyter.widget-view+json" in mimetypes

@@ -12,6 +12,7 @@ from transformers import Qwen2_5_VLConfig
 
 from trainers.pairing import PairingError, check_pair, parse_layer_pairs
 from trainers.plan import plan, register_plan
+from zoo_helpers import zoo_text
 
 torch.set_num_threads(1)
 
@@ -58,16 +59,21 @@ def test_tiny_pairs_plan_and_param_counts_match_the_real_models(random_zoo):
     p7 = plan(random_zoo["tiny-32b"], random_zoo["tiny-7b"], seq_len=512)
     pr = p7.pairing
     assert pr.layer_pairs == [(2, 3)]  # last student layer <- last teacher layer
-    assert pr.q_mixer_shape == (4, 8) and pr.k_mixer_shape == (2, 4)
+    t, s = zoo_text("tiny-32b"), zoo_text("tiny-7b")
+    assert pr.q_mixer_shape == (s.num_attention_heads, t.num_attention_heads)
+    assert pr.k_mixer_shape == (s.num_key_value_heads, t.num_key_value_heads)
     assert pr.shared_vocab == 128 and "same vocabulary" in pr.vocab_note
     assert any("tokenizers agree" in n for n in pr.notes)
-    assert p7.gain_shapes == ((1, 4, 16), (1, 2, 16))  # gains on the mapped student layer by default
+    pairs = s.hidden_size // s.num_attention_heads // 2  # rotary pairs per head
+    assert p7.gain_shapes == ((1, s.num_attention_heads, pairs), (1, s.num_key_value_heads, pairs))  # mapped layer only
     for shape, name in ((pr.teacher, "tiny-32b"), (pr.student, "tiny-7b")):
         assert shape.n_params == sum(x.numel() for x in load_model(random_zoo[name], device="cpu").parameters())
 
     p3 = plan(random_zoo["tiny-32b"], random_zoo["tiny-3b"], layer_pairs="0:1,-1:-1").pairing
     assert p3.layer_pairs == [(0, 1), (1, 3)]
-    assert p3.q_mixer_shape == (2, 8) and p3.k_mixer_shape == (1, 4)
+    s3 = zoo_text("tiny-3b")
+    assert p3.q_mixer_shape == (s3.num_attention_heads, t.num_attention_heads)
+    assert p3.k_mixer_shape == (s3.num_key_value_heads, t.num_key_value_heads)
     assert p3.shared_vocab == 112 and "shared token ids [0, 112)" in p3.vocab_note
 
 
@@ -126,4 +132,6 @@ def test_plan_command_prints_the_plan(random_zoo, capsys):
                               "--gpus", "2", "--seq-len", "600"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    assert "1 <- 3" in out and "W_Q 2x8, W_K 1x4" in out and "shared token ids [0, 112)" in out and "total" in out
+    t, s = zoo_text("tiny-32b"), zoo_text("tiny-3b")
+    mixers = f"W_Q {s.num_attention_heads}x{t.num_attention_heads}, W_K {s.num_key_value_heads}x{t.num_key_value_heads}"
+    assert "1 <- 3" in out and mixers in out and "shared token ids [0, 112)" in out and "total" in out

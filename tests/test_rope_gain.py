@@ -12,6 +12,7 @@ from laid.data.render import sample_image
 from laid.modeling import load_model, load_processor
 from laid.prompting import Example, encode_batch
 from trainers.rope_gain import RopeGain, fold_into_projections, pair_gain_to_dims
+from zoo_helpers import zoo_text
 
 torch.set_num_threads(1)
 
@@ -59,7 +60,10 @@ def test_gains_start_as_identity_and_fold_exactly(random_zoo):
     with torch.no_grad():
         base = forward_logits(model, batch)
         gains = RopeGain.for_model(model)
-        assert gains.q.shape == (3, 4, 16) and gains.k.shape == (3, 2, 16)
+        s = zoo_text("tiny-7b")
+        pairs = s.hidden_size // s.num_attention_heads // 2
+        assert gains.q.shape == (s.num_hidden_layers, s.num_attention_heads, pairs)
+        assert gains.k.shape == (s.num_hidden_layers, s.num_key_value_heads, pairs)
         with gains.applied(model):
             assert torch.equal(forward_logits(model, batch), base)  # init 1 = no change at all
         random_gains(gains)
