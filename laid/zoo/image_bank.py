@@ -10,7 +10,8 @@ model could learn in place of the task.
 
 Why a bank: once the vision tower is frozen after its alignment stage (laid/zoo/pretrain.py), a
 training image's features never change, so rendering it, preprocessing it and running the vision
-tower on it at every step is wasted work (about half of a tiny student's step). The bank renders
+tower on it at every step is wasted work (a third to a half of a step: 1.5-2.1x faster without it,
+bench/results/zoo_pretrain_speed.md). The bank renders
 `size` images once, runs the frozen tower over them once, and a batch then carries the cached
 features to the model through Qwen2.5-VL's `mm_encoder_outputs` argument. Each bank image is shown
 many times, but haystacks and questions are recomposed at every step, so there is nothing to
