@@ -27,11 +27,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from laid.data.pool import CATEGORY_INDEX
 from laid.data.render import CATEGORIES, sample_image
 from laid.pixel_cache import ImagePixels, preprocess_images
 
 N_OBJECTS = (1, 3)  # objects per image, as sample_image's default
-CATEGORY_INDEX = {c: i for i, c in enumerate(CATEGORIES)}
 
 
 class FreshImages:
