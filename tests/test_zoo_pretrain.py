@@ -104,3 +104,26 @@ def test_category_schedule_limits_what_questions_name():
     assert late == set(CATEGORIES)
     sampler.cfg = PretrainConfig(category_schedule=[])
     assert sampler.asked == CATEGORIES
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("category_schedule", [[0, 1]], "2 <= k <= 12"),
+    ("category_schedule", [[0, 4, 9]], "from_step, k"),
+    ("category_schedule", [[600, 8], [0, 4]], "must increase"),
+    ("short_max_haystack", 0, "short_max_haystack"),
+    ("image_bank_size", -1, "image_bank_size"),
+])
+def test_bad_pretrain_settings_fail_with_one_line_naming_the_field(tmp_path, field, value, match):
+    import yaml
+
+    from laid.zoo.configs import load_zoo_config
+
+    from zoo_helpers import ZOO_CONFIGS
+
+    src = yaml.safe_load((ZOO_CONFIGS / "tiny-7b.yaml").read_text())
+    src["pretrain"][field] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(src))
+    with pytest.raises(ValueError, match=match) as e:
+        load_zoo_config(path)
+    assert "\n" not in str(e.value) and "tiny-7b" in str(e.value)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from transformers import Qwen2_5_VLConfig
 
+from laid.data.render import CATEGORIES
 from laid.zoo import tokenizer as tk
 
 
@@ -125,6 +126,20 @@ class ZooModelConfig:
             )
         if t.vocab_size < len(tk.vocabulary()):
             raise ValueError(f"{self.name}: vocab_size {t.vocab_size} < tokenizer size {len(tk.vocabulary())}")
+        p, n_cat = self.pretrain, len(CATEGORIES)
+        starts = []
+        for entry in p.category_schedule:
+            if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and 2 <= entry[1] <= n_cat):
+                raise ValueError(f"{self.name}: pretrain.category_schedule entry {entry} must be [from_step, k] "
+                                 f"with 2 <= k <= {n_cat} (a question names two categories)")
+            starts.append(entry[0])
+        if starts != sorted(starts):
+            raise ValueError(f"{self.name}: pretrain.category_schedule steps {starts} must increase")
+        if not 1 <= p.min_haystack <= min(p.max_haystack, p.short_max_haystack):
+            raise ValueError(f"{self.name}: pretrain haystack sizes need 1 <= min_haystack <= max_haystack and "
+                             f"short_max_haystack (got {p.min_haystack}, {p.max_haystack}, {p.short_max_haystack})")
+        if p.image_bank_size < 0:
+            raise ValueError(f"{self.name}: pretrain.image_bank_size must be >= 0 (0 renders every image on demand)")
 
     def to_hf(self, tokenizer) -> Qwen2_5_VLConfig:
         """The Hugging Face config; the token ids come from the tokenizer the model ships with."""
