@@ -86,7 +86,32 @@ def test_pretraining_marks_the_images_that_hold_the_anchor():
         assert len(rc.needles) == 1 and 0 <= rc.needles[0] < 5
 
 
-def test_pretraining_with_the_loss_on_computes_and_logs_it():
+def test_anchor_positions_point_at_the_anchor_colour_word():
+    import numpy as np
+    import torch
+
+    from laid.prompting import encode_batch
+    from laid.zoo import pretrain as P
+    from laid.zoo.build import build_processor
+
+    proc = build_processor()
+    rng = np.random.default_rng(3)
+    examples = [P.sample_needle_example(rng, 3), P.sample_retrieval_caption_example(rng, 2), P.sample_needle_example(rng, 1)]
+    batch = encode_batch(proc, examples, with_answers=True)  # left-padded: rows differ in length
+    image_id = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    colours = torch.tensor(P.category_token_ids(proc))
+    pos = P.anchor_positions(batch["input_ids"], image_id, colours)
+    for row, ex in enumerate(examples):
+        anchor = ex.question.split(" with a ")[1].split(",")[0].rstrip("?")  # e.g. "brown circle"
+        words = proc.tokenizer.convert_ids_to_tokens(batch["input_ids"][row, pos[row] : pos[row] + 2].tolist())
+        assert " ".join(words) == anchor
+    no_object = encode_batch(proc, [P.sample_caption_example(rng)])["input_ids"]  # "What objects are in the image?"
+    with pytest.raises(ValueError, match="names no object after its images"):
+        P.anchor_positions(no_object, image_id, colours)
+
+
+@pytest.mark.parametrize("query", ["answer", "anchor"])
+def test_pretraining_with_the_loss_on_computes_and_logs_it(query):
     from laid.zoo import pretrain as P
     from laid.zoo.build import build_model, build_processor
     from laid.zoo.configs import ZooModelConfig
@@ -94,6 +119,7 @@ def test_pretraining_with_the_loss_on_computes_and_logs_it():
     cfg = ZooModelConfig(name="t", role="student", mirrors="none")
     p = cfg.pretrain
     p.retrieval_attention_weight, p.caption_fraction, p.max_haystack, p.batch_size = 1.0, 0.0, 4, 4
+    p.retrieval_attention_query, p.retrieval_attention_layer = query, 0
     model, proc = build_model(cfg), build_processor()
     log = P.pretrain(model, proc, p, steps=3, progress=False)
     losses = [v for v in log["retrieval_attention_loss"] if v is not None]

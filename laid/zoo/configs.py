@@ -82,6 +82,9 @@ class PretrainConfig:
     # 1-3 images, batch 32, 3,000 steps) weight 1 kept yes/no at chance, weight 0 reached 0.94.
     retrieval_attention_weight: float = 0.0
     retrieval_attention_layer: int = -1
+    # Where the supervised head queries from: "answer" (the position that predicts the answer) or
+    # "anchor" (the anchor's colour word in the question, laid/zoo/pretrain.py anchor_positions).
+    retrieval_attention_query: str = "answer"
     # Category curriculum: [[from_step, k], ...] lets questions name only the first k categories
     # from that step on (images always show all 12); [] = all from the start (laid/zoo/pretrain.py).
     category_schedule: list[list[int]] = field(default_factory=lambda: [[0, 4], [600, 8], [1200, 12]])

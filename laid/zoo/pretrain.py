@@ -280,21 +280,43 @@ def pretrain_vision(
     return log
 
 
+def anchor_positions(input_ids: torch.Tensor, image_token_id: int, colour_ids: torch.Tensor) -> torch.Tensor:
+    """(B,) position of each row's anchor word: the first category colour word after the last image.
+
+    In every question with needles the anchor is the first object named ("For the image with a
+    <anchor>, ...", "What objects are in the image with a <anchor>?"), and the instruction names
+    none. input_ids (B, S); colour_ids (C,) the token id of each category's (unique) colour word.
+    """
+    S = input_ids.shape[1]
+    pos = torch.arange(S)
+    last_image = torch.where(input_ids == image_token_id, pos, -1).max(-1).values  # (B,)
+    is_colour = torch.isin(input_ids, colour_ids) & (pos[None, :] > last_image[:, None])  # (B, S)
+    if not bool(is_colour.any(-1).all()):
+        raise ValueError("a row with needles names no object after its images; cannot place the anchor query")
+    return is_colour.int().argmax(-1)
+
+
 class _RetrievalSupervision:
     """Computes the retrieval-attention loss of a batch from recorded Q/K (laid/zoo/retrieval_attention.py)."""
 
-    def __init__(self, model):
+    def __init__(self, model, processor, query: str = "answer"):
+        if query not in ("answer", "anchor"):
+            raise ValueError(f"pretrain.retrieval_attention_query is {query!r}; use 'answer' or 'anchor'")
         self.loss = RetrievalAttentionLoss(head=0)
         self.image_token_id = model.config.image_token_id
         self.merge = model.config.vision_config.spatial_merge_size
+        self.query = query
+        self.colour_ids = torch.tensor(category_token_ids(processor))  # (C,)
 
     def __call__(self, batch, examples, rec) -> torch.Tensor:
         layer = rec.layers[0]
         q, k = rec.tensors[site_name(layer, "q_rot")], rec.tensors[site_name(layer, "k_rot")]  # (B, H, S, D), (B, H_kv, S, D)
         per_image = (batch["image_grid_thw"].prod(-1) // self.merge**2).tolist()
         needles = needle_token_mask(batch["input_ids"], self.image_token_id, per_image, [ex.needles for ex in examples])
-        # The position that predicts the first answer token: one before the first labelled token.
-        query_pos = (batch["labels"] != -100).int().argmax(-1) - 1  # (B,)
+        if self.query == "anchor":
+            query_pos = anchor_positions(batch["input_ids"], self.image_token_id, self.colour_ids)
+        else:  # the position that predicts the first answer token: one before the first labelled one
+            query_pos = (batch["labels"] != -100).int().argmax(-1) - 1  # (B,)
         return self.loss(q, k, query_pos, needles, batch["attention_mask"])
 
 
@@ -354,7 +376,7 @@ def pretrain(
         lr=cfg.lr, betas=(0.9, 0.98),
     )
     log = {"loss": [], "step": [], "examples": 0, "retrieval_attention_loss": []}
-    retrieval = _RetrievalSupervision(model) if cfg.retrieval_attention_weight > 0 else None
+    retrieval = _RetrievalSupervision(model, processor, cfg.retrieval_attention_query) if cfg.retrieval_attention_weight > 0 else None
     t0 = time.time()
     ema = att_ema = None
     bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0, position=position)
