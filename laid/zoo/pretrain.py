@@ -1,10 +1,10 @@
 """CPU pretraining of a tiny zoo model on synthetic haystacks.
 
-Why this makes a teacher with a long effective window and students with short ones (README, "How
-the gap arises"): the teacher is larger *and* sees longer haystacks during pretraining
-(`max_haystack`), the students are smaller and see short ones only. Retrieval over a long haystack
-needs sharp attention from the question to the few needle tokens among many; a model that never
-saw long inputs (and has few heads to spare) spreads its attention and falls to chance.
+Why this makes a teacher with a long effective window and students with short ones (README, "The
+toy zoo"): the teacher is larger, sees haystacks of 1-10 images and has a supervised retrieval head
+(laid/zoo/retrieval_attention.py); the students are smaller and see one image. Answering a VHs
+question over several images needs *binding*: find the image that holds the anchor, then check the
+target there and not anywhere else. A model that only saw one image never had to learn it.
 
 Stage 1 (`pretrain_vision`) aligns the vision tower to the category words; stage 2 (`pretrain`)
 freezes it and trains the LM on a task mix, one task per step:
