@@ -136,3 +136,30 @@ def test_censored_and_below_range_windows_are_flagged():
     low = build_result({1: rows([0, 0], [5, 5])}, threshold=0.6, seed=0)
     assert math.isnan(float(low["effective_window"])) and low["effective_window"].attrs["below_range"] == 1
     assert "none" in summary_text(low)
+
+
+def test_window_bootstrap_interval_from_resampled_curves(ds):
+    from laid.eval.metrics import effective_window
+
+    boot = ds["effective_window_bootstrap"]
+    assert boot.dims == ("bootstrap",) and boot.attrs["units"] == "images"
+    # Each resample's window is the window of that resample's accuracy curve; below range -> 0.
+    for b in (0, 17, 99):
+        w = effective_window(ds["haystack_size"].values, ds["accuracy_bootstrap"].values[:, b], 0.6)
+        assert float(boot[b]) == (0.0 if w.below_range else pytest.approx(w.value))
+    attrs = ds["effective_window"].attrs
+    assert attrs["ci_low"] == pytest.approx(np.percentile(boot, 2.5)) and attrs["ci_high"] == pytest.approx(np.percentile(boot, 97.5))
+    # 3 of 4 right at one image can resample to 2 of 4 (below 0.6): the interval reaches down to 0.
+    assert attrs["ci_low"] == 0.0 < float(ds["effective_window"]) < attrs["ci_high"]
+    assert f"(95% bootstrap interval {attrs['ci_low']:.2f}-{attrs['ci_high']:.2f})" in summary_text(ds)
+    # No noise, no spread: every resample of an all-correct grid is censored at its largest size.
+    high = build_result({1: rows([1, 1], [5, 5]), 2: rows([1, 1], [6, 6])}, threshold=0.6, seed=0)
+    assert set(high["effective_window_bootstrap"].values) == {2.0}
+    assert high["effective_window"].attrs["ci_low"] == high["effective_window"].attrs["ci_high"] == 2.0
+
+
+def test_summary_of_a_result_without_window_interval_still_reads(ds):
+    old = ds.drop_vars("effective_window_bootstrap")
+    for key in ("ci_low", "ci_high"):
+        del old["effective_window"].attrs[key]
+    assert summary_text(old).splitlines()[-1].endswith(f"{5**0.6:.2f} images")

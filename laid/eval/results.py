@@ -2,7 +2,8 @@
 
 Contract variables (dims `haystack_size`, `sample`, `bootstrap`): accuracy, accuracy_std,
 accuracy_ci_low, accuracy_ci_high, compliance, n_samples, avg_input_tokens (per size); correct,
-margin (per sample); effective_window (scalar, with `censored` / `below_range` attrs).
+margin (per sample); effective_window (scalar, with `censored` / `below_range` attrs and the
+bootstrap interval `ci_low` / `ci_high` of effective_window_bootstrap(bootstrap)).
 Extra variables, for analysis and figures: accuracy_bootstrap(haystack_size, bootstrap) (the
 resampled accuracies), input_tokens, needle_index (position of the first needle in the prompt),
 answer_yes (ground truth is yes) per sample, and reply (text) per sample under generation scoring.
@@ -111,6 +112,8 @@ def build_result(
             per_size["avg_input_tokens"][i] = np.mean([r.input_tokens for r in rows])
 
     window = effective_window(sizes, per_size["accuracy"], threshold) if sizes else None
+    window_boot = bootstrap_windows(sizes, boot, threshold)  # (n_bootstrap,)
+    window_ci = np.percentile(window_boot, [2.5, 97.5]) if sizes else (np.nan, np.nan)
     S, SN, SB = ("haystack_size",), ("haystack_size", "sample"), ("haystack_size", "bootstrap")
 
     def var(dims, data, long_name, units):
@@ -139,7 +142,12 @@ def build_result(
                 "threshold": float(threshold),
                 "censored": int(bool(window and window.censored)),  # 1: lower bound, never below threshold
                 "below_range": int(window is None or window.below_range),  # 1: below threshold at the smallest size
+                "ci_low": float(window_ci[0]),  # 2.5 / 97.5th percentiles of effective_window_bootstrap
+                "ci_high": float(window_ci[1]),
             },
+        ),
+        "effective_window_bootstrap": var(
+            ("bootstrap",), window_boot, "effective window of each bootstrap resample (0: below threshold at the smallest size)", "images"
         ),
     }
     if has_replies:
@@ -154,6 +162,24 @@ def build_result(
     all_attrs.setdefault("git_commit", git_commit())
     all_attrs.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     return xr.Dataset(data_vars, coords=coords, attrs={k: _netcdf_attr(v) for k, v in all_attrs.items()})
+
+
+def bootstrap_windows(sizes, accuracy_bootstrap: np.ndarray, threshold: float) -> np.ndarray:
+    """(n_bootstrap,) effective window of each bootstrap resample of the accuracy curve.
+
+    accuracy_bootstrap (N_sizes, n_bootstrap): resample b of every size forms curve b (the sizes
+    are resampled independently). How far a window estimate can be trusted is not visible in the
+    per-size intervals: one size near the threshold can move the window by a factor of ten, and
+    the spread of these windows shows it. A resample below threshold already at the smallest size
+    counts as 0 (a window shorter than the grid), one that never drops as the largest size.
+    """
+    if not len(sizes):
+        return np.full(accuracy_bootstrap.shape[1], np.nan)
+    out = np.empty(accuracy_bootstrap.shape[1])
+    for b in range(out.size):
+        w = effective_window(sizes, accuracy_bootstrap[:, b], threshold)
+        out[b] = 0.0 if w.below_range else w.value
+    return out
 
 
 def write_result(ds: xr.Dataset, path: str | Path) -> Path:
@@ -212,7 +238,10 @@ def describe_window(ds: xr.Dataset) -> str:
         return f"effective window (accuracy >= {thr}): none, below threshold already at the smallest size"
     if int(w.attrs.get("censored", 0)):
         return f"effective window (accuracy >= {thr}): >= {float(w):g} images (never below threshold)"
-    return f"effective window (accuracy >= {thr}): {float(w):.2f} images"
+    text = f"effective window (accuracy >= {thr}): {float(w):.2f} images"
+    if "ci_low" in w.attrs:  # results written before the window's bootstrap interval existed lack it
+        text += f" (95% bootstrap interval {float(w.attrs['ci_low']):.2f}-{float(w.attrs['ci_high']):.2f})"
+    return text
 
 
 def summary_text(ds: xr.Dataset) -> str:
