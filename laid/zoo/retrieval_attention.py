@@ -17,7 +17,7 @@ compare the target with what was found, and on tiny-7b (1-3 images, weight 1) ye
 chance. From the anchor's colour word at layer 0 (`retrieval_attention_query: anchor`, what the
 teacher uses) the lookup is one content match (image features are aligned to the colour words), the
 anchor word's residual stream then carries the needle image's objects, and every later layer is
-free to check the target against them: with weight 0.3 the 2,000-step teacher reached 0.66-0.77 at
+free to check the target against them: with weight 0.3 the 2,000-step teacher reached 0.64-0.77 at
 5-20 images (128 questions per size) where every earlier recipe was at chance.
 
 Pretraining only: distillation and evaluation never see it.
