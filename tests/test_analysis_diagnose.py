@@ -10,7 +10,7 @@ import xarray as xr
 
 from laid.cli import main
 from laid_analysis.io import read_netcdf
-from zoo_helpers import ZOO_CONFIGS
+from zoo_helpers import zoo_text
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +26,7 @@ def test_diagnose_student_against_teacher_with_head_weights(random_zoo, vhs_data
     hw_path = tmp_path / "head_weights.nc"
     rng = np.random.default_rng(0)
     # tiny-3b distilled from tiny-32b, last layers paired; mixer shapes from the zoo configs.
-    from laid.zoo.configs import load_zoo_config
-
-    s_cfg, t_cfg = (load_zoo_config(ZOO_CONFIGS / f"{n}.yaml").text for n in ("tiny-3b", "tiny-32b"))
+    s_cfg, t_cfg = zoo_text("tiny-3b"), zoo_text("tiny-32b")
     xr.Dataset({"w_q": (("layer_pair", "student_head", "teacher_head"),
                         rng.normal(size=(1, s_cfg.num_attention_heads, t_cfg.num_attention_heads))),
                 "w_k": (("layer_pair", "student_kv_head", "teacher_kv_head"),

@@ -289,10 +289,9 @@ def anchor_positions(input_ids: torch.Tensor, image_token_id: int, colour_ids: t
     <anchor>, ...", "What objects are in the image with a <anchor>?"), and the instruction names
     none. input_ids (B, S); colour_ids (C,) the token id of each category's (unique) colour word.
     """
-    S = input_ids.shape[1]
-    pos = torch.arange(S)
+    pos = torch.arange(input_ids.shape[1], device=input_ids.device)  # (S,)
     last_image = torch.where(input_ids == image_token_id, pos, -1).max(-1).values  # (B,)
-    is_colour = torch.isin(input_ids, colour_ids) & (pos[None, :] > last_image[:, None])  # (B, S)
+    is_colour = torch.isin(input_ids, colour_ids.to(input_ids.device)) & (pos[None, :] > last_image[:, None])  # (B, S)
     if not bool(is_colour.any(-1).all()):
         raise ValueError("a row with needles names no object after its images; cannot place the anchor query")
     return is_colour.int().argmax(-1)
