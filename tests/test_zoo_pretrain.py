@@ -112,6 +112,7 @@ def test_category_schedule_limits_what_questions_name():
     ("category_schedule", [[600, 8], [0, 4]], "must increase"),
     ("short_max_haystack", 0, "short_max_haystack"),
     ("image_bank_size", -1, "image_bank_size"),
+    ("retrieval_attention_query", "anchr", "retrieval_attention_query"),
 ])
 def test_bad_pretrain_settings_fail_with_one_line_naming_the_field(tmp_path, field, value, match):
     import yaml

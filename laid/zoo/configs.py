@@ -18,6 +18,9 @@ from transformers import Qwen2_5_VLConfig
 from laid.data.render import CATEGORIES
 from laid.zoo import tokenizer as tk
 
+# Where the supervised retrieval head queries from (laid/zoo/pretrain.py, _RetrievalSupervision).
+RETRIEVAL_QUERIES = ("answer", "anchor")
+
 
 @dataclass
 class TextArch:
@@ -141,6 +144,9 @@ class ZooModelConfig:
         if not 1 <= p.min_haystack <= min(p.max_haystack, p.short_max_haystack):
             raise ValueError(f"{self.name}: pretrain haystack sizes need 1 <= min_haystack <= max_haystack and "
                              f"short_max_haystack (got {p.min_haystack}, {p.max_haystack}, {p.short_max_haystack})")
+        if p.retrieval_attention_query not in RETRIEVAL_QUERIES:
+            raise ValueError(f"{self.name}: pretrain.retrieval_attention_query is {p.retrieval_attention_query!r}; "
+                             f"use one of {list(RETRIEVAL_QUERIES)}")
         if p.image_bank_size < 0:
             raise ValueError(f"{self.name}: pretrain.image_bank_size must be >= 0 (0 renders every image on demand)")
 

@@ -40,7 +40,7 @@ from laid.data import questions as qs
 from laid.data.render import CATEGORIES, sample_image
 from laid.data.synth import targets_in_distractors
 from laid.prompting import Example, encode_batch
-from laid.zoo.configs import PretrainConfig
+from laid.zoo.configs import RETRIEVAL_QUERIES, PretrainConfig
 from laid.zoo.image_bank import FreshImages, ImageBank, encoder_outputs
 from laid.zoo.retrieval_attention import RetrievalAttentionLoss, needle_token_mask
 from laid_analysis.hooks import record_qk, site_name
@@ -301,8 +301,8 @@ class _RetrievalSupervision:
     """Computes the retrieval-attention loss of a batch from recorded Q/K (laid/zoo/retrieval_attention.py)."""
 
     def __init__(self, model, processor, query: str = "answer"):
-        if query not in ("answer", "anchor"):
-            raise ValueError(f"pretrain.retrieval_attention_query is {query!r}; use 'answer' or 'anchor'")
+        if query not in RETRIEVAL_QUERIES:  # configs are checked at load; this guards direct callers
+            raise ValueError(f"pretrain.retrieval_attention_query is {query!r}; use one of {list(RETRIEVAL_QUERIES)}")
         self.loss = RetrievalAttentionLoss(head=0)
         self.image_token_id = model.config.image_token_id
         self.merge = model.config.vision_config.spatial_merge_size
