@@ -101,11 +101,11 @@ def run_model(model_dir: str, size: int, method: str) -> dict:
     import torch
 
     from laid.data.render import sample_image
-    from laid.modeling import load_model, load_processor
-    from laid.prompting import Example, encode_batch
+    from laid.model.loading import load_model, load_processor
+    from laid.model.prompting import Example, encode_batch
     from laid_analysis import tokens
     from laid_analysis.distance import DistanceProfile
-    from laid_analysis.hooks import record_qk, text_decoder
+    from laid.model.hooks import record_qk, text_decoder
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

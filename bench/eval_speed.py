@@ -40,7 +40,7 @@ import laid.eval.scoring as scoring
 from laid.data.synth import SynthConfig, generate
 from laid.eval.run import evaluate, evaluate_loaded, load_entries
 from laid.eval.variants import load_for_eval
-from laid.pixel_cache import PixelCache
+from laid.model.pixel_cache import PixelCache
 from laid.zoo.build import build_random_folder
 from laid.zoo.configs import load_zoo_config
 

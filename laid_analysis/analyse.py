@@ -17,11 +17,11 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from laid.data.vhs import VHsEntry
-from laid.prompting import Example, encode_batch
+from laid.model.prompting import Example, encode_batch
 from laid_analysis import spectra, tokens
 from laid_analysis.distance import DistanceProfile
 from laid_analysis.haystacks import to_example
-from laid_analysis.hooks import record_qk, resolve_layers, text_decoder
+from laid.model.hooks import record_qk, resolve_layers, text_decoder
 from laid_analysis.key_activation import KeyActivation
 from laid_analysis.rope_usage import RopeUsage, rotary_pairs
 

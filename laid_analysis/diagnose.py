@@ -21,12 +21,12 @@ from typing import Iterable
 import torch
 import xarray as xr
 
-from laid.modeling import check_model_dir, load_model, load_processor
+from laid.model.loading import check_model_dir, load_model, load_processor
 from laid_analysis import report
 from laid_analysis.analyse import AnalysisSettings, analyse_model
 from laid_analysis.haystacks import load_entries
 from laid_analysis.head_weights import head_weight_summary, load_head_weights, with_absolute_layers
-from laid_analysis.hooks import resolve_layers
+from laid.model.hooks import resolve_layers
 from laid_analysis.io import write_netcdf
 from laid_analysis.key_activation import stack_models
 from laid_analysis.spectra import default_layer_map, low_freq_preservation

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 from laid.data.vhs import VHsEntry, arrange_haystack, find_vhs_files, load_images, load_vhs_file
-from laid.prompting import Example
+from laid.model.prompting import Example
 
 
 def load_entries(data_root: str | Path, image_root: str | Path, sizes: Iterable[int], max_samples: int | None = None,

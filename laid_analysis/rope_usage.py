@@ -28,7 +28,7 @@ AXES = ("temporal", "height", "width")
 
 def rotary_pairs(model) -> xr.Dataset:
     """Coordinates of the rotary pairs of a model's text RoPE: frequency, period and M-RoPE axis."""
-    from laid_analysis.hooks import text_decoder
+    from laid.model.hooks import text_decoder
 
     text_model, _ = text_decoder(model)
     inv_freq = text_model.rotary_emb.inv_freq.detach().double().cpu().numpy()  # (D/2,), YaRN-scaled if so

@@ -1,6 +1,6 @@
 """Which token positions an analysis looks at: image tokens, text tokens, the question.
 
-All masks are (B, S) bool over the model inputs of `laid.prompting.encode_batch` (left-padded).
+All masks are (B, S) bool over the model inputs of `laid.model.prompting.encode_batch` (left-padded).
 Image tokens are the `<|image_pad|>` placeholders (config.image_token_id) that the vision tower's
 embeddings replace; padding is never selected.
 """

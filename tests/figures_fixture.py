@@ -2,7 +2,7 @@
 numbers, so the notebooks can be executed and checked without training or evaluating anything.
 
 Evaluations and the comparison go through the real producers (laid.eval.results.build_result,
-trainers.compare_table.build_comparison); the analysis and head-weight files are written here with
+laid_workflows.tables.build_comparison); the analysis and head-weight files are written here with
 the schemas of laid_analysis (diagnostics.nc, reference.nc, comparison.nc) and trainers.export.
 Every number is a closed-form function of (model, size, head, ...) so tests can recompute it.
 """
@@ -15,13 +15,14 @@ import numpy as np
 import xarray as xr
 
 from laid.eval.results import SampleResult, build_result, write_result
-from trainers.compare_table import build_comparison
+from laid.methods import ALL_METHODS
+from laid_workflows.tables import build_comparison
 
 SIZES = [1, 2, 5, 10, 20]
 N_SAMPLES = 10
 TEACHER = "tiny-32b"
 STUDENTS = ["tiny-7b", "tiny-3b"]
-METHODS = ["base", "yarn", "selfextend", "sft-lora", "kd", "laid", "laid-no-kl", "laid-no-laid"]
+METHODS = list(ALL_METHODS)
 # (layers, query heads, KV heads) as in configs/zoo.
 SHAPES = {"tiny-32b": (4, 8, 4), "tiny-7b": (3, 4, 2), "tiny-3b": (2, 2, 1)}
 # How many of N_SAMPLES each model gets right at each size of SIZES: the teacher holds, students decay.
@@ -57,7 +58,7 @@ def comparison_correct(s: int, m: int, size: int) -> int:
 
 
 def comparison_dataset() -> xr.Dataset:
-    """compare/comparison.nc through the real producer (trainers.compare_table.build_comparison)."""
+    """compare/comparison.nc through the real producer (laid_workflows.tables.build_comparison)."""
     evals = {
         (student, method): eval_dataset(student, method, [comparison_correct(s, m, n) for n in SIZES], 20)
         for s, student in enumerate(STUDENTS)

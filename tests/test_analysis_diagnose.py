@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from laid.cli import main
+from laid_workflows.cli import main
 from laid_analysis.io import read_netcdf
 from zoo_helpers import zoo_text
 

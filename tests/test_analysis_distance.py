@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from laid.data.render import sample_image
-from laid.modeling import load_model, load_processor
-from laid.prompting import Example, encode_batch
+from laid.model.loading import load_model, load_processor
+from laid.model.prompting import Example, encode_batch
 from laid_analysis import tokens
 from laid_analysis.distance import DistanceProfile, distance_sums
-from laid_analysis.hooks import record_qk, text_decoder
+from laid.model.hooks import record_qk, text_decoder
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import torch
 from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
 
 from laid.data.render import sample_image
-from laid.modeling import load_model, load_processor
-from laid.prompting import Example, encode_batch
-from laid_analysis.hooks import record_qk, resolve_layers, text_decoder
+from laid.model.loading import load_model, load_processor
+from laid.model.prompting import Example, encode_batch
+from laid.model.hooks import record_qk, resolve_layers, text_decoder
 
 
 @pytest.fixture(scope="module")

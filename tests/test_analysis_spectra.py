@@ -116,7 +116,7 @@ def test_key_activation_normalisation_keeps_relative_decay():
 
 
 def test_rope_pairs_follow_mrope_sections(random_zoo):
-    from laid.modeling import load_model
+    from laid.model.loading import load_model
     from laid_analysis.rope_usage import rotary_pairs
 
     model = load_model(random_zoo["tiny-3b"], device="cpu")

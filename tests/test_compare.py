@@ -11,8 +11,8 @@ import xarray as xr
 from recipe_helpers import quick_vhs
 
 from laid.eval.results import SampleResult, build_result
-from trainers.compare import CompareConfig, Comparison, load_compare_config, run_comparison
-from trainers.compare_table import build_comparison, comparison_markdown
+from laid_workflows.compare import CompareConfig, Comparison, load_compare_config, run_comparison
+from laid_workflows.tables import build_comparison, comparison_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = [1, 5, 20, 50, 100]

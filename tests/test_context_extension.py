@@ -11,9 +11,9 @@ import torch
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
-from laid.modeling import load_model
+from laid.model.loading import load_model
 from tests.test_rope_gain import haystack_batch
-from trainers.context_extension import selfextend, yarn
+from laid.eval.variants import selfextend, yarn
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from laid.cli import main as laid_main
+from laid_workflows.cli import main as laid_main
 from laid.data.synth import SynthConfig, targets_in_distractors, generate, load_objects, read_manifest
 from laid.data.vhs import find_vhs_files, load_vhs_file, parse_question
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from laid.cli import main as laid_main
+from laid_workflows.cli import main as laid_main
 from laid.data.questions import multi_needle_question, single_needle_question
 from laid.data.vhs import (
     VHsEntry,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from laid.cli import main
+from laid_workflows.cli import main
 from laid.eval.results import accuracy_by_needle_position, load_result
 from laid.eval.run import evaluate_loaded, load_entries
 from laid.eval.variants import VARIANTS, load_for_eval, parse_options
@@ -103,11 +103,6 @@ def test_variant_errors_and_options(random_zoo, monkeypatch):
         load_for_eval(random_zoo["tiny-7b"], "longrope")
     with pytest.raises(ValueError, match="takes no options"):
         load_for_eval(random_zoo["tiny-7b"], "base", {"factor": 2})
-    from laid.eval import variants
-
-    monkeypatch.setitem(variants.EXTENSION_MODULES, "yarn", "trainers.context_extension.not_written_yet")
-    with pytest.raises(RuntimeError, match="not_written_yet.py"):
-        load_for_eval(random_zoo["tiny-7b"], "yarn", device="cpu")
     assert parse_options(["factor=4", "scale=0.5", "flag=true", "name=x"]) == {"factor": 4, "scale": 0.5, "flag": True, "name": "x"}
     with pytest.raises(ValueError, match="key=value"):
         parse_options(["factor"])

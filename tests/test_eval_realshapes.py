@@ -25,8 +25,8 @@ from laid.eval.scoring import (
     resolve_answer_tokens,
     yes_no_margin,
 )
-from laid.prompting import Example, encode_batch
-from laid.zoo.processor import LaidQwen2_5_VLProcessor
+from laid.model.prompting import Example, encode_batch
+from laid.model.processor import LaidQwen2_5_VLProcessor
 from laid.zoo.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 VOCAB_7B = 152064

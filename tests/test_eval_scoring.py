@@ -16,8 +16,8 @@ from laid.eval.scoring import (
     score_examples,
     yes_no_margin,
 )
-from laid.modeling import load_model, load_processor
-from laid.prompting import Example, encode_batch
+from laid.model.loading import load_model, load_processor
+from laid.model.prompting import Example, encode_batch
 
 
 @pytest.fixture(scope="module")

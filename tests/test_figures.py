@@ -14,8 +14,8 @@ import pytest
 import xarray as xr
 
 import figures_fixture as fx
-from laid import figures
-from laid.figures import NOTEBOOK_DIR, NOTEBOOKS, run_figures, run_notebook
+from laid_workflows import figures
+from laid_workflows.figures import NOTEBOOK_DIR, NOTEBOOKS, run_figures, run_notebook
 
 FIGURES = ["fig1_effective_window", "fig3_distillation_bars", "fig4_key_activations", "head_weights", "spectra"]
 

@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 
 import figures_fixture as fx
-from laid import figures_support as fs
+from laid_workflows import figures_support as fs
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""`laid main --quick` end to end: the real main job (laid.pipeline.run_main) into a tmp run folder,
+"""`laid main --quick` end to end: the real main job (laid_workflows.main_job.run_main) into a tmp run folder,
 then every stage's outputs checked against docs/CONTRACTS.md and against each other (the figures'
 data must be the numbers of the evaluations, comparison and analyses they claim to show).
 
@@ -16,12 +16,11 @@ import xarray as xr
 import yaml
 
 from laid.eval.results import REQUIRED_ATTRS, REQUIRED_VARIABLES, load_result
-from laid.figures import NOTEBOOKS
-from laid.modeling import load_model
-from laid.pipeline import STAGES, MainConfig, eval_path, eval_samples, run_main
+from laid_workflows.figures import NOTEBOOKS
+from laid.model.loading import load_model
+from laid_workflows.main_job import STAGES, MainConfig, eval_path, eval_samples, run_main
 from laid.zoo.configs import load_zoo_config
-from trainers.compare import TRAINED_METHODS
-from trainers.compare_table import ALL_METHODS
+from laid.methods import ALL_METHODS, TRAINED_METHODS
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""laid.pixel_cache: inputs built from cached pixels equal the processor's, tensor for tensor.
+"""laid.model.pixel_cache: inputs built from cached pixels equal the processor's, tensor for tensor.
 
 Covers the toy processor (56 px images, 4 tokens each) and a processor with Qwen2.5-VL's
 published image settings (112 px and non-square images: 16+ tokens each, different grids in one
@@ -19,10 +19,10 @@ from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from laid.data.render import sample_image
-from laid.pixel_cache import PixelCache, encode_from_pixels, expand_image_tokens, processor_fingerprint, to_pixels
-from laid.prompting import Example, encode_batch, render_prompt
+from laid.model.pixel_cache import PixelCache, encode_from_pixels, expand_image_tokens, processor_fingerprint, to_pixels
+from laid.model.prompting import Example, encode_batch, render_prompt
 from laid.zoo.build import build_processor
-from laid.zoo.processor import LaidQwen2_5_VLProcessor
+from laid.model.processor import LaidQwen2_5_VLProcessor
 
 QUESTION = "For the image with a red circle, is there a blue square?"
 

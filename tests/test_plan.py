@@ -54,7 +54,7 @@ def edited_copy(src, dst, edit):
 
 
 def test_tiny_pairs_plan_and_param_counts_match_the_real_models(random_zoo):
-    from laid.modeling import load_model
+    from laid.model.loading import load_model
 
     p7 = plan(random_zoo["tiny-32b"], random_zoo["tiny-7b"], seq_len=512)
     pr = p7.pairing

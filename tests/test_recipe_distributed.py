@@ -41,7 +41,7 @@ def test_two_processes_match_one_process(random_zoo, tmp_path_factory, tmp_path)
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/accelerate/multi_cpu.yaml"),
         "--num_processes", "2", "--main_process_port", str(_free_port()),
-        "-m", "laid.cli", "distill", "--config", str(config_file), "--no-progress",
+        "-m", "laid_workflows.cli", "distill", "--config", str(config_file), "--no-progress",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

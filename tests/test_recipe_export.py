@@ -8,8 +8,8 @@ import xarray as xr
 from accelerate import Accelerator
 from recipe_helpers import quick_vhs, tiny_config
 
-from laid.modeling import load_model, load_processor
-from laid.prompting import Example, encode_batch
+from laid.model.loading import load_model, load_processor
+from laid.model.prompting import Example, encode_batch
 from trainers.distill_module import DistillModule
 from trainers.export import export_run
 from trainers.rope_gain import RopeGain

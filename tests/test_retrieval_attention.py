@@ -90,7 +90,7 @@ def test_anchor_positions_point_at_the_anchor_colour_word():
     import numpy as np
     import torch
 
-    from laid.prompting import encode_batch
+    from laid.model.prompting import encode_batch
     from laid.zoo import pretrain as P
     from laid.zoo.build import build_processor
 
@@ -131,12 +131,12 @@ def test_supervised_anchor_head_learns_to_find_the_needle():
     of held-out haystacks (fresh renders, never in the training bank)."""
     import numpy as np
 
-    from laid.prompting import encode_batch
+    from laid.model.prompting import encode_batch
     from laid.zoo import pretrain as P
     from laid.zoo.build import build_model, build_processor
     from laid.zoo.configs import ZooModelConfig
     from laid.zoo.image_bank import encoder_outputs
-    from laid_analysis.hooks import record_qk
+    from laid.model.hooks import record_qk
 
     torch.manual_seed(0)
     cfg = ZooModelConfig(name="t", role="student", mirrors="none")

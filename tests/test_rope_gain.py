@@ -9,8 +9,8 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_
 
 from laid.data.questions import single_needle_question
 from laid.data.render import sample_image
-from laid.modeling import load_model, load_processor
-from laid.prompting import Example, encode_batch
+from laid.model.loading import load_model, load_processor
+from laid.model.prompting import Example, encode_batch
 from trainers.rope_gain import RopeGain, fold_into_projections, pair_gain_to_dims
 from zoo_helpers import zoo_text
 

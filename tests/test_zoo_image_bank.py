@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from laid.data.render import CATEGORIES
-from laid.prompting import Example, encode_batch
+from laid.model.prompting import Example, encode_batch
 from laid.zoo import pretrain as P
 from laid.zoo.build import build_model, build_processor
 from laid.zoo.configs import ZooModelConfig
@@ -58,7 +58,7 @@ def test_bank_draws_meet_their_constraints(bank):
 
 def test_bank_features_give_the_same_logits_as_pixels(model_and_processor, bank):
     """A batch carrying cached features through mm_encoder_outputs == the pixel batch."""
-    from laid.pixel_cache import preprocess_images
+    from laid.model.pixel_cache import preprocess_images
 
     model, proc = model_and_processor
     rng = np.random.default_rng(3)

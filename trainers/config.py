@@ -10,22 +10,16 @@ default. The full config is written to the output folder and into the export of 
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from laid.config import apply_overrides, from_dict, to_dict, to_yaml  # noqa: F401 (re-exported)
+from laid.config import load_config as _load
+from laid.methods import TRAINED_METHODS
 from trainers.losses.attention_matching import DistanceWeighting
 
-# `laid-no-laid` is the paper's Table 3 row "w/o L_LAid": Eq. 9 without L_LAid, which Eq. 7 defines
-# as the Q/K alignment term; the attention matching and the RoPE gains stay. (The paper's text
-# swaps the two ablation descriptions, and its "w/o L_LAid" numbers equal its KD numbers, e.g.
-# 61.50 at 100 images; a reader who takes that row literally should compare against `kd`.)
-METHODS = ("laid", "kd", "sft-lora", "laid-no-kl", "laid-no-laid")
+METHODS = TRAINED_METHODS  # names from the registry (laid.methods), the rows of METHOD_TERMS below
 TERMS = ("laid", "attn", "kl", "sft")  # loss terms, weighted by `lambdas.<term>`
 
 # Which loss terms and trainable extras each method uses. "attn" (progressive distance-weighted
@@ -186,120 +180,12 @@ class DistillConfig:
         return self.method == "sft-lora"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return to_dict(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-# --- generic typed loading ---------------------------------------------------------------------
-
-
-def _check_type(value, hint, where: str):
-    """Coerce/validate `value` against a type hint of the simple kinds used above."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_type(value, arg, where)
-            except ValueError as e:
-                errors.append(str(e))
-        raise ValueError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping of {hint.__name__} fields, got {value!r}")
-        return from_dict(hint, value, where)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(hint) or (Any,)
-        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is Any:
-        return value
-    if hint is float:
-        if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if hint is str:
-        if not isinstance(value, (str, Path)):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def from_dict(cls, data: dict[str, Any], where: str = ""):
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ValueError."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ValueError(f"unknown config key(s) {[prefix + k for k in unknown]}; known: {names}")
-    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'lambdas.kl=0.5' -> (['lambdas', 'kl'], 0.5); values are parsed as YAML scalars/lists."""
-    if "=" not in text:
-        raise ValueError(f"override {text!r} must look like key=value (e.g. lambdas.kl=0.5)")
-    key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys in a (nested) config mapping; returns a new mapping."""
-    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
-    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
-    for key, value in items:
-        path = key.split(".") if isinstance(key, str) else key
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {'.'.join(path)}: {part!r} is not a section")
-        node[path[-1]] = value
-    return data
+        return to_yaml(self)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> DistillConfig:
     """Read a YAML distill config (or defaults when path is None) and apply key=value overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"distill config {path} not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"distill config {path} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"distill config {path} must be a mapping of keys to values")
-    data = apply_overrides(data, overrides or [])
-    try:
-        return from_dict(DistillConfig, data)
-    except ValueError as e:
-        raise ValueError(f"{path or 'config'}: {e}") from None
+    return _load(DistillConfig, path, overrides, what="distill config")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from laid.data.vhs import VHsEntry, arrange_haystack, find_vhs_files, load_images, load_vhs_file
-from laid.prompting import Example, encode_batch
+from laid.model.prompting import Example, encode_batch
 
 
 @dataclass
@@ -64,7 +64,7 @@ def load_train_entries(
 
 
 class TrainingExamples:
-    """A list of VHs entries served as `laid.prompting.Example`s with per-epoch order."""
+    """A list of VHs entries served as `laid.model.prompting.Example`s with per-epoch order."""
 
     def __init__(self, entries: list[VHsEntry], seed: int = 0):
         if not entries:
@@ -107,7 +107,7 @@ def truncate_answer(processor, answer: str, max_tokens: int) -> str:
 
 
 def collate(processor, examples: list[Example], max_response_len: int) -> dict:
-    """Model inputs with `labels` on answer tokens only (see `laid.prompting.encode_batch`)."""
+    """Model inputs with `labels` on answer tokens only (see `laid.model.prompting.encode_batch`)."""
     examples = [
         Example(ex.images, ex.question, truncate_answer(processor, ex.answer, max_response_len)) for ex in examples
     ]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from laid_analysis.hooks import record_qk, site_name
+from laid.model.hooks import record_qk, site_name
 from trainers.config import DistillConfig
 from trainers.losses import AttentionMatchingLoss, KLDistillationLoss, QKAlignmentLoss, SFTLoss, answer_logit_mask
 

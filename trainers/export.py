@@ -7,10 +7,10 @@
 
 The exported weights are the trained student with the RoPE gains folded into q_proj / k_proj
 (`trainers.rope_gain.fold_into_state_dict`) and, for sft-lora, the LoRA adapters merged, so the
-folder loads with `laid.modeling.load_model` like any checkpoint and runs with zero overhead. The
+folder loads with `laid.model.loading.load_model` like any checkpoint and runs with zero overhead. The
 weights are gathered with `accelerator.get_state_dict` (full state also under ZeRO-3 / FSDP),
 loaded into a fresh CPU copy of the student on the main process and saved in the student folder's
-original dtype. The folder is written atomically (`laid.modeling.save_folder_atomically`).
+original dtype. The folder is written atomically (`laid.model.loading.save_folder_atomically`).
 
 head_weights.nc (xarray, named dims):
     w_q (layer_pair, student_head, teacher_head), w_k (layer_pair, student_kv_head, teacher_kv_head)
@@ -30,7 +30,7 @@ import torch
 import xarray as xr
 
 from laid.eval.results import write_result
-from laid.modeling import load_model, save_folder_atomically
+from laid.model.loading import load_model, save_folder_atomically
 from trainers.config import DistillConfig
 from trainers.students import apply_lora
 

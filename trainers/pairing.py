@@ -5,7 +5,7 @@ files when present), builds both models on the meta device to count parameters, 
 `Pairing`: resolved layer pairs, mixer shapes, vocabulary handling. It raises `PairingError`
 (a ValueError: `laid` prints it as one line) naming every reason the pair cannot work:
 
-- both qwen2_5_vl (checked by `laid.modeling.check_model_dir`);
+- both qwen2_5_vl (checked by `laid.model.loading.check_model_dir`);
 - the same head_dim: Q/K are compared per head (Eq. 7), and RopeGain / mixers assume it;
 - the same RoPE: rope_type, rope_theta and mrope_section, or rotated Q/K at the same position
   would not be comparable;
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
-from laid.modeling import check_model_dir
+from laid.model.loading import check_model_dir
 from trainers.losses.distillation import shared_vocab_note
 
 

@@ -29,7 +29,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
-from laid.modeling import load_processor
+from laid.model.loading import load_processor
 from trainers.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainers.config import DistillConfig
 from trainers.data import DataPosition, TrainingExamples, collate, load_train_entries

@@ -20,7 +20,7 @@ by the G query heads that read that KV head, exactly as the key itself is.
 Because the hooks scale the q_proj / k_proj outputs row by row, the gains fold into those
 layers: multiply row (h, d) of the weight AND bias (Qwen2.5 has q/k biases) by g[h, d mod D/2].
 `fold_into_projections` does this, so the exported student is a plain Qwen2.5-VL checkpoint with
-zero inference overhead. The post-RoPE Q/K that `laid_analysis.hooks.record_qk` captures include
+zero inference overhead. The post-RoPE Q/K that `laid.model.hooks.record_qk` captures include
 the gains, so the alignment losses train them directly.
 """
 
@@ -33,7 +33,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from laid_analysis.hooks import resolve_layers, text_decoder
+from laid.model.hooks import resolve_layers, text_decoder
 
 _PROJ_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.(q|k)_proj\.(weight|bias)$")
 

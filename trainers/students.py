@@ -1,6 +1,6 @@
 """Load the two models of a run: the trainable student (full or LoRA) and the frozen teacher.
 
-Both come from local Hugging Face folders through `laid.modeling.load_model`, the same path as
+Both come from local Hugging Face folders through `laid.model.loading.load_model`, the same path as
 real Qwen2.5-VL checkpoints. The student is kept in fp32 (master weights; on GPU the forward runs
 under bf16 autocast), the teacher in bf16 on GPU and fp32 on CPU: it is never updated, so it
 needs no fp32 copy.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from laid.modeling import default_dtype, load_model
+from laid.model.loading import default_dtype, load_model
 from trainers.config import DistillConfig
 
 

@@ -6,7 +6,7 @@ evaluate_loaded()  for a model already in memory (the trainers evaluate during/a
 All haystacks of all sizes are arranged first (seeded per entry by `arrange_haystack`), their
 prompt lengths estimated from image headers alone, and batches planned by token budget over the
 whole run; images are decoded only for the batch being scored. By default each distinct image
-is decoded and preprocessed once per process (laid/pixel_cache.py: a bounded LRU of the image
+is decoded and preprocessed once per process (laid/model/pixel_cache.py: a bounded LRU of the image
 processor's output, shared by every evaluation); `pixel_cache=False` decodes through a bounded
 cache of PIL images and lets the processor preprocess every image of every batch (the same
 inputs, tensor for tensor, only slower).
@@ -30,9 +30,9 @@ from laid.eval.metrics import DEFAULT_THRESHOLD, N_BOOTSTRAP
 from laid.eval.results import SampleResult, build_result, write_result
 from laid.eval.scoring import estimate_input_tokens, plan_batches, resolve_answer_tokens, score_examples
 from laid.eval.variants import load_for_eval
-from laid.modeling import check_model_dir
-from laid.pixel_cache import SHARED, PixelCache
-from laid.prompting import Example
+from laid.model.loading import check_model_dir
+from laid.model.pixel_cache import SHARED, PixelCache
+from laid.model.prompting import Example
 
 SCORINGS = ("logits", "generate")
 # Padded tokens per forward pass. One real 150-image haystack (~54k tokens) exceeds it and runs
@@ -152,7 +152,7 @@ def evaluate_loaded(
 
     `attrs` are stored on the Dataset (model_name, variant, data_path, ... of the contract).
     Deterministic for a seed: arrangement and bootstrap are seeded, batching is fixed by lengths.
-    pixel_cache: True = the process-wide cache (laid.pixel_cache.SHARED), a PixelCache = that one,
+    pixel_cache: True = the process-wide cache (laid.model.pixel_cache.SHARED), a PixelCache = that one,
     False (or None) = no pixel cache (images decoded through an ImageCache of `image_cache_size`).
     """
     if scoring not in SCORINGS:

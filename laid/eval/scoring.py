@@ -22,8 +22,8 @@ import torch
 from transformers import GenerationConfig
 
 from laid.eval.metrics import is_compliant, reference_correct
-from laid.pixel_cache import PixelCache
-from laid.prompting import Example, encode_batch, render_prompt
+from laid.model.pixel_cache import PixelCache
+from laid.model.prompting import Example, encode_batch, render_prompt
 
 # Spellings of the answers that a tokenizer may hold as single tokens (Qwen's BPE has all of
 # "yes", "Yes", " yes" ("Ġyes"), " Yes"...; the toy word-level tokenizer lower-cases to one id).

@@ -1,7 +1,7 @@
 """Build a zoo model folder from its YAML config: tokenizer, processor, random-init model.
 
 The folder is an ordinary Hugging Face checkpoint (config.json, model.safetensors, tokenizer and
-processor files), loadable with `laid.modeling.load_model` exactly like a real Qwen2.5-VL folder.
+processor files), loadable with `laid.model.loading.load_model` exactly like a real Qwen2.5-VL folder.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from laid.modeling import save_folder_atomically
+from laid.model.loading import save_folder_atomically
 from laid.zoo.configs import ZooModelConfig, to_dict
-from laid.zoo.processor import LaidQwen2_5_VLProcessor, build_image_processor
+from laid.model.processor import LaidQwen2_5_VLProcessor, build_image_processor
 from laid.zoo.tokenizer import build_tokenizer
 
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from laid.data.pool import CATEGORY_INDEX
 from laid.data.render import CATEGORIES, sample_image
-from laid.pixel_cache import ImagePixels, preprocess_images
+from laid.model.pixel_cache import ImagePixels, preprocess_images
 
 N_OBJECTS = (1, 3)  # objects per image, as sample_image's default
 

@@ -39,11 +39,11 @@ from tqdm.auto import tqdm
 from laid.data import questions as qs
 from laid.data.render import CATEGORIES, sample_image
 from laid.data.synth import targets_in_distractors
-from laid.prompting import Example, encode_batch
+from laid.model.prompting import Example, encode_batch
 from laid.zoo.configs import RETRIEVAL_QUERIES, PretrainConfig
 from laid.zoo.image_bank import FreshImages, ImageBank, encoder_outputs
 from laid.zoo.retrieval_attention import RetrievalAttentionLoss, needle_token_mask
-from laid_analysis.hooks import record_qk, site_name
+from laid.model.hooks import record_qk, site_name
 
 # Vision tokens per 56x56 image (4) + <|vision_start|>/<|vision_end|>; prompt overhead in tokens.
 TOKENS_PER_IMAGE = 6

@@ -13,7 +13,6 @@ and a short text summary in <run>/summary.md. The run's config is written to <ru
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -76,7 +75,7 @@ def _stage_zoo(cfg: MainConfig, log) -> None:
     build_zoo(cfg.run / "zoo", zoo_configs(cfg.path(cfg.zoo_config_dir), [cfg.teacher, *cfg.students]), quick=cfg.quick)
 
 
-# Quick mode evaluates this many samples per size (trainers.compare.quick_config uses the same).
+# Quick mode evaluates this many samples per size (laid_workflows.compare.quick_config uses the same).
 QUICK_EVAL_SAMPLES = 4
 
 
@@ -107,7 +106,7 @@ def _stage_eval(cfg: MainConfig, log) -> None:
 
 
 def _stage_compare(cfg: MainConfig, log) -> None:
-    from trainers.compare import load_compare_config, quick_config, run_comparison
+    from laid_workflows.compare import load_compare_config, quick_config, run_comparison
 
     ccfg = load_compare_config(cfg.path(cfg.compare_config))
     ccfg.teacher, ccfg.students = cfg.teacher, list(cfg.students)
@@ -149,7 +148,7 @@ def _stage_analysis(cfg: MainConfig, log) -> None:
 
 
 def _stage_figures(cfg: MainConfig, log) -> None:
-    from laid.figures import run_figures
+    from laid_workflows.figures import run_figures
 
     run_figures(cfg.run, cfg.path(cfg.figures_dir), quick=cfg.quick, executed_dir=cfg.run / "executed_notebooks")
 

@@ -1,26 +1,23 @@
 """Load a model for evaluation as one of the inference-time variants of the paper's Table 1.
 
-base        the checkpoint as is (`laid.modeling.load_model`)
-yarn        YaRN RoPE scaling, `trainers/context_extension/yarn.py`
-selfextend  SelfExtend grouped attention, `trainers/context_extension/selfextend.py`
+base        the checkpoint as is (`laid.model.loading.load_model`)
+yarn        YaRN RoPE scaling, `laid/eval/variants/yarn.py`
+selfextend  SelfExtend grouped attention, `laid/eval/variants/selfextend.py`
 
-The two context-extension methods live with the trainers; each module exposes
-`load_model(model_dir, device=None, dtype=None, **options) -> model`. They are imported only when
-asked for, so `laid eval` of a base model never depends on them.
+The two context-extension methods are evaluation options (no training); each module exposes
+`load_model(model_dir, device=None, dtype=None, **options) -> model`.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
-from laid.modeling import load_model, load_processor
+from laid.eval.variants import selfextend, yarn
+from laid.methods import INFERENCE_VARIANTS
+from laid.model.loading import load_model, load_processor
 
-EXTENSION_MODULES = {
-    "yarn": "trainers.context_extension.yarn",
-    "selfextend": "trainers.context_extension.selfextend",
-}
-VARIANTS = ("base", *EXTENSION_MODULES)
+EXTENSION_MODULES = {"yarn": yarn, "selfextend": selfextend}
+VARIANTS = INFERENCE_VARIANTS  # base + the keys of EXTENSION_MODULES
 
 
 def parse_options(pairs: list[str] | None) -> dict:
@@ -58,15 +55,5 @@ def load_for_eval(model_dir: str | Path, variant: str = "base", options: dict | 
         if options:
             raise ValueError(f"the base variant takes no options, got {sorted(options)}")
         return load_model(model_dir, device=device, dtype=dtype), processor
-    module_name = EXTENSION_MODULES[variant]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name is None or not module_name.startswith(e.name):
-            raise  # the module exists but one of its own imports is missing
-        raise RuntimeError(
-            f"variant {variant!r} needs {module_name.replace('.', '/')}.py (from the trainers package), "
-            "which is not available in this installation"
-        ) from None
-    model = module.load_model(model_dir, device=device, dtype=dtype, **options)
+    model = EXTENSION_MODULES[variant].load_model(model_dir, device=device, dtype=dtype, **options)
     return model.eval(), processor

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from laid.zoo import processor as _processor  # registers the torchvision-free processor
+from laid.model import processor as _processor  # registers the torchvision-free processor
 
 _processor.register()
 

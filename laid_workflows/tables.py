@@ -14,14 +14,8 @@ import numpy as np
 import xarray as xr
 
 from laid.eval.metrics import LONG_WINDOW, SHORT_WINDOW, average_gains
+from laid.methods import ALL_METHODS, LABELS, TABLE1_METHODS, TABLE3_METHODS  # noqa: F401 (ALL_METHODS re-exported)
 
-ALL_METHODS = ("base", "yarn", "selfextend", "sft-lora", "kd", "laid", "laid-no-kl", "laid-no-laid")
-TABLE1_METHODS = ("base", "yarn", "selfextend", "sft-lora", "kd", "laid")
-TABLE3_METHODS = ("base", "laid-no-kl", "laid-no-laid", "laid")
-LABELS = {
-    "base": "/", "yarn": "YaRN", "selfextend": "SelfExtend", "sft-lora": "SFT(LoRA)", "kd": "KD",
-    "laid": "LAid", "laid-no-kl": "w/o L_KL", "laid-no-laid": "w/o L_LAid",
-}  # fmt: skip
 
 
 def _window(ds: xr.Dataset) -> tuple[float, bool, bool]:

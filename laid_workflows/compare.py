@@ -30,12 +30,11 @@ from typing import Any
 import xarray as xr
 import yaml
 
-from trainers.compare_table import build_comparison, comparison_markdown
+from laid.methods import INFERENCE_VARIANTS, TRAINED_METHODS
+from laid_workflows.tables import build_comparison, comparison_markdown
 from trainers.config import apply_overrides, from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[1]
-INFERENCE_VARIANTS = ("base", "yarn", "selfextend")
-TRAINED_METHODS = ("sft-lora", "kd", "laid", "laid-no-kl", "laid-no-laid")
 
 
 @dataclass
@@ -218,3 +217,29 @@ def _write_atomic(path: Path, text: str) -> None:
 def run_comparison(cfg: CompareConfig, run_dir: str | Path, force: bool = False, progress: bool = True) -> xr.Dataset:
     """Run (or resume) the comparison in `run_dir`; returns the comparison Dataset (also written)."""
     return Comparison(cfg, run_dir, force, progress).run()
+
+
+def _compare(args) -> int:
+    cfg = load_compare_config(args.config, args.override or [])
+    if args.quick:
+        cfg = quick_config(cfg)
+    ds = run_comparison(cfg, args.run_dir, force=args.force, progress=not args.no_progress)
+    print(f"comparison of {list(ds['student'].values)} x {list(ds['method'].values)}: {args.run_dir}/compare/comparison.md")
+    return 0
+
+
+def register(subparsers) -> None:
+    c = subparsers.add_parser(
+        "compare",
+        help="run the method comparison (paper Tables 1 and 3) on a run folder; resumable",
+        description="Evaluate base/YaRN/SelfExtend and train+evaluate SFT-LoRA, KD, LAid and its ablations for "
+        "each student; write compare/comparison.nc and comparison.md. Existing results are reused.",
+    )
+    c.add_argument("--config", required=True, help="comparison config YAML (configs/experiments/compare.yaml)")
+    c.add_argument("--run-dir", default="runs/default", help="run folder holding zoo/ and data/ (default runs/default)")
+    c.add_argument("--override", action="append", metavar="KEY=VALUE", help="set a comparison config key; repeatable")
+    c.add_argument("--force", action="store_true", help="recompute results that already exist")
+    c.add_argument("--quick", action="store_true", help="seconds-long smoke run (all test sizes, 4 samples, 2 steps per method)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    c.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    c.set_defaults(func=_compare)

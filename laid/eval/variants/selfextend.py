@@ -39,9 +39,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from laid.modeling import load_model as load_plain
-from laid_analysis.hooks import text_decoder
-from trainers.context_extension.yarn import training_length
+from laid.model.loading import load_model as load_plain
+from laid.model.hooks import text_decoder
+from laid.eval.variants.yarn import training_length
 
 ATTN_NAME = "laid_selfextend"
 _STATE = "_laid_selfextend"  # attribute on each text self_attn module -> SelfExtendState
@@ -168,7 +168,7 @@ def enable_selfextend(model: nn.Module, config: SelfExtendConfig) -> SelfExtendS
 
 def load_model(model_dir: str | Path, device=None, dtype=None, group_size: int = 4, window: int | None = None,
                chunk_size: int = 1024, **kw):
-    """laid.modeling.load_model + SelfExtend. window None = half the model's training length
+    """laid.model.loading.load_model + SelfExtend. window None = half the model's training length
     (`yarn.training_length`), so that with group size G the positions stay in range up to
     (L - W) * G + W = (G + 1) L / 2 tokens."""
     if window is None:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from laid.modeling import check_model_dir
-from laid.modeling import load_model as load_plain
+from laid.model.loading import check_model_dir
+from laid.model.loading import load_model as load_plain
 
 
 def training_length(model_dir: str | Path, factor: float = 4.0) -> int:
@@ -61,6 +61,6 @@ def yarn_config(model_dir: str | Path, factor: float = 4.0, original_max_positio
 
 def load_model(model_dir: str | Path, device=None, dtype=None, factor: float = 4.0,
                original_max_position_embeddings: int | None = None, **kw):
-    """laid.modeling.load_model with YaRN RoPE (factor, original_max_position_embeddings)."""
+    """laid.model.loading.load_model with YaRN RoPE (factor, original_max_position_embeddings)."""
     cfg = yarn_config(model_dir, factor, original_max_position_embeddings)
     return load_plain(model_dir, device=device, dtype=dtype, config=cfg, **kw)

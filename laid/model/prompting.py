@@ -6,7 +6,7 @@ question. The chat template of the processor (toy or real) renders the turn, so 
 serves both. Batches are left-padded so the last position of every row is the answer position.
 
 Images may be PIL images, image paths or preprocessed `ImagePixels`; with a `PixelCache`, each
-distinct image file is preprocessed once (laid/pixel_cache.py) and the batch is the same, tensor
+distinct image file is preprocessed once (laid/model/pixel_cache.py) and the batch is the same, tensor
 for tensor, as the processor's.
 """
 
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from laid.data.vhs import load_image
-from laid.pixel_cache import ImageLike, PixelCache, encode_from_pixels, to_pixels
+from laid.model.pixel_cache import ImageLike, PixelCache, encode_from_pixels, to_pixels
 
 VHS_INSTRUCTION = "You are given a set of images. Please answer the following question in Yes or No: "
 

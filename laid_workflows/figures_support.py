@@ -105,7 +105,7 @@ def load_comparison(run_dir: Path) -> xr.Dataset:
 
 def check_methods(param: str, methods, comparison: xr.Dataset) -> tuple[list[str], list[str]]:
     """(methods the comparison holds, methods it lacks); a name that is no method at all is a ValueError."""
-    from trainers.compare_table import ALL_METHODS
+    from laid.methods import ALL_METHODS
 
     methods = check_list(param, methods)
     for m in methods:

@@ -1,0 +1,31 @@
+"""The one registry of method and variant names used across the workbench.
+
+Inference-time variants change how a checkpoint is evaluated (laid.eval.variants); trained methods
+produce a new checkpoint (trainers/). Tables, configs, the comparison and the figures read their
+names, labels and table membership from here, so a new method is added in one place.
+
+`laid-no-laid` is the paper's Table 3 row "w/o L_LAid": Eq. 9 without the Eq. 7 Q/K alignment; the
+attention matching and the RoPE gains stay (docs/HISTORY.md, "paper inconsistencies").
+"""
+
+from __future__ import annotations
+
+INFERENCE_VARIANTS: tuple[str, ...] = ("base", "yarn", "selfextend")
+TRAINED_METHODS: tuple[str, ...] = ("sft-lora", "kd", "laid", "laid-no-kl", "laid-no-laid")
+ALL_METHODS: tuple[str, ...] = INFERENCE_VARIANTS + TRAINED_METHODS
+
+# Rows of the paper's tables (base first: the reference row of each student).
+TABLE1_METHODS: tuple[str, ...] = ("base", "yarn", "selfextend", "sft-lora", "kd", "laid")
+TABLE3_METHODS: tuple[str, ...] = ("base", "laid-no-kl", "laid-no-laid", "laid")
+
+LABELS: dict[str, str] = {
+    "base": "/", "yarn": "YaRN", "selfextend": "SelfExtend", "sft-lora": "SFT(LoRA)", "kd": "KD",
+    "laid": "LAid", "laid-no-kl": "w/o L_KL", "laid-no-laid": "w/o L_LAid",
+}  # fmt: skip
+
+
+def check_method(name: str, allowed: tuple[str, ...] = ALL_METHODS, what: str = "method") -> str:
+    """`name` if registered (and in `allowed`), else a one-line ValueError listing the choices."""
+    if name not in allowed:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(allowed)}")
+    return name
