@@ -111,6 +111,11 @@ class DistillModule(nn.Module):
                 rec.tensors[site_name(ls, "q_rot")], rec.tensors[site_name(ls, "k_rot")], teacher.q[lt], teacher.k[lt], mask
             )
 
+    def tie_weights(self) -> None:
+        """Re-tie the student's shared weights (embeddings / lm_head): accelerate's FSDP2 rank-0 loading
+        moves the whole module to the meta device, which unties them, and then calls this."""
+        self.student.tie_weights()
+
     def release_gain(self) -> None:
         if self.gain is not None:
             self.gain.remove()
@@ -130,6 +135,8 @@ class DistillModule(nn.Module):
         want_qk = len(self.align) > 0
         if (want_qk or w["kl"] > 0) and teacher is None:
             raise ValueError("this method needs teacher outputs for every micro-batch")
+        if self.gain is not None:
+            self.gain.use(self.gain())  # this forward's gains, gathered by the gain's own forward (ZeRO-3 / FSDP)
         rec_ctx = record_qk(self.student, layers=self.student_layers, detach=False) if want_qk else nullcontext()
         with rec_ctx as rec:
             out = self.student(**model_inputs(batch), logits_to_keep=keep, use_cache=False)

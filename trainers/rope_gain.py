@@ -48,6 +48,12 @@ class RopeGain(nn.Module):
 
     attach(model) / remove() register / remove the forward hooks on q_proj / k_proj;
     `with gains.applied(model): ...` does both around a block.
+
+    Sharded training: `gains.use(gains())` once per model forward. Under ZeRO-3 / FSDP a module's
+    parameters are gathered only while its own forward runs, and ZeRO-3 re-gathers them for the
+    backward through hooks on the tensors that forward *returns*; so the q_proj / k_proj hooks
+    must use those returned tensors, not read `self.q` / `self.k`. Without use() (tests,
+    unsharded use) the hooks read the parameters.
     """
 
     def __init__(self, n_heads: int, n_kv_heads: int, head_dim: int, layers: Iterable[int]):
@@ -61,6 +67,15 @@ class RopeGain(nn.Module):
         self.q = nn.Parameter(torch.ones(len(self.layers), n_heads, head_dim // 2))
         self.k = nn.Parameter(torch.ones(len(self.layers), n_kv_heads, head_dim // 2))
         self._handles: list = []
+        self._current: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dim gains (L, H, D), (L, H_kv, D)."""
+        return pair_gain_to_dims(self.q), pair_gain_to_dims(self.k)
+
+    def use(self, gains: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """The hooks apply `gains` (this module's forward output) until the next use() / remove()."""
+        self._current = gains
 
     @classmethod
     def for_model(cls, model: nn.Module, layers: int | Iterable[int] | None = None) -> "RopeGain":
@@ -90,6 +105,7 @@ class RopeGain(nn.Module):
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._current = None
 
     @contextmanager
     def applied(self, model: nn.Module) -> Iterator["RopeGain"]:
@@ -102,7 +118,10 @@ class RopeGain(nn.Module):
     def _hook(self, which: str, slot: int):
         def hook(module, inputs, output):
             b, s, _ = output.shape  # (B, S, heads*D): pre-RoPE, heads contiguous as in the model's view()
-            gain = pair_gain_to_dims(getattr(self, which)[slot]).to(output.dtype)  # (heads, D)
+            if self._current is not None:  # from use(): gathered under ZeRO-3 / FSDP
+                gain = self._current[0 if which == "q" else 1][slot].to(output.dtype)  # (heads, D)
+            else:
+                gain = pair_gain_to_dims(getattr(self, which)[slot]).to(output.dtype)
             return (output.view(b, s, -1, self.head_dim) * gain).view(b, s, -1)
 
         return hook
