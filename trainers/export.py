@@ -32,6 +32,7 @@ import xarray as xr
 from laid.eval.results import write_result
 from laid.model.loading import load_model, save_folder_atomically
 from trainers.config import DistillConfig
+from trainers.engines import plain_model_loading
 from trainers.students import apply_lora
 
 EXPORT_DIR = "export"
@@ -81,8 +82,12 @@ def head_weights_dataset(state: dict, pairs: list[tuple[int, int]], gain_layers:
 
 
 def build_export_model(state: dict, cfg: DistillConfig, gain_layers: list[int] | None):
-    """A fresh CPU student carrying the trained weights, gains folded, LoRA merged (fp32)."""
-    student = load_model(cfg.student_dir, device="cpu", dtype=torch.float32)
+    """A fresh CPU student carrying the trained weights, gains folded, LoRA merged (fp32).
+
+    Built by one process alone, so never under ZeRO-3's collective loading (`plain_model_loading`).
+    """
+    with plain_model_loading():
+        student = load_model(cfg.student_dir, device="cpu", dtype=torch.float32)
     if cfg.uses_lora:
         student = apply_lora(student, cfg)
     student.load_state_dict(_subdict(state, "student."), strict=True)

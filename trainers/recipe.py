@@ -34,6 +34,7 @@ from trainers.checkpoint import TrainerState, latest_checkpoint, load_checkpoint
 from trainers.config import DistillConfig
 from trainers.data import DataPosition, TrainingExamples, collate, load_train_entries
 from trainers.distill_module import DistillModule, tail_length, teacher_forward
+from trainers.engines import fill_deepspeed_config, make_accelerator, plain_model_loading, prepare_teacher  # noqa: F401 (re-exported)
 from trainers.optim import build_optimizer, build_scheduler
 from trainers.pairing import check_pair
 from trainers.students import build_student, load_teacher
@@ -44,50 +45,6 @@ TERM_ORDER = ("total", "laid", "attn", "kl", "sft")
 
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN/inf; training stopped before the bad step was applied."""
-
-
-def make_accelerator(cfg: DistillConfig) -> Accelerator:
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() else "no"
-    # The scheduler is stepped once per optimizer step by us: accelerate's default would step it
-    # num_processes times per call (it assumes a per-process step count).
-    # cpu=True without a GPU: several processes launched by torch.distributed.run (accelerate's
-    # MULTI_GPU launcher, configs/accelerate/multi_cpu.yaml) then form a gloo MULTI_CPU group.
-    accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.grad_accum, mixed_precision=precision, step_scheduler_with_optimizer=False,
-        cpu=not torch.cuda.is_available(),
-    )
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        # We feed batches ourselves (no accelerate DataLoader), so DeepSpeed learns the micro-batch
-        # size, accumulation and clipping from our config instead of "auto".
-        ds = accelerator.state.deepspeed_plugin.deepspeed_config
-        ds["train_micro_batch_size_per_gpu"] = cfg.per_device_batch_size
-        ds["gradient_accumulation_steps"] = cfg.grad_accum
-        ds["gradient_clipping"] = cfg.max_grad_norm
-        ds.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True  # for the export
-    return accelerator
-
-
-def prepare_teacher(accelerator: Accelerator, teacher):
-    """Place the frozen teacher: sharded under ZeRO-3 / FSDP, replicated (no DDP) otherwise."""
-    if teacher is None:
-        return None
-    kind = accelerator.distributed_type
-    n_models = len(accelerator._models)
-    if kind == DistributedType.FSDP and accelerator.is_fsdp2:
-        from accelerate.utils.fsdp_utils import fsdp2_prepare_model
-
-        teacher = fsdp2_prepare_model(accelerator, teacher)
-    elif kind == DistributedType.FSDP:
-        teacher = accelerator.prepare_model(teacher)
-    elif kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
-        teacher = accelerator.prepare(teacher)  # a ZeRO-3 inference engine (no optimizer)
-    else:
-        teacher = teacher.to(accelerator.device)
-    # Not part of the training state: keep it out of save_state (no 32B teacher in each checkpoint).
-    del accelerator._models[n_models:]
-    return teacher.eval()
 
 
 def _move(batch: dict, device) -> dict:
@@ -148,15 +105,20 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
         total_steps = min(total_steps, cfg.max_steps)
 
     # From config files, before any weight is loaded: a pair that cannot work fails here, clearly.
-    pairs = check_pair(cfg.teacher_dir, cfg.student_dir, cfg.layer_pairs).layer_pairs if cfg.uses_teacher else []
+    # (config-only meta-device models: never under ZeRO-3's collective init)
+    with plain_model_loading():
+        pairs = check_pair(cfg.teacher_dir, cfg.student_dir, cfg.layer_pairs).layer_pairs if cfg.uses_teacher else []
     teacher = load_teacher(cfg) if cfg.uses_teacher else None
+    # Read before prepare_teacher: a DeepSpeed engine's `.config` is the DeepSpeed dict.
+    teacher_config = teacher.config if teacher is not None else None
     student = build_student(cfg)
+    fill_deepspeed_config(accelerator, cfg, student.config.get_text_config().hidden_size)
     gain = None
     if cfg.uses_gain:
         from trainers.rope_gain import RopeGain
 
         gain = RopeGain.for_model(student, cfg.rope_gain_layers if cfg.rope_gain_layers is not None else [s for s, _ in pairs])
-    module = DistillModule(student, cfg, pairs, teacher.config if teacher is not None else None, gain)
+    module = DistillModule(student, cfg, pairs, teacher_config, gain)
     module.train()
     optimizer = build_optimizer(module, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
@@ -174,7 +136,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
         _write_atomic(out / "distill_config.yaml", cfg.to_yaml())
     train_log = TrainLog(out / "train_log.jsonl", keep_until_step=state.global_step, enabled=main)
     if main and cfg.weights()["kl"] > 0:
-        note = _vocab_note(student.config, teacher.config)
+        note = _vocab_note(inner.student.config, teacher_config)
         if note:  # the KL loss also logs it once through `logging`
             train_log.note(note)
 
