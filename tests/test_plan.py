@@ -87,7 +87,15 @@ def test_real_32b_to_7b_and_3b_shapes_and_memory(real_dirs):
     assert pr.student.n_params / 1e9 == pytest.approx(8.29, rel=0.01)
     # ZeRO-3 over the paper's 4 x 80 GB: sharded states dominate, and it fits.
     assert p7.memory["teacher weights"] == pytest.approx(2 * 33.45e9 / 4 / 2**30, rel=0.01)
-    assert p7.memory["student states"] == pytest.approx(16 * 8.29e9 / 4 / 2**30, rel=0.01)
+    vision = pr.student.n_vision_params  # frozen (freeze_vision): fp32 weights only
+    assert p7.memory["student states"] == pytest.approx((16 * (8.29e9 - vision) + 4 * vision) / 4 / 2**30, rel=0.01)
+    # FSDP2 keeps the teacher's final norm + lm_head gathered (bf16, 152064 x 5120) and the student's root
+    fsdp = plan(real_dirs["32b"], real_dirs["7b"], n_gpus=4, seq_len=7401, sharding="fsdp2")
+    assert fsdp.memory["teacher tail (FSDP2)"] == pytest.approx(2 * 152064 * 5120 / 2**30, rel=1e-6)
+    assert fsdp.total_gib > p7.total_gib + 3
+    # host RAM while loading: FSDP2's rank-0 loading holds one copy of each model (bf16 teacher, fp32 student)
+    assert fsdp.host_gib == pytest.approx((2 * 33.45e9 + 4 * 8.29e9) / 2**30, rel=0.01)
+    assert plan(real_dirs["32b"], real_dirs["7b"], n_gpus=4, sharding="none").host_gib == pytest.approx(4 * fsdp.host_gib)
     assert 40 < p7.total_gib < 80
     one_gpu = plan(real_dirs["32b"], real_dirs["7b"], n_gpus=1, seq_len=7401)
     assert one_gpu.total_gib > 150  # the reason the recipe ships ZeRO-3 / FSDP configs

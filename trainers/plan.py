@@ -6,23 +6,38 @@ The plan lists the layer pairs, the mixer shapes, the RoPE gain shape, the vocab
 and an estimate of GPU memory per device. Nothing is loaded but config.json (models are built on
 the meta device to count parameters), so a 32B plan runs on a laptop.
 
-Memory estimate per GPU (bytes; P = parameter count, s = n_gpus under ZeRO-3 / FSDP full
-sharding, s = 1 without sharding; B batch, S sequence length, R max response length):
-  teacher weights      2 P_t / s                  bf16, frozen: no grads, no optimizer state
-  student states      16 P_s / s                  bf16 weights 2 + bf16 grads 2 + fp32 master 4 +
-                                                  AdamW m, v 8 (fp32 on CPU: 4 + 4 + 8, also 16)
+Memory estimate per GPU (bytes; P = parameter count, s = n_gpus under ZeRO-3 / FSDP2 full
+sharding, s = 1 without sharding; B batch, S sequence length, R max response length; a = bytes of
+an activation / teacher weight: 2 in bf16 (GPU), 4 in fp32 (`--precision fp32`, CPU runs)):
+  teacher weights      a P_t / s                  frozen: no grads, no optimizer state
+  student states       (16 P_train + 4 P_frozen) / s   trainable: bf16 weights 2 + bf16 grads 2 + fp32
+                                                  master 4 + AdamW m, v 8 (fp32 on CPU: 4 + 4 + 8);
+                                                  frozen (the vision tower, freeze_vision): fp32 4
   LAid params         16 (mixers + gains)         replicated, tiny
-  gather buffers       2 x 2 max(layer_t, layer_s)  (ZeRO-3 only) one layer in use + one prefetched
-  student activations  with gradient checkpointing: L_s B S h_s 2 (saved layer inputs)
-                       + B S (6 h_s + 2 h_kv,s + 4 I_s) 2 x 2 (one layer's recompute + its grads);
+  gather buffers       2 x 2 max(layer_t, layer_s)  (sharded) one layer in use + one prefetched
+  teacher tail         (FSDP2) a V_t h_t: accelerate keeps the teacher's final norm + lm_head
+                       gathered after the forward (reshard_after_forward False)
+  student root         (FSDP2) a (V_s h_s) (x2 if untied): the DistillModule root unit (embeddings,
+                       lm_head) stays gathered between forward and backward
+  student activations  with gradient checkpointing: L_s B S h_s a (saved layer inputs)
+                       + B S (6 h_s + 2 h_kv,s + 4 I_s) a x 2 (one layer's recompute + its grads);
                        without: L_s times the second term
-  student vision       depth B 4S v_h 2 + B 4S (6 v_h + 3 v_I) 2 x 2 (<= 4 patches per image token)
-  teacher activations  B S (4 h_t + 2 I_t) 2 (one layer, no grad) + B 4S (4 v_h + 2 v_I) 2 (vision)
-  captured Q/K         per pair: B S (H_t + H_kv,t + 2 (H_s + H_kv,s)) D 4 (fp32 for the losses)
+  student vision       depth B 4S v_h a + B 4S (6 v_h + 3 v_I) a x 2 (<= 4 patches per image token)
+  teacher activations  B S (4 h_t + 2 I_t) a (one layer, no grad) + B 4S (4 v_h + 2 v_I) a (vision)
+  captured Q/K         per pair: B S ((H_t + H_kv,t) D a + (H_s + H_kv,s) D 4) (teacher Q/K, fp32
+                       mixed targets)
+  LAid loss            per pair: B S (H_s + H_kv,s) D 4 x 4.5 (what the alignment and attention-
+                       matching terms keep for backward: fp32 Q/K copies, differences; measured)
   attention matching   8 B H_s chunk S 4 (a chunk's logits, log-softmaxes, probabilities, terms)
   logits               3 B R (V_s + V_t) 4 (fp32 logits, log-softmax, grads at answer positions:
                        the recipe must compute logits only there, e.g. with logits_to_keep)
   overhead             2 GiB (CUDA context, allocator fragmentation)
+Host RAM per node while loading (`host_ram`): without FSDP2's rank-0 loading every process loads
+both models on the host (n (a P_t + 4 P_s)); with fsdp_cpu_ram_efficient_loading only local rank 0
+does (a P_t + 4 P_s); ZeRO-3's zero.Init loads and partitions one tensor at a time (counted as the
+largest layer per process, plus the safetensors files' page cache, which the OS can drop).
+Checked against measured bytes on real-width layer-truncated models (tests/test_plan_realwidth.py:
+within 25% for teacher weights, student states, student activations, captured Q/K, LAid loss).
 It is an estimate (+-30%), to choose n_gpus and seq_len before renting GPUs, not a guarantee.
 """
 
@@ -34,6 +49,7 @@ from pathlib import Path
 from trainers.pairing import Pairing, check_pair
 
 GiB = 1024**3
+SHARDINGS = ("zero3", "fsdp2", "none")
 
 
 @dataclass
@@ -44,10 +60,11 @@ class Plan:
     batch_size: int
     max_response: int
     chunk_size: int
-    sharding: str  # "zero3" (teacher and student fully sharded, DeepSpeed ZeRO-3 / FSDP) or "none"
+    sharding: str  # "zero3" / "fsdp2" (teacher and student fully sharded) or "none"
     gradient_checkpointing: bool
     gain_layers: list[int]
     memory: dict[str, float] = field(default_factory=dict)  # GiB per GPU, by component
+    host_gib: float = 0.0  # host RAM per node while loading the models
 
     @property
     def gain_shapes(self) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -76,6 +93,7 @@ class Plan:
             f"response {self.max_response}, gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}):",
             *(f"  {k:<22} {v:8.2f} GiB" for k, v in self.memory.items()),
             f"  {'total':<22} {self.total_gib:8.2f} GiB",
+            f"host RAM per node while loading: {self.host_gib:.1f} GiB",
         ]
         return "\n".join(lines)
 
@@ -88,58 +106,87 @@ def _count(n: int) -> str:
 
 def estimate_memory(p: Pairing, n_gpus: int, seq_len: int, batch_size: int = 1, max_response: int = 512,
                     chunk_size: int = 256, sharding: str = "zero3", gradient_checkpointing: bool = True,
-                    n_gain_layers: int | None = None) -> dict[str, float]:
+                    n_gain_layers: int | None = None, precision: str = "bf16", freeze_vision: bool = True) -> dict[str, float]:
     """Per-GPU memory by component in GiB (formula in the module docstring)."""
     t, s = p.teacher, p.student
-    shard = n_gpus if sharding == "zero3" else 1
+    a = {"bf16": 2, "fp32": 4}[precision]
+    shard = n_gpus if sharding in ("zero3", "fsdp2") else 1
     b, n = batch_size, seq_len
     n_gain = s.n_layers if n_gain_layers is None else n_gain_layers
     laid_params = p.n_laid_params + n_gain * (s.n_heads + s.n_kv_heads) * (s.head_dim // 2)
-    layer_work = b * n * (6 * s.hidden_size + 2 * s.n_kv_heads * s.head_dim + 4 * s.intermediate_size) * 2 * 2
-    student_act = (s.n_layers * b * n * s.hidden_size * 2 + layer_work) if gradient_checkpointing else s.n_layers * layer_work
+    layer_work = b * n * (6 * s.hidden_size + 2 * s.n_kv_heads * s.head_dim + 4 * s.intermediate_size) * a * 2
+    student_act = (s.n_layers * b * n * s.hidden_size * a + layer_work) if gradient_checkpointing else s.n_layers * layer_work
     patches = 4 * n  # upper bound: every token an image token, 2x2 patches merged into one token
-    student_vision = s.vision_depth * b * patches * s.vision_hidden_size * 2 + b * patches * (6 * s.vision_hidden_size + 3 * s.vision_intermediate_size) * 2 * 2
-    teacher_act = b * n * (4 * t.hidden_size + 2 * t.intermediate_size) * 2 + b * patches * (4 * t.vision_hidden_size + 2 * t.vision_intermediate_size) * 2
-    qk = len(p.layer_pairs) * b * n * (t.n_heads + t.n_kv_heads + 2 * (s.n_heads + s.n_kv_heads)) * s.head_dim * 4
+    student_vision = s.vision_depth * b * patches * s.vision_hidden_size * a + b * patches * (6 * s.vision_hidden_size + 3 * s.vision_intermediate_size) * a * 2
+    teacher_act = b * n * (4 * t.hidden_size + 2 * t.intermediate_size) * a + b * patches * (4 * t.vision_hidden_size + 2 * t.vision_intermediate_size) * a
+    pairs = len(p.layer_pairs)
+    qk = pairs * b * n * ((t.n_heads + t.n_kv_heads) * t.head_dim * a + (s.n_heads + s.n_kv_heads) * s.head_dim * 4)
+    laid_loss = pairs * b * n * (s.n_heads + s.n_kv_heads) * s.head_dim * 4 * 4.5
     attn = 8 * b * s.n_heads * min(chunk_size, n) * n * 4
     logits = 3 * b * max_response * (s.vocab_size + t.vocab_size) * 4
-    gather = 2 * 2 * max(t.n_layer_params, s.n_layer_params) if sharding == "zero3" and n_gpus > 1 else 0
+    sharded = sharding in ("zero3", "fsdp2") and n_gpus > 1
+    gather = 2 * 2 * max(t.n_layer_params, s.n_layer_params) if sharded else 0
+    frozen = s.n_vision_params if freeze_vision else 0
     parts = {
-        "teacher weights": 2 * t.n_params / shard,
-        "student states": 16 * s.n_params / shard,
+        "teacher weights": a * t.n_params / shard,
+        "student states": (16 * (s.n_params - frozen) + 4 * frozen) / shard,
         "LAid params": 16 * laid_params,
         "gather buffers": gather,
         "student activations": student_act + student_vision,
         "teacher activations": teacher_act,
         "captured Q/K": qk,
+        "LAid loss": laid_loss,
         "attention matching": attn,
         "logits": logits,
         "overhead": 2 * GiB,
     }
+    if sharding == "fsdp2" and n_gpus > 1:
+        parts["teacher tail (FSDP2)"] = a * t.vocab_size * t.hidden_size
+        parts["student root (FSDP2)"] = a * s.vocab_size * s.hidden_size * (1 if s.tie_word_embeddings else 2)
     return {k: v / GiB for k, v in parts.items()}
+
+
+def host_ram(p: Pairing, n_gpus: int, sharding: str = "zero3", precision: str = "bf16") -> float:
+    """Host RAM (GiB per node) while the processes load the two models (module docstring)."""
+    t, s = p.teacher, p.student
+    a = {"bf16": 2, "fp32": 4}[precision]
+    both = a * t.n_params + 4 * s.n_params
+    if sharding == "fsdp2":
+        return both / GiB  # fsdp_cpu_ram_efficient_loading: local rank 0 only
+    if sharding == "zero3":
+        return n_gpus * 4 * max(t.n_layer_params, s.n_layer_params) / GiB
+    return n_gpus * both / GiB
 
 
 def plan(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=None, n_gpus: int = 1, seq_len: int = 8192,
          batch_size: int = 1, max_response: int = 512, chunk_size: int = 256, sharding: str = "zero3",
-         gradient_checkpointing: bool = True, gain_layers: list[int] | None = None) -> Plan:
+         gradient_checkpointing: bool = True, gain_layers: list[int] | None = None, precision: str = "bf16",
+         freeze_vision: bool = True) -> Plan:
     """Check the pair (PairingError on failure) and estimate memory.
 
     gain_layers None = the student layers of the layer pairs (the recipe's default for RoPE gains).
+    sharding: "zero3" (DeepSpeed ZeRO-3), "fsdp2" (adds the gathered teacher tail / student root)
+    or "none". precision: "bf16" (GPU) or "fp32" (CPU runs).
     """
     if n_gpus < 1 or seq_len < 1 or batch_size < 1:
         raise ValueError(f"plan needs gpus, seq_len and batch_size >= 1 (got {n_gpus}, {seq_len}, {batch_size})")
-    if sharding not in ("zero3", "none"):
-        raise ValueError(f"sharding must be 'zero3' or 'none', got {sharding!r}")
+    if sharding not in SHARDINGS:
+        raise ValueError(f"sharding must be one of {SHARDINGS}, got {sharding!r}")
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
     p = check_pair(teacher_dir, student_dir, layer_pairs)
     gains = sorted(gain_layers) if gain_layers is not None else sorted(s for s, _ in p.layer_pairs)
-    mem = estimate_memory(p, n_gpus, seq_len, batch_size, max_response, chunk_size, sharding, gradient_checkpointing, len(gains))
-    return Plan(p, n_gpus, seq_len, batch_size, max_response, chunk_size, sharding, gradient_checkpointing, gains, mem)
+    mem = estimate_memory(p, n_gpus, seq_len, batch_size, max_response, chunk_size, sharding, gradient_checkpointing,
+                          len(gains), precision, freeze_vision)  # fmt: skip
+    return Plan(p, n_gpus, seq_len, batch_size, max_response, chunk_size, sharding, gradient_checkpointing, gains, mem,
+                host_ram(p, n_gpus, sharding, precision))  # fmt: skip
 
 
 def _run(args) -> int:
     result = plan(args.teacher, args.student, args.layer_pairs, n_gpus=args.gpus, seq_len=args.seq_len,
                   batch_size=args.batch_size, max_response=args.max_response, chunk_size=args.chunk_size,
-                  sharding=args.sharding, gradient_checkpointing=not args.no_gradient_checkpointing)
+                  sharding=args.sharding, gradient_checkpointing=not args.no_gradient_checkpointing,
+                  precision=args.precision)
     print(result.format())
     return 0
 
@@ -160,6 +207,7 @@ def register_plan(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="sequences per GPU per micro-step (default 1, as the paper)")
     p.add_argument("--max-response", type=int, default=512, help="answer positions with logits (default 512, as the paper)")
     p.add_argument("--chunk-size", type=int, default=256, help="query chunk of the attention-matching loss (default 256)")
-    p.add_argument("--sharding", choices=("zero3", "none"), default="zero3", help="zero3 = DeepSpeed ZeRO-3 / FSDP full sharding (default)")
+    p.add_argument("--sharding", choices=SHARDINGS, default="zero3", help="zero3 = DeepSpeed ZeRO-3 (default), fsdp2 = FSDP2 full sharding, none")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="activations and teacher weights: bf16 (GPU, default) or fp32 (CPU)")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="estimate without gradient checkpointing")
     p.set_defaults(func=_run)
