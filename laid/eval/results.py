@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -24,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from laid.eval.metrics import N_BOOTSTRAP, bootstrap_accuracy, effective_window
+from laid.io import write_netcdf
 
 REQUIRED_VARIABLES = (
     "accuracy", "accuracy_std", "accuracy_ci_low", "accuracy_ci_high", "compliance",
@@ -183,18 +182,8 @@ def bootstrap_windows(sizes, accuracy_bootstrap: np.ndarray, threshold: float) -
 
 
 def write_result(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write netCDF atomically: a temp file in the same folder, then os.replace over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp, engine="netcdf4")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write netCDF atomically through laid.io (a full disk is named and keeps the earlier file)."""
+    return write_netcdf(ds, path)
 
 
 def load_result(path: str | Path) -> xr.Dataset:
@@ -249,7 +238,7 @@ def summary_text(ds: xr.Dataset) -> str:
     a = ds.attrs
     lines = [
         f"{a.get('model_name', '?')} [{a.get('variant', '?')}] {a.get('needle_setting', '?')}, "
-        f"{a.get('scoring', '?')} scoring",
+        f"{a.get('scoring', '?')} scoring" + (f", {a['protocol']} protocol" if a.get("protocol") else ""),
         f"{'size':>5} {'n':>4} {'accuracy':>8} {'std':>6} {'95% CI':>15} {'compl':>6} {'tokens':>8}",
     ]
     for size in ds["haystack_size"].values:
@@ -261,7 +250,7 @@ def summary_text(ds: xr.Dataset) -> str:
         )
     if int(a.get("needle_position_mode", 0)):
         by_pos = accuracy_by_needle_position(ds)
-        lines.append("accuracy by needle position:")
+        lines.append("accuracy by needle position: (0-based image index of the needle: accuracy)")
         for size in by_pos["haystack_size"].values:
             row = by_pos.sel(haystack_size=size)
             cells = [f"{int(p)}:{float(v):.2f}" for p, v in zip(row["needle_index"].values, row.values) if not np.isnan(v)]
