@@ -30,6 +30,8 @@ def register(subparsers) -> None:
                    help="folder the image paths are relative to (default: the synthetic data folder holding "
                         "manifest.json at or above PATH)")
     p.add_argument("--no-images", action="store_true", help="skip checking that image files exist")
+    p.add_argument("--allow-outside-image-root", action="store_true",
+                   help="accept absolute image paths and paths leaving --image-root with '..' (refused by default)")
     p.set_defaults(func=_validate)
 
 
@@ -50,11 +52,9 @@ def _default_image_root(path: Path) -> Path:
 
 def _files_to_check(path: Path) -> dict[str, Path]:
     """{label: file} for a file, a split folder, or a folder of splits."""
-    if path.is_file():
-        return {path.name: path}
-    if not path.is_dir():
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found; pass a VHs file or folder")
-    splits = [s for s in ("test", "train") if (path / s).is_dir()]
+    splits = [s for s in ("test", "train") if path.is_dir() and (path / s).is_dir()]
     roots = {s: path / s for s in splits} if splits else {"": path}
     out = {}
     for split, root in roots.items():
@@ -68,7 +68,8 @@ def _validate(args: argparse.Namespace) -> int:
     files = _files_to_check(args.path)
     rows = []
     for label, f in tqdm(files.items(), desc="validate", unit="file", leave=False):
-        entries = load_vhs_file(f, image_root, check_images=not args.no_images)
+        entries = load_vhs_file(f, image_root, check_images=not args.no_images,
+                                allow_outside_root=args.allow_outside_image_root)
         answers = Counter(e.answer for e in entries)
         sizes = sorted({e.haystack_size for e in entries})
         rows.append((label, len(entries), answers["yes"], answers["no"], sizes))

@@ -281,6 +281,8 @@ def find_vhs_files(root: str | Path, variant: str = SINGLE_VARIANT) -> dict[tupl
         raise FileNotFoundError(
             f"VHs data {root} not found; pass a VHs root, a setting folder or a visual_haystack_N.json file "
             f"(or run `laid data synth`)")
+    if _FILE_RE.match(root.name) and not _files_in(root):
+        raise VHsFormatError(f"{root} is a folder, not a VHs file; pass the file itself or the folder holding it")
     if root.name == "single_needle" and (root / variant).is_dir():
         folders = {"single_needle": root / variant}
     elif root.name == "multi_needle":

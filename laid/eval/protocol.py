@@ -138,10 +138,26 @@ def official_dir(out_path: str | Path) -> Path:
     return out_path.with_name(out_path.stem + "_official")
 
 
-def write_official_json(records: Mapping[str, Sequence[dict]], folder: str | Path) -> Path:
-    """Write `{folder}/{N}_images/{idx:03d}.json` atomically (the whole folder is swapped in at once)."""
-    with atomic_dir(folder) as tmp:
-        for name, rows in records.items():
-            for idx, record in enumerate(rows):
-                write_json(record, tmp / name / f"{idx:03d}.json")
+class _ThenFailed(Exception):
+    """Carries the error of `then()` through atomic_dir, which would otherwise rename it after the folder."""
+
+
+def write_official_json(records: Mapping[str, Sequence[dict]], folder: str | Path, then=None) -> Path:
+    """Write `{folder}/{N}_images/{idx:03d}.json` atomically (the whole folder is swapped in at once).
+
+    `then()` runs before the swap (the netCDF write): if it raises, the earlier folder is kept and
+    its error (e.g. "no space left on device writing <the .nc>") reaches the caller unchanged.
+    """
+    try:
+        with atomic_dir(folder) as tmp:
+            for name, rows in records.items():
+                for idx, record in enumerate(rows):
+                    write_json(record, tmp / name / f"{idx:03d}.json")
+            if then is not None:
+                try:
+                    then()
+                except Exception as e:  # noqa: BLE001 - re-raised unchanged below
+                    raise _ThenFailed(e) from None
+    except _ThenFailed as wrapped:
+        raise wrapped.args[0] from None
     return Path(folder)

@@ -336,7 +336,7 @@ def evaluate(
         progress=progress, attrs=attrs, pixel_cache=pixel_cache, answered=answered,
     )  # fmt: skip
     if out_path is not None:
-        detailed = proto.placement != "shuffle"
-        write_official_json(official_records(answered, detailed), official_dir(out_path))
-        write_result(ds, out_path)
+        # The JSON folder is swapped in only once the netCDF is written: a failure (a full disk) keeps both.
+        records = official_records(answered, proto.placement != "shuffle")
+        write_official_json(records, official_dir(out_path), then=lambda: write_result(ds, out_path))
     return ds
