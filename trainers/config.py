@@ -18,6 +18,7 @@ from laid.config import apply_overrides, from_dict, to_dict, to_yaml  # noqa: F4
 from laid.config import load_config as _load
 from laid.methods import TRAINED_METHODS
 from trainers.losses.attention_matching import DistanceWeighting
+from trainers.trainlog import REPORT_TO
 
 METHODS = TRAINED_METHODS  # names from the registry (laid.methods), the rows of METHOD_TERMS below
 TERMS = ("laid", "attn", "kl", "sft")  # loss terms, weighted by `lambdas.<term>`
@@ -126,6 +127,11 @@ class DistillConfig:
     save_every: int = 0  # optimizer steps between checkpoints; 0 = only at the end
     keep_last: int = 2  # checkpoints kept
     log_every: int = 1
+    # Experiment tracker besides train_log.jsonl (always written): none | tensorboard | wandb | trackio,
+    # through accelerate's trackers; TensorBoard event files go to <output_dir>/tracking/.
+    report_to: str = "none"
+    # Hugging Face Hub repo id ("user/name") to upload the export (with its model card) to; None = no upload.
+    push_to_hub: str | None = None
     data: DataSettings = field(default_factory=DataSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -140,6 +146,10 @@ class DistillConfig:
             raise ValueError(f"mixed_precision {self.mixed_precision!r} is not one of {MIXED_PRECISION}")
         if self.mixer_init not in MIXER_INITS:
             raise ValueError(f"mixer_init {self.mixer_init!r} is not one of {MIXER_INITS}")
+        if self.report_to not in REPORT_TO:
+            raise ValueError(f"report_to {self.report_to!r} is not one of {REPORT_TO}")
+        if self.push_to_hub is not None and self.push_to_hub.count("/") != 1:
+            raise ValueError(f"push_to_hub {self.push_to_hub!r} must be a Hub repo id 'user/name' (or null)")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
         for name in ("per_device_batch_size", "grad_accum", "epochs", "keep_last", "log_every", "max_response_len"):
