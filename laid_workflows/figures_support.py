@@ -253,6 +253,32 @@ def save_plotly(fig, figures_dir: str | Path, name: str) -> Path:
                         lambda tmp: fig.write_html(tmp, include_plotlyjs=PLOTLY_JS, full_html=True))
 
 
+def needle_position_data(result: str | Path) -> xr.Dataset:
+    """Accuracy and sample counts by (haystack_size, needle_index) of a `laid eval` result with needle positions.
+
+    A result without them (the shuffled protocol) is refused with a line saying how to make one.
+    """
+    from laid.eval.results import accuracy_by_needle_position, load_result
+
+    path = Path(result)
+    if not path.is_file():
+        raise MissingResultsError(f"parameter result: {path} not found; run `laid eval ... --protocol official "
+                                  f"--out {path}` (or --protocol ours --needle-positions) first")
+    ds = load_result(path)
+    if not int(ds.attrs.get("needle_position_mode", 0)):
+        raise ValueError(f"parameter result: {path} was evaluated with shuffled haystacks; re-run `laid eval` with "
+                         f"--protocol official (single needle) or --needle-positions")
+    acc = accuracy_by_needle_position(ds)
+    idx = ds["needle_index"]
+    counts = [[int((idx.sel(haystack_size=n) == p).sum()) for p in acc["needle_index"].values] for n in acc["haystack_size"].values]
+    out = xr.Dataset({"accuracy": acc, "n_samples": (("haystack_size", "needle_index"), np.array(counts),
+                                                   {"long_name": "samples with the needle at this index", "units": "1"})})
+    out["needle_index"].attrs.update(long_name="0-based position of the needle image in the prompt", units="images")
+    out.attrs.update({k: ds.attrs.get(k, "") for k in ("model_name", "variant", "protocol", "needle_setting", "scoring")})
+    out.attrs["result"] = str(path)
+    return out
+
+
 def save_data(ds: xr.Dataset, figures_dir: str | Path, name: str) -> Path:
     """<figures_dir>/data/<name>.nc: the numbers a figure shows."""
     return write_atomic(Path(figures_dir) / "data" / f"{name}.nc", lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
