@@ -169,3 +169,62 @@ def test_full_disk_is_named_and_keeps_the_earlier_result(world, random_zoo, capf
     _check(world, rc, lines, f"no space left on device writing {world['out']}")
     assert "earlier result" in lines[0]
     assert not list(world["out"].parent.glob(".*tmp*"))  # no temp file left behind
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path):
+    """A 256 kB tmpfs (needs root and mount rights; skipped elsewhere, the monkeypatched case above stays)."""
+    import os
+    import subprocess
+
+    mnt = tmp_path / "tinyfs"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root and mount rights)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_real_full_disk_keeps_the_earlier_result(world, random_zoo, capfd, tiny_disk):
+    import os
+
+    world["model"] = random_zoo["tiny-7b"]
+    world["out"] = tiny_disk / "run.nc"
+    world["out"].write_bytes(EARLIER)
+    st = os.statvfs(tiny_disk)
+    (tiny_disk / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 8192))  # 8 kB left
+    rc, lines = _run(world, None, capfd)
+    _check(world, rc, lines, "no space left on device writing")
+    assert "earlier result" in lines[0]
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["filler", "run.nc"]  # no temp file or folder left
+
+
+# The other readers of VHs data answer the data-level cases the same way (no model is loaded for them).
+DATA_CASES = [c for c in CASES if c not in ("size not in the data", "setting not in the file", "--out is a folder",
+                                            "--max-samples 0")]
+
+
+def _reader_args(w, extra, command: str) -> list[str]:
+    opts = dict(zip(extra[::2], extra[1::2])) if extra else {}
+    data, images = opts.get("--data", str(w["file"])), opts.get("--image-root", str(w["images"]))
+    if command == "validate":
+        return ["data", "validate", data, "--image-root", images, "--decode"]
+    return ["diagnose", str(w["model"]), "--data", data, "--image-root", images, "--sizes", "3",
+            "--out", str(w["tmp"] / "analysis"), "--device", "cpu", "--no-progress"]
+
+
+@pytest.mark.parametrize("command", ["validate", "diagnose"])
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_other_readers_answer_bad_data_in_one_line(case, command, world, random_zoo, capfd):
+    world["model"] = random_zoo["tiny-7b"]
+    breaker, needle = CASES[case]
+    extra = breaker(world)
+    if command == "diagnose" and case in ("truncated PNG", "text file as image"):
+        pytest.skip("diagnose decodes images only while analysing (covered by eval's run-time naming)")
+    rc = main(_reader_args(world, extra if isinstance(extra, list) else None, command))
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert rc == 1 and len(lines) == 1, lines
+    assert "Traceback" not in lines[0] and needle in lines[0], lines[0]

@@ -389,5 +389,27 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise VHsImageError(f"image {path} cannot be read ({e}); replace it or regenerate the data", path) from None
 
 
+def check_images_readable(entries, decode: bool = False) -> int:
+    """Open every distinct image of `entries` (header only, or fully decoded with `decode`).
+
+    Returns the number of images checked; a missing or unreadable one raises one line naming the
+    VHs file and entry that use it. Decoding catches truncated files whose header is intact.
+    """
+    seen: set[Path] = set()
+    for e in entries:
+        for rel in e.pos_image + e.neg_image:
+            path = e.resolve(rel)
+            if path in seen:
+                continue
+            try:
+                load_image(path) if decode else image_size(path)
+            except VHsImageMissing as err:
+                raise FileNotFoundError(f"{e.source}: entry {e.index}: {err}") from None
+            except VHsImageError as err:
+                raise ValueError(f"{e.source}: entry {e.index}: {err}") from None
+            seen.add(path)
+    return len(seen)
+
+
 def load_images(paths) -> list[Image.Image]:
     return [load_image(p) for p in paths]
