@@ -82,6 +82,7 @@ def diagnose(
     device=None,
     dtype=None,
     progress: bool = True,
+    allow_outside_image_root: bool = False,
 ) -> dict[str, Path]:
     """Analyse model_dir on the VHs haystacks of `sizes` (None = every size in the data) and write
     the results to out_dir; with `reference` (the teacher folder) also the teacher's analysis on the
@@ -97,7 +98,7 @@ def diagnose(
         from laid.data.vhs import find_vhs_files
 
         sizes = sorted(n for (s, n) in find_vhs_files(data_root) if s == setting)
-    entries = load_entries(data_root, image_root, sizes, max_samples, setting)
+    entries = load_entries(data_root, image_root, sizes, max_samples, setting, allow_outside_image_root)
     if settings.profile_sizes:
         missing = sorted(set(settings.profile_sizes) - set(entries))
         if missing:

@@ -14,15 +14,18 @@ from laid.model.prompting import Example
 
 
 def load_entries(data_root: str | Path, image_root: str | Path, sizes: Iterable[int], max_samples: int | None = None,
-                 setting: str = "single_needle") -> dict[int, list[VHsEntry]]:
-    """{size: first max_samples entries} of one setting, for each requested haystack size."""
+                 setting: str = "single_needle", allow_outside_root: bool = False) -> dict[int, list[VHsEntry]]:
+    """{size: first max_samples entries} of one setting, for each requested haystack size.
+
+    data_root: a VHs root, a setting folder or one visual_haystack_{N}.json (laid.data.vhs.find_vhs_files).
+    """
     files = find_vhs_files(data_root)
     available = sorted(n for (s, n) in files if s == setting)
     out = {}
     for size in sorted({int(n) for n in sizes}):
         if (setting, size) not in files:
             raise ValueError(f"no {setting} haystacks of size {size} under {data_root}; available sizes: {available}")
-        entries = load_vhs_file(files[(setting, size)], image_root)
+        entries = load_vhs_file(files[(setting, size)], image_root, allow_outside_root=allow_outside_root)
         if not entries:
             raise ValueError(f"{files[(setting, size)]} holds no entries")
         out[size] = entries[:max_samples] if max_samples else entries

@@ -68,3 +68,22 @@ def test_every_reader_takes_one_file(real, capsys):
     assert [len(v) for v in eval_entries(file, images, None).values()] == [n]
     multi = root / "multi_needle/multi_needle_2"
     assert list(eval_entries(multi, images, None)) == [5]  # setting None: the only one there
+
+
+def test_outside_image_paths_are_refused_by_every_reader_unless_allowed(real, tmp_path):
+    root, images = real
+    file = root / "single_needle/VHs_large/visual_haystack_3.json"
+    entries = json.loads(file.read_text())
+    outside = tmp_path / "elsewhere.jpg"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(outside, "JPEG")
+    entries[0]["neg_image"][0] = str(outside)
+    file.write_text(json.dumps(entries))
+    readers = {
+        "train": lambda allow: load_train_entries(file, images, allow_outside_root=allow),
+        "analysis": lambda allow: analysis_entries(file, images, [3], allow_outside_root=allow),
+        "eval": lambda allow: eval_entries(file, images, None, allow_outside_root=allow),
+    }
+    for name, read in readers.items():
+        with pytest.raises(ValueError, match="is absolute"):
+            read(False)
+        assert read(True), name

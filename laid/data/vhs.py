@@ -172,7 +172,7 @@ def _entry_from_json(raw, path: Path, i: int, image_root: Path | None, allow_out
             if why:
                 raise VHsFormatError(
                     f"{where}: field '{field}[{k}]' = {rel!r} {why}; image paths must be relative to --image-root "
-                    f"(pass --allow-outside-image-root if you trust this file)")
+                    f"(if you trust this file: --allow-outside-image-root, or data.allow_outside_image_root in a distill config)")
     if not images["pos_image"]:
         raise bad("pos_image", "is empty; every question needs at least one needle image")
     return VHsEntry(conv[0]["value"], answer, images["pos_image"], images["neg_image"], path, i, image_root)
