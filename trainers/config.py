@@ -66,7 +66,7 @@ class LoraSettings:
 class DataSettings:
     """Training examples: the VHs train split (short haystacks only, as the paper's 2-20 images)."""
 
-    train_dir: str = ""  # split root holding single_needle/ and multi_needle/ (e.g. runs/x/data/train)
+    train_dir: str = ""  # VHs split root (e.g. runs/x/data/train), a setting folder or one visual_haystack_N.json
     image_root: str = ""  # image paths in the JSON are relative to this (e.g. runs/x/data)
     # The paper's training set is 5,000 question-answer pairs; single-needle by default, add
     # "multi_needle_2" / "multi_needle_3" to train on the multi-needle files as well.
@@ -75,6 +75,7 @@ class DataSettings:
     max_haystack: int = 20
     max_examples: int | None = None  # None = all (the paper: 5,000); a cap keeps the toy fast
     check_images: bool = True  # verify every image file exists when loading
+    allow_outside_image_root: bool = False  # accept absolute / '..'-escaping image paths (refused by default)
 
 
 @dataclass
