@@ -135,7 +135,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
     processor = load_processor(cfg.student_dir)
     entries = load_train_entries(
         cfg.data.train_dir, cfg.data.image_root, cfg.data.settings, cfg.data.min_haystack, cfg.data.max_haystack,
-        cfg.data.max_examples, cfg.seed, cfg.data.check_images,
+        cfg.data.max_examples, cfg.seed, cfg.data.check_images, cfg.data.allow_outside_image_root,
     )  # fmt: skip
     examples = TrainingExamples(entries, cfg.seed)
     n_proc, rank = accelerator.num_processes, accelerator.process_index
