@@ -167,6 +167,9 @@ def test_eval_one_file_official_protocol_writes_json_the_official_scorer_reads(r
     assert set(record) == {"conversations", "pos_image", "neg_image", "response"} and len(record["response"]) == 3
     by_pos = accuracy_by_needle_position(ds)
     np.testing.assert_allclose(by_pos.values[0], np.array(rescored, dtype=float).mean(0))
+    # The table is stored in the result itself, labelled by position.
+    np.testing.assert_allclose(ds["accuracy_by_position"].sel(haystack_size=3).values, by_pos.values[0])
+    assert list(ds["n_by_position"].sel(haystack_size=3).values) == [n_entries] * 3
 
 
 def test_multi_needle_file_official_json_has_the_run_fast_result(random_zoo, real, tmp_path):

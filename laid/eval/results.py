@@ -220,6 +220,20 @@ def accuracy_by_needle_position(ds: xr.Dataset) -> xr.DataArray:
     )
 
 
+def with_position_table(ds: xr.Dataset) -> xr.Dataset:
+    """`ds` plus the needle-position table of the detailed protocol, stored in the result itself:
+    accuracy_by_position(haystack_size, needle_position) and n_by_position(...) (NaN / 0: no sample)."""
+    acc = accuracy_by_needle_position(ds).rename(needle_index="needle_position")
+    idx = ds["needle_index"].values
+    counts = np.array([[int(np.sum(idx[i] == p)) for p in acc["needle_position"].values] for i in range(idx.shape[0])])
+    acc["needle_position"].attrs.update(long_name="0-based position of the needle image in the prompt", units="images")
+    return ds.assign(
+        accuracy_by_position=acc.assign_attrs(long_name="accuracy with the needle at this position", units="1"),
+        n_by_position=(("haystack_size", "needle_position"), counts,
+                       {"long_name": "samples with the needle at this position", "units": "1"}),
+    )
+
+
 def describe_window(ds: xr.Dataset) -> str:
     w = ds["effective_window"]
     thr = w.attrs.get("threshold", ds.attrs.get("threshold"))

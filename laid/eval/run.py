@@ -31,7 +31,7 @@ from laid.data.vhs import (
 )
 from laid.eval.metrics import DEFAULT_THRESHOLD, N_BOOTSTRAP
 from laid.eval.protocol import Answered, Protocol, official_dir, official_records, resolve_protocol, write_official_json
-from laid.eval.results import SampleResult, build_result, write_result
+from laid.eval.results import SampleResult, build_result, with_position_table, write_result
 from laid.eval.scoring import estimate_input_tokens, plan_batches, resolve_answer_tokens, score_examples
 from laid.eval.variants import load_for_eval
 from laid.model.loading import check_model_dir
@@ -258,7 +258,8 @@ def evaluate_loaded(
     }
     run_attrs.update(attrs or {})
     ordered = {size: [rows[i] for i in sorted(rows)] for size, rows in results.items()}
-    return build_result(ordered, threshold=threshold, seed=seed, n_bootstrap=n_bootstrap, attrs=run_attrs)
+    ds = build_result(ordered, threshold=threshold, seed=seed, n_bootstrap=n_bootstrap, attrs=run_attrs)
+    return ds if placement == "shuffle" else with_position_table(ds)
 
 
 def evaluate(
