@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from .images import (  # noqa: F401 (re-exported: the image half of the loader)
+    VHsImageError, VHsImageMissing, check_images_readable, image_size, load_image, load_images,
+)
 from .questions import MULTI, SINGLE
 
 SETTINGS: tuple[str, ...] = ("single_needle", "multi_needle_2", "multi_needle_3")
@@ -42,22 +44,6 @@ _FILE_RE = re.compile(r"^visual_haystack_(\d+|oracle)\.json$")
 
 class VHsFormatError(ValueError):
     """A Visual Haystacks file or entry that does not follow the format."""
-
-
-class VHsImageError(ValueError):
-    """An image of a haystack that is missing or cannot be decoded; `path` names the file."""
-
-    def __init__(self, message: str, path: Path):
-        super().__init__(message)
-        self.path = Path(path)
-
-
-class VHsImageMissing(FileNotFoundError):
-    """An image of a haystack that does not exist; `path` names the file."""
-
-    def __init__(self, message: str, path: Path):
-        super().__init__(message)
-        self.path = Path(path)
 
 
 def vhs_rel_path(setting: str, size: int, variant: str = SINGLE_VARIANT) -> str:
@@ -363,53 +349,3 @@ def arrange_haystack(entry: VHsEntry, seed: int, needle_position: int | None = N
     """`arrange_images` with the paths resolved against the entry's image root."""
     rel, needles = arrange_images(entry, seed, needle_position, placement)
     return [entry.resolve(r) for r in rel], needles
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB; a missing, truncated or non-image file raises VHsImageError (one line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise VHsImageMissing(f"image {path} not found; check --image-root", path)
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise VHsImageError(f"image {path} cannot be read ({e}); replace it or regenerate the data", path) from None
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the file header only; VHsImageError when it is missing or not an image."""
-    path = Path(path)
-    if not path.is_file():
-        raise VHsImageMissing(f"image {path} not found; check --image-root", path)
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise VHsImageError(f"image {path} cannot be read ({e}); replace it or regenerate the data", path) from None
-
-
-def check_images_readable(entries, decode: bool = False) -> int:
-    """Open every distinct image of `entries` (header only, or fully decoded with `decode`).
-
-    Returns the number of images checked; a missing or unreadable one raises one line naming the
-    VHs file and entry that use it. Decoding catches truncated files whose header is intact.
-    """
-    seen: set[Path] = set()
-    for e in entries:
-        for rel in e.pos_image + e.neg_image:
-            path = e.resolve(rel)
-            if path in seen:
-                continue
-            try:
-                load_image(path) if decode else image_size(path)
-            except VHsImageMissing as err:
-                raise FileNotFoundError(f"{e.source}: entry {e.index}: {err}") from None
-            except VHsImageError as err:
-                raise ValueError(f"{e.source}: entry {e.index}: {err}") from None
-            seen.add(path)
-    return len(seen)
-
-
-def load_images(paths) -> list[Image.Image]:
-    return [load_image(p) for p in paths]
