@@ -34,8 +34,9 @@ def official_word_tokens(text: str) -> list[str]:
     unsplit, whereas the sentence "is yes." -> 'yes', '.'). The data cannot be downloaded here, so
     the split uses Punkt with empty parameters. For whether "yes" or "no" is a token the two agree:
     Punkt breaks after any period-final word that is not an abbreviation, and the English model
-    lists neither "yes" nor "no" among its abbreviations nor starts a collocation with them (its
-    orthographic and sentence-starter tables act only after abbreviations, initials and numbers).
+    lists neither "yes" nor "no" among its abbreviations nor starts a collocation with them
+    (nltk_data punkt_tab/english/abbrev_types.txt and collocations.tab, read for this); its
+    orthographic and sentence-starter tables act only after abbreviations, initials and numbers.
     Other tokens may differ ("Dr." vs "Dr", "."), which the yes/no rule never looks at.
     """
     from nltk.tokenize import NLTKWordTokenizer
