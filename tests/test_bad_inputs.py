@@ -110,7 +110,7 @@ CASES = {
     "size not in the data": (lambda w: ["--sizes", "7"], "[7]"),
     "setting not in the file": (lambda w: ["--setting", "multi_needle_3"], "multi_needle_3"),
     "--out is a folder": (lambda w: ["--out", str(w["out"].parent)], "is a folder"),
-    "--max-samples 0": (lambda w: ["--max-samples", "0"], "max_samples"),
+    "--max-samples 0": (lambda w: ["--max-samples", "0"], "--max-samples"),
 }
 
 

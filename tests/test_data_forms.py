@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from laid.data.vhs import find_vhs_files
-from laid.eval.run import load_entries as eval_entries
-from laid_analysis.haystacks import load_entries as analysis_entries
+from laid.data.vhs import find_vhs_files, load_entries
 from laid_workflows.cli import main
 from trainers.data import load_train_entries
 
@@ -64,10 +62,9 @@ def test_every_reader_takes_one_file(real, capsys):
     assert main(["data", "validate", str(file), "--image-root", str(images)]) == 0
     assert "ok: 1 files" in capsys.readouterr().out
     assert len(load_train_entries(file, images, min_haystack=2, max_haystack=20)) == n
-    assert list(analysis_entries(file, images, [3])) == [3]
-    assert [len(v) for v in eval_entries(file, images, None).values()] == [n]
+    assert [len(v) for v in load_entries(file, images, None).values()] == [n]  # eval and diagnose read through it
     multi = root / "multi_needle/multi_needle_2"
-    assert list(eval_entries(multi, images, None)) == [5]  # setting None: the only one there
+    assert list(load_entries(multi, images, None)) == [5]  # setting None: the only one there
 
 
 def test_outside_image_paths_are_refused_by_every_reader_unless_allowed(real, tmp_path):
@@ -80,8 +77,7 @@ def test_outside_image_paths_are_refused_by_every_reader_unless_allowed(real, tm
     file.write_text(json.dumps(entries))
     readers = {
         "train": lambda allow: load_train_entries(file, images, allow_outside_root=allow),
-        "analysis": lambda allow: analysis_entries(file, images, [3], allow_outside_root=allow),
-        "eval": lambda allow: eval_entries(file, images, None, allow_outside_root=allow),
+        "eval and analysis": lambda allow: load_entries(file, images, None, allow_outside_root=allow),
     }
     for name, read in readers.items():
         with pytest.raises(ValueError, match="is absolute"):

@@ -185,3 +185,22 @@ def test_multi_needle_file_official_json_has_the_run_fast_result(random_zoo, rea
         rec = json.loads(f.read_text())
         assert sorted(rec["result"]["image_paths"]) == sorted(rec["pos_image"] + rec["neg_image"])  # shuffled once
         assert isinstance(rec["result"]["response"], str)
+
+
+def test_settings_reuse_only_results_of_the_same_protocol(tmp_path):
+    from laid.eval.results import SampleResult, build_result
+    from laid.eval.settings import EvalSettings
+
+    synthetic = tmp_path / "synth" / "test"
+    synthetic.mkdir(parents=True)
+    (tmp_path / "synth" / "manifest.json").write_text("{}")
+    rows = {1: [SampleResult(True, 1.0, True, 10, 0, True)] * 4}
+    attrs = {"data_path": str(synthetic), "needle_setting": "single_needle", "scoring": "logits",
+             "config": json.dumps({"max_samples_per_size": None})}
+    old = build_result(rows, threshold=0.6, seed=0, n_bootstrap=5, attrs=attrs)  # written before protocols existed
+    ours = old.assign_attrs(protocol="ours")
+    official = old.assign_attrs(protocol="official", scoring="generate")
+    auto = EvalSettings(sizes=None, samples_per_size=None)  # auto on synthetic data: ours, logits
+    assert auto.matches(old) and auto.matches(ours) and not auto.matches(official)
+    assert EvalSettings(sizes=None, samples_per_size=None, protocol="official").matches(official)
+    assert not EvalSettings(sizes=None, samples_per_size=None, scoring="generate").matches(ours)

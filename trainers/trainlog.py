@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from laid.io import write_text
 
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
@@ -114,11 +115,8 @@ class TrainLog:
         self.tracking = tracking
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_log(self.path) if r.get("step", 0) <= keep_until_step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        write_text("".join(json.dumps(r) + "\n" for r in kept), self.path)
 
     def _append(self, record: dict) -> None:
         if not self.enabled:

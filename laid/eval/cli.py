@@ -9,7 +9,8 @@ import torch
 from laid.eval.metrics import DEFAULT_THRESHOLD
 from laid.eval.protocol import OFFICIAL_MAX_NEW_TOKENS, OURS_MAX_NEW_TOKENS, PROTOCOLS, official_dir
 from laid.eval.results import summary_text
-from laid.eval.run import DEFAULT_BATCH_TOKENS, SCORINGS, evaluate
+from laid.eval.run import DEFAULT_BATCH_TOKENS, evaluate
+from laid.eval.settings import SCORINGS, SETTINGS, EvalSettings
 from laid.eval.variants import VARIANTS, parse_options
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -30,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="result file (.nc), written atomically; the official per-question "
                    "JSON goes to <out stem>_official/{N}_images/ beside it")
     p.add_argument("--sizes", type=int, nargs="+", help="haystack sizes to evaluate (default: every size found)")
-    p.add_argument("--setting", default=None, choices=("single_needle", "multi_needle_2", "multi_needle_3"),
+    p.add_argument("--setting", default=None, choices=SETTINGS,
                    help="needle setting (default: the only one in --data, else single_needle)")
     p.add_argument("--protocol", default="auto", choices=PROTOCOLS,
                    help="official: the vhs_benchmark placement (single needle at every 10%% position, distractors in "
@@ -57,6 +58,16 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def settings_from_args(args: argparse.Namespace) -> EvalSettings:
+    """The command line's evaluation settings, range-checked like every config's."""
+    if args.max_samples is not None and args.max_samples < 1:
+        raise ValueError(f"--max-samples must be >= 1 (or left out for every question), got {args.max_samples}")
+    return EvalSettings(sizes=args.sizes, samples_per_size=args.max_samples, setting=args.setting,
+                        threshold=args.threshold, seed=args.seed, batch_tokens=args.batch_tokens,
+                        protocol=args.protocol, scoring="generate" if args.generate else args.scoring,
+                        max_new_tokens=args.max_new_tokens)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.no_progress:
         from transformers.utils import logging as hf_logging
@@ -67,23 +78,15 @@ def run(args: argparse.Namespace) -> int:
         args.data,
         args.image_root,
         args.out,
-        sizes=args.sizes,
-        setting=args.setting,
-        max_samples_per_size=args.max_samples,
         variant=args.variant,
         variant_options=parse_options(args.variant_option),
-        protocol=args.protocol,
-        scoring="generate" if args.generate else args.scoring,
-        max_new_tokens=args.max_new_tokens,
         allow_outside_image_root=args.allow_outside_image_root,
-        threshold=args.threshold,
-        seed=args.seed,
         needle_position_mode=args.needle_positions,
         device=args.device,
         dtype=DTYPES[args.dtype] if args.dtype else None,
-        batch_tokens=args.batch_tokens,
         progress=not args.no_progress,
         model_name=args.model_name,
+        **settings_from_args(args).evaluate_kwargs(),
     )
     print(summary_text(ds))
     print(f"wrote {args.out} and the per-question JSON in {official_dir(args.out)}/")

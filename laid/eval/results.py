@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from laid.eval.metrics import N_BOOTSTRAP, bootstrap_accuracy, effective_window
-from laid.io import write_netcdf
+from laid.io import write_netcdf as write_result  # noqa: F401 (the result writer is the one atomic netCDF writer)
 
 REQUIRED_VARIABLES = (
     "accuracy", "accuracy_std", "accuracy_ci_low", "accuracy_ci_high", "compliance",
@@ -179,11 +179,6 @@ def bootstrap_windows(sizes, accuracy_bootstrap: np.ndarray, threshold: float) -
         w = effective_window(sizes, accuracy_bootstrap[:, b], threshold)
         out[b] = 0.0 if w.below_range else w.value
     return out
-
-
-def write_result(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write netCDF atomically through laid.io (a full disk is named and keeps the earlier file)."""
-    return write_netcdf(ds, path)
 
 
 def load_result(path: str | Path) -> xr.Dataset:

@@ -26,19 +26,19 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from laid.data.vhs import (
-    SETTINGS, VHsEntry, VHsImageError, VHsImageMissing, arrange_images, find_vhs_files, image_size, load_image,
-    load_vhs_file, needle_positions,
+    VHsEntry, VHsImageError, VHsImageMissing, arrange_images, data_setting, image_size, load_entries, load_image,
+    needle_positions,
 )
 from laid.eval.metrics import DEFAULT_THRESHOLD, N_BOOTSTRAP
 from laid.eval.protocol import Answered, Protocol, official_dir, official_records, resolve_protocol, write_official_json
 from laid.eval.results import SampleResult, build_result, with_position_table, write_result
 from laid.eval.scoring import estimate_input_tokens, plan_batches, resolve_answer_tokens, score_examples
+from laid.eval.settings import SCORINGS
 from laid.eval.variants import load_for_eval
 from laid.model.loading import check_model_dir
 from laid.model.pixel_cache import SHARED, PixelCache
 from laid.model.prompting import Example
 
-SCORINGS = ("logits", "generate")
 # Padded tokens per forward pass. One real 150-image haystack (~54k tokens) exceeds it and runs
 # alone; toy haystacks (~6 tokens per image) are batched by the dozen.
 DEFAULT_BATCH_TOKENS = 8192
@@ -92,51 +92,6 @@ def _name_entry(error: Exception, haystacks) -> Exception:
             cls = FileNotFoundError if isinstance(error, FileNotFoundError) else ValueError
             return cls(f"{h.entry.source}: entry {h.entry.index}: {error}")
     return error
-
-
-def data_setting(data_root: str | Path, setting: str | None) -> str:
-    """The needle setting to read: `setting`, or (None) the only one the data holds, else single_needle."""
-    if setting is not None:
-        return setting
-    found = sorted({s for s, _ in find_vhs_files(data_root)}, key=SETTINGS.index)
-    return found[0] if len(found) == 1 else "single_needle"
-
-
-def load_entries(
-    data_root: str | Path,
-    image_root: str | Path,
-    setting: str | None = "single_needle",
-    sizes: Sequence[int] | None = None,
-    max_samples_per_size: int | None = None,
-    check_images: bool = True,
-    allow_outside_root: bool = False,
-) -> dict[int, list[VHsEntry]]:
-    """{haystack size: entries} of one setting; the first N entries per file.
-
-    data_root: a VHs root, a setting folder or one visual_haystack_{N}.json (laid.data.vhs.find_vhs_files).
-    setting None: the only setting the data holds (single_needle when it holds several).
-    """
-    setting = data_setting(data_root, setting)
-    if setting not in SETTINGS:
-        raise ValueError(f"unknown needle setting {setting!r}; expected one of {', '.join(SETTINGS)}")
-    if max_samples_per_size is not None and max_samples_per_size < 1:
-        raise ValueError(f"max_samples_per_size must be >= 1, got {max_samples_per_size}")
-    files = find_vhs_files(data_root)
-    available = sorted(n for s, n in files if s == setting)
-    if not available:
-        found = sorted({s for s, _ in files})
-        raise FileNotFoundError(f"no {setting} files under {data_root} (found settings: {', '.join(found)})")
-    wanted = available if sizes is None else sorted({int(n) for n in sizes})
-    missing = [n for n in wanted if n not in available]
-    if missing:
-        raise FileNotFoundError(
-            f"{data_root} has no {setting} file for haystack sizes {missing}; available sizes: {available}"
-        )
-    return {
-        n: load_vhs_file(files[(setting, n)], image_root, check_images=check_images,
-                         allow_outside_root=allow_outside_root)[:max_samples_per_size]
-        for n in wanted
-    }
 
 
 def arrange_all(
