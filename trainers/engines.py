@@ -25,6 +25,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
 from trainers.config import DistillConfig
+from trainers.trainlog import tracking_kwargs
 
 
 def _env_flag(name: str) -> bool:
@@ -64,7 +65,7 @@ def make_accelerator(cfg: DistillConfig) -> Accelerator:
     # num_processes times per call (it assumes a per-process step count).
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.grad_accum, mixed_precision=precision, step_scheduler_with_optimizer=False,
-        cpu=cpu, kwargs_handlers=handlers,
+        cpu=cpu, kwargs_handlers=handlers, **tracking_kwargs(cfg.report_to, cfg.output_dir),
     )  # fmt: skip
     if engine and multi and accelerator.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         raise RuntimeError(f"accelerate launch asked for {engine} but the Accelerator is {accelerator.distributed_type}")
