@@ -167,3 +167,24 @@ def test_sharded_engine_matches_one_process(engine, reference, deepspeed_cpu_ops
     trained = _module_logits(_trained_state(step3, engine, tmp_path), reference, batch)
     assert not torch.allclose(trained, untrained, atol=1e-3)  # training changed the logits ...
     torch.testing.assert_close(exported, trained, rtol=1e-4, atol=1e-4)  # ... and the export keeps them
+
+
+def test_fsdp_rank0_loading_reads_no_weights_on_other_ranks(random_zoo, monkeypatch):
+    """With FSDP's rank-0 loading, local ranks != 0 never read the checkpoint (host RAM ~ one copy per
+    node): the model is built from config.json, buffers real, tied like rank 0's; rank 0 loads."""
+    import trainers.students as students
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    reads = []
+    monkeypatch.setattr(students, "load_model", lambda path, **kw: reads.append(path) or "loaded")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert students._load(random_zoo["tiny-7b"], torch.float32) == "loaded" and len(reads) == 1
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    model = students._load(random_zoo["tiny-7b"], torch.float32)
+    assert len(reads) == 1  # rank 1 read nothing
+    assert not any(p.is_meta for p in model.parameters())
+    assert model.lm_head.weight is model.model.language_model.embed_tokens.weight  # tied as in the folder
+    rotary = model.model.language_model.rotary_emb.inv_freq
+    assert torch.isfinite(rotary).all() and rotary[0] == 1.0  # computed buffers, not uninitialised memory
