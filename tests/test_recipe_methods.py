@@ -51,7 +51,12 @@ def test_one_step_changes_the_student(method, random_zoo, vhs, tmp_path):
     head = tmp_path / method / "head_weights.nc"
     assert head.is_file() == method.startswith("laid")
     assert (export / "distill_config.yaml").is_file() and (export / "train_log.jsonl").is_file()
+    if method != "sft-lora":  # health telemetry at the aligned layer (2 <- 3), also for KD
+        assert set(row["q_norm_ratio"]) == set(row["k_norm_ratio"]) == set(row["attn_entropy"]) == {"2"}
+        assert {f"{t}_grad_norm" for t in TERMS[method]} <= set(row)
+        assert all(row[f"{t}_grad_norm"] > 0 for t in TERMS[method])
     if method.startswith("laid"):
+        assert row["mixer_row_norm"]["2"] == pytest.approx([1.0] * zoo_text("tiny-7b").num_attention_heads)
         ds = xr.load_dataset(head)
         t, s = zoo_text("tiny-32b"), zoo_text("tiny-7b")
         assert ds["w_q"].dims == ("layer_pair", "student_head", "teacher_head")
@@ -60,6 +65,20 @@ def test_one_step_changes_the_student(method, random_zoo, vhs, tmp_path):
         assert ds["w_k"].shape == (1, s.num_key_value_heads, t.num_key_value_heads)
         assert int(ds["student_layer"][0]) == 2 and int(ds["teacher_layer"][0]) == 3  # last layers
         assert float(abs(ds["gain_q"] - 1).max()) > 0  # the gains trained (they start at exactly 1)
+        assert ds["gain_product"].dims == ("gain_layer", "student_head", "rotary_pair")
+        assert ds["q_norm_ratio"].dims == ("step", "layer_pair") and ds.attrs["alignment"] == "cosine"
+        assert torch.allclose(torch.tensor(ds["w_q"].values).norm(dim=-1), torch.ones(1, s.num_attention_heads))
+
+
+def test_proportional_layer_map_aligns_every_student_layer(random_zoo, vhs, tmp_path):
+    torch.set_num_threads(1)
+    cfg = tiny_config(random_zoo, vhs, tmp_path / "prop", layer_map="proportional", max_steps=1, grad_accum=1)
+    distill(cfg, progress=False)
+    ds = xr.load_dataset(tmp_path / "prop" / "head_weights.nc")
+    assert ds["student_layer"].values.tolist() == [0, 1, 2] and ds["teacher_layer"].values.tolist() == [0, 2, 3]
+    assert ds["gain_layer"].values.tolist() == [0, 1, 2]  # gains on the aligned layers
+    row = [r for r in read_log(tmp_path / "prop" / "train_log.jsonl") if "note" not in r][0]
+    assert set(row["q_norm_ratio"]) == {"0", "1", "2"}
 
 
 def test_vocabulary_mismatch_uses_shared_ids_and_says_so(random_zoo, vhs, tmp_path):

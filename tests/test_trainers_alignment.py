@@ -249,3 +249,17 @@ def test_attention_mix_rows_are_convex_and_entropy_bounds():
     ent = row_entropy(attention_mix(torch.eye(4)))
     assert torch.allclose(ent, torch.zeros(4), atol=1e-6)
     assert row_entropy(attention_mix(torch.ones(1, 4))).item() == pytest.approx(math.log(4))
+
+
+def test_norm_monitor_warns_once_below_the_fraction_of_the_start(caplog):
+    from trainers.health import NormMonitor
+
+    monitor = NormMonitor(0.9)
+    assert monitor.check(1, {"q_norm_ratio": {"2": 2.0}, "k_norm_ratio": {"2": 1.0}}) is None
+    assert monitor.check(2, {"q_norm_ratio": {"2": 1.85}, "k_norm_ratio": {"2": 0.95}}) is None  # within 10%
+    with caplog.at_level("WARNING"):
+        text = monitor.check(3, {"q_norm_ratio": {"2": 1.7}, "k_norm_ratio": {"2": 0.95}})
+    assert text.count("\n") == 0 and "layer 2 q_norm_ratio 1.700" in text and "shrinking" in caplog.text
+    assert monitor.check(4, {"q_norm_ratio": {"2": 1.0}, "k_norm_ratio": {"2": 0.95}}) is None  # once per layer
+    resumed = NormMonitor.from_log([{"step": 1, "q_norm_ratio": {"2": 2.0}}], 0.9)
+    assert resumed.check(5, {"q_norm_ratio": {"2": 1.7}}) is not None  # compares with the run's first value
