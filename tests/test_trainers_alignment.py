@@ -251,15 +251,17 @@ def test_attention_mix_rows_are_convex_and_entropy_bounds():
     assert row_entropy(attention_mix(torch.ones(1, 4))).item() == pytest.approx(math.log(4))
 
 
-def test_norm_monitor_warns_once_below_the_fraction_of_the_start(caplog):
+def test_norm_monitor_warns_once_when_the_smoothed_ratio_falls_below_the_fraction(caplog):
     from trainers.health import NormMonitor
 
-    monitor = NormMonitor(0.9)
-    assert monitor.check(1, {"q_norm_ratio": {"2": 2.0}, "k_norm_ratio": {"2": 1.0}}) is None
-    assert monitor.check(2, {"q_norm_ratio": {"2": 1.85}, "k_norm_ratio": {"2": 0.95}}) is None  # within 10%
+    monitor = NormMonitor(0.9, window=2)
+    rec = lambda q, k=1.0: {"q_norm_ratio": {"2": q}, "k_norm_ratio": {"2": k}}
+    assert [monitor.check(i, rec(q)) for i, q in enumerate([2.0, 2.0, 2.0, 1.7])] == [None] * 4  # mean 1.85: within 10%
     with caplog.at_level("WARNING"):
-        text = monitor.check(3, {"q_norm_ratio": {"2": 1.7}, "k_norm_ratio": {"2": 0.95}})
-    assert text.count("\n") == 0 and "layer 2 q_norm_ratio 1.700" in text and "shrinking" in caplog.text
-    assert monitor.check(4, {"q_norm_ratio": {"2": 1.0}, "k_norm_ratio": {"2": 0.95}}) is None  # once per layer
-    resumed = NormMonitor.from_log([{"step": 1, "q_norm_ratio": {"2": 2.0}}], 0.9)
-    assert resumed.check(5, {"q_norm_ratio": {"2": 1.7}}) is not None  # compares with the run's first value
+        text = monitor.check(5, rec(1.5))  # last two: mean 1.6 < 0.9 x 2.0
+    assert text.count("\n") == 0 and "layer 2 q_norm_ratio 1.600" in text and "shrinking" in caplog.text
+    assert "k_norm_ratio" not in text
+    assert monitor.check(6, rec(1.0)) is None  # once per layer and Q/K
+    history = [{"step": i, **rec(q)} for i, q in enumerate([2.0, 2.0, 1.6])]
+    resumed = NormMonitor.from_log(history, 0.9, window=2)
+    assert resumed.check(4, rec(1.6)) is not None  # compares with the run's logged start

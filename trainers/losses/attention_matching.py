@@ -17,6 +17,12 @@ W_Q Q^t (W_K K^t)^T, gradients into the mixers) is kept as the ablation `attenti
 mixed_qk`; it mixes query and key heads of different KV groups, which the teacher never does, and
 lets the mixers chase the student.
 
+A convex mix of maps that attend to different keys is flatter than each of them, and the forward
+KL asks the student to cover every mode, which it can also do by lowering its attention logits
+(its Q/K norms): a property of the target, not a scale artefact, so used alone this term can
+lower the aligned layer's Q/K. The health telemetry (`trainers.health`: norm ratios, attention
+entropies) shows whether it does.
+
 Divergence: the bracket is the generalised (unnormalised) KL, term by term >= 0 and zero iff
 p^s_ij = p^*_ij. With w = 1 it sums to exactly KL(P^* || P^s) (rows sum to 1), the forward
 direction of Eq. 8's KL. We do not weight the plain KL terms p log(p/q): a weighted sum of those is
