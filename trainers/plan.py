@@ -19,7 +19,8 @@ sharding, s = 1 without sharding; B batch, S sequence length, R max response len
   student vision       depth B 4S v_h 2 + B 4S (6 v_h + 3 v_I) 2 x 2 (<= 4 patches per image token)
   teacher activations  B S (4 h_t + 2 I_t) 2 (one layer, no grad) + B 4S (4 v_h + 2 v_I) 2 (vision)
   captured Q/K         per pair: B S (H_t + H_kv,t + 2 (H_s + H_kv,s)) D 4 (fp32 for the losses)
-  attention matching   8 B H_s chunk S 4 (a chunk's logits, log-softmaxes, probabilities, terms)
+  attention matching   8 B (H_s + H_t) chunk S 4 (a chunk's student and teacher logits,
+                       softmaxes, the mixed target, terms)
   logits               3 B R (V_s + V_t) 4 (fp32 logits, log-softmax, grads at answer positions:
                        the recipe must compute logits only there, e.g. with logits_to_keep)
   overhead             2 GiB (CUDA context, allocator fragmentation)
@@ -101,7 +102,7 @@ def estimate_memory(p: Pairing, n_gpus: int, seq_len: int, batch_size: int = 1, 
     student_vision = s.vision_depth * b * patches * s.vision_hidden_size * 2 + b * patches * (6 * s.vision_hidden_size + 3 * s.vision_intermediate_size) * 2 * 2
     teacher_act = b * n * (4 * t.hidden_size + 2 * t.intermediate_size) * 2 + b * patches * (4 * t.vision_hidden_size + 2 * t.vision_intermediate_size) * 2
     qk = len(p.layer_pairs) * b * n * (t.n_heads + t.n_kv_heads + 2 * (s.n_heads + s.n_kv_heads)) * s.head_dim * 4
-    attn = 8 * b * s.n_heads * min(chunk_size, n) * n * 4
+    attn = 8 * b * (s.n_heads + t.n_heads) * min(chunk_size, n) * n * 4
     logits = 3 * b * max_response * (s.vocab_size + t.vocab_size) * 4
     gather = 2 * 2 * max(t.n_layer_params, s.n_layer_params) if sharding == "zero3" and n_gpus > 1 else 0
     parts = {
