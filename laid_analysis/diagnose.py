@@ -24,10 +24,10 @@ import xarray as xr
 from laid.model.loading import check_model_dir, load_model, load_processor
 from laid_analysis import report
 from laid_analysis.analyse import AnalysisSettings, analyse_model
-from laid_analysis.haystacks import load_entries
+from laid.data.vhs import load_entries
 from laid_analysis.head_weights import head_weight_summary, load_head_weights, with_absolute_layers
 from laid.model.hooks import resolve_layers
-from laid_analysis.io import write_netcdf
+from laid.io import write_netcdf
 from laid_analysis.key_activation import stack_models
 from laid_analysis.spectra import default_layer_map, low_freq_preservation
 
@@ -93,11 +93,7 @@ def diagnose(
     settings.validate()
     label = label or model_dir.name
     hw = load_head_weights(head_weights) if head_weights else None
-    if sizes is None:
-        from laid.data.vhs import find_vhs_files
-
-        sizes = sorted(n for (s, n) in find_vhs_files(data_root) if s == setting)
-    entries = load_entries(data_root, image_root, sizes, max_samples, setting)
+    entries = load_entries(data_root, image_root, setting, sizes, max_samples)
     if settings.profile_sizes:
         missing = sorted(set(settings.profile_sizes) - set(entries))
         if missing:

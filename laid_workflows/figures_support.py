@@ -19,7 +19,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import xarray as xr
 
-from laid_analysis.io import write_atomic
+from laid.io import atomic_write, save_figure as _save_figure_file, write_netcdf, write_text
+from laid.layout import RunLayout
 
 RESULT_HINTS = {
     "eval": "run `laid eval` (or `laid main`) first",
@@ -85,7 +86,7 @@ def load_eval(run_dir: Path, model: str, variant: str = "base", param: str = "mo
     """runs/<run>/eval/<model>__<variant>.nc, read and schema-checked by laid.eval.results."""
     from laid.eval.results import load_result
 
-    path = run_dir / "eval" / f"{model}__{variant}.nc"
+    path = RunLayout(run_dir).eval_result(model, variant)
     if not path.is_file():
         raise _missing_or_unknown(run_dir, param, model, path, "eval")
     return load_result(path)
@@ -93,7 +94,7 @@ def load_eval(run_dir: Path, model: str, variant: str = "base", param: str = "mo
 
 def load_comparison(run_dir: Path) -> xr.Dataset:
     """runs/<run>/compare/comparison.nc (Figure 3, tables)."""
-    path = run_dir / "compare" / "comparison.nc"
+    path = RunLayout(run_dir).comparison
     if not path.is_file():
         raise MissingResultsError(f"parameter run_dir: {path} not found; {RESULT_HINTS['compare']}")
     ds = xr.load_dataset(path, engine="netcdf4")
@@ -121,9 +122,9 @@ def load_analysis(run_dir: Path, label: str, variables: Sequence[str], param: st
     statistics, reference.nc its teacher's (at the paired layers), comparison.nc the low-frequency
     preservation against that teacher.
     """
-    from laid_analysis.io import read_netcdf
+    from laid.io import read_netcdf
 
-    folder = run_dir / "analysis" / label
+    folder = RunLayout(run_dir).analysis(label)
     if not folder.is_dir():
         raise _missing_or_unknown(run_dir, param, label.split("__")[0], folder, "analysis")
     path = folder / file
@@ -140,7 +141,7 @@ def load_analysis(run_dir: Path, label: str, variables: Sequence[str], param: st
 def load_teacher_analysis(run_dir: Path, teacher: str, student: str, variables: Sequence[str], param: str = "teacher") -> xr.Dataset:
     """The teacher's analysis: its own folder analysis/<teacher>/ if it was analysed alone, else the
     reference.nc that `laid diagnose --reference` wrote beside the student's (`student`: its label)."""
-    if (run_dir / "analysis" / teacher / "diagnostics.nc").is_file():
+    if (RunLayout(run_dir).analysis(teacher) / "diagnostics.nc").is_file():
         return load_analysis(run_dir, teacher, variables, param)
     ds = load_analysis(run_dir, student, variables, param, file="reference.nc")
     return ds.assign_attrs(label=teacher)
@@ -151,7 +152,7 @@ def load_head_weights(run_dir: Path, student: str, method: str = "laid", param: 
     w_q(layer_pair, student_head, teacher_head), w_k(layer_pair, student_kv_head, teacher_kv_head)."""
     from laid_analysis.head_weights import load_head_weights as load
 
-    path = run_dir / "distill" / f"{student}__{method}" / "head_weights.nc"
+    path = RunLayout(run_dir).head_weights(student, method)
     if not path.is_file():
         raise _missing_or_unknown(run_dir, param, student, path, "distill")
     return load(path)
@@ -213,10 +214,7 @@ def save_figure(fig, figures_dir: str | Path, name: str, dpi: int = 150, show: b
     import matplotlib.pyplot as plt
 
     figures_dir = Path(figures_dir)
-    paths = [
-        write_atomic(figures_dir / f"{name}.{fmt}", lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))
-        for fmt in ("png", "pdf")
-    ]
+    paths = [_save_figure_file(fig, figures_dir / f"{name}.{fmt}", dpi=dpi, close=False) for fmt in ("png", "pdf")]
     plt.close(fig)
     if show:
         from IPython.display import Image, display
@@ -227,12 +225,12 @@ def save_figure(fig, figures_dir: str | Path, name: str, dpi: int = 150, show: b
 
 def save_plotly(fig, figures_dir: str | Path, name: str) -> Path:
     """<figures_dir>/<name>.html; plotly.js from the CDN keeps the file to a few tens of kB."""
-    return write_atomic(Path(figures_dir) / f"{name}.html", lambda tmp: fig.write_html(tmp, include_plotlyjs="cdn", full_html=True))
+    return atomic_write(Path(figures_dir) / f"{name}.html", lambda tmp: fig.write_html(tmp, include_plotlyjs="cdn", full_html=True))
 
 
 def save_data(ds: xr.Dataset, figures_dir: str | Path, name: str) -> Path:
     """<figures_dir>/data/<name>.nc: the numbers a figure shows."""
-    return write_atomic(Path(figures_dir) / "data" / f"{name}.nc", lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
+    return write_netcdf(ds, Path(figures_dir) / "data" / f"{name}.nc")
 
 
 def add_dropdown(fig, groups: Sequence[str], label: str) -> None:
@@ -285,4 +283,4 @@ def markdown_table(df, float_format: str = "{:.2f}") -> str:
 
 def save_text(text: str, figures_dir: str | Path, filename: str) -> Path:
     """<figures_dir>/<filename> (markdown, HTML ...), atomically."""
-    return write_atomic(Path(figures_dir) / filename, lambda tmp: Path(tmp).write_text(text))
+    return write_text(text, Path(figures_dir) / filename)

@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from laid_workflows.cli import main
-from laid_analysis.io import read_netcdf
+from laid.io import read_netcdf
 from zoo_helpers import zoo_text
 
 
@@ -77,7 +77,7 @@ def test_diagnose_errors_are_one_line_and_keep_old_results(random_zoo, vhs_data,
     rc = main(["diagnose", str(random_zoo["tiny-3b"]), "--data", str(vhs_data / "test"), "--image-root", str(vhs_data),
                "--sizes", "3", "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 1 and "size 3" in err and "available sizes: [1, 2, 5, 10]" in err and len(err.strip().splitlines()) == 1
+    assert rc == 1 and "sizes [3]" in err and "available sizes: [1, 2, 5, 10]" in err and len(err.strip().splitlines()) == 1
     assert (out / "diagnostics.nc").read_text() == "earlier result"
     rc = main(["diagnose", str(tmp_path), "--data", str(vhs_data / "test"), "--image-root", str(vhs_data),
                "--out", str(out), "--no-progress"])

@@ -16,7 +16,9 @@ from typing import Any
 
 from laid.config import apply_overrides, from_dict, to_dict, to_yaml  # noqa: F401 (re-exported)
 from laid.config import load_config as _load
+from laid.eval.settings import EvalSettings
 from laid.methods import TRAINED_METHODS
+from laid.schedule import SCHEDULES as LR_SCHEDULES
 from trainers.losses.attention_matching import DistanceWeighting
 
 METHODS = TRAINED_METHODS  # names from the registry (laid.methods), the rows of METHOD_TERMS below
@@ -33,7 +35,6 @@ METHOD_TERMS: dict[str, tuple[str, ...]] = {
     "sft-lora": ("sft",),
 }
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
-LR_SCHEDULES = ("cosine", "linear", "constant")
 MIXER_INITS = ("overlap", "least_squares")
 LAYER_MAPS = ("last", "proportional")  # trainers.pairing.map_layers
 ALIGNMENTS = ("cosine", "paper")  # trainers.losses.qk_alignment
@@ -81,17 +82,13 @@ class DataSettings:
 
 
 @dataclass
-class EvalSettings:
-    """Evaluate the export after training (laid.eval) into output_dir/eval.nc when enabled."""
+class DistillEval(EvalSettings):
+    """Evaluate the export after training (laid.eval) into output_dir/eval.nc when enabled; the
+    evaluation fields are laid.eval.settings.EvalSettings, shared with `laid eval` and the comparison."""
 
     enabled: bool = False
     test_dir: str = ""  # VHs test split root (e.g. runs/x/data/test)
-    image_root: str = ""
-    sizes: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100, 150])
-    samples_per_size: int | None = 100
-    setting: str = "single_needle"
-    threshold: float = 0.6
-    seed: int = 0
+    image_root: str = ""  # default: data.image_root
 
 
 @dataclass
@@ -149,7 +146,7 @@ class DistillConfig:
     keep_last: int = 2  # checkpoints kept
     log_every: int = 1
     data: DataSettings = field(default_factory=DataSettings)
-    eval: EvalSettings = field(default_factory=EvalSettings)
+    eval: DistillEval = field(default_factory=DistillEval)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from laid.data.vhs import VHsEntry, arrange_haystack, find_vhs_files, load_images, load_vhs_file
+from laid.data.vhs import VHsEntry, arrange_haystack, load_images, load_size_range
 from laid.model.prompting import Example, encode_batch
 
 
@@ -47,11 +47,7 @@ def load_train_entries(
     With max_examples, a seeded subset is kept (stratified by nothing: a uniform draw over all
     entries, so the size/setting mix matches the split's).
     """
-    files = find_vhs_files(train_dir)
-    entries: list[VHsEntry] = []
-    for (setting, size), path in files.items():
-        if setting in settings and min_haystack <= size <= max_haystack:
-            entries.extend(load_vhs_file(path, image_root, check_images=check_images))
+    entries = load_size_range(train_dir, image_root, settings, min_haystack, max_haystack, check_images=check_images)
     if not entries:
         raise ValueError(
             f"no training entries with {min_haystack} <= N <= {max_haystack} and settings {list(settings)} "

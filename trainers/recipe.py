@@ -21,7 +21,6 @@ the checkpoint's step.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
+from laid.io import write_text
 from laid.model.loading import load_processor
 from trainers.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainers.config import DistillConfig
@@ -172,7 +172,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
         state.total_steps, state.config = total_steps, cfg.to_dict()
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "distill_config.yaml", cfg.to_yaml())
+        write_text(cfg.to_yaml(), out / "distill_config.yaml")
     train_log = TrainLog(out / "train_log.jsonl", keep_until_step=state.global_step, enabled=main)
     from trainers.health import NormMonitor
     from trainers.trainlog import read_log
@@ -263,22 +263,15 @@ def evaluate_export(cfg: DistillConfig, export: Path):
 
     ev = cfg.eval
     return evaluate(
-        export, ev.test_dir, ev.image_root or cfg.data.image_root, Path(cfg.output_dir) / "eval.nc", sizes=ev.sizes,
-        setting=ev.setting, max_samples_per_size=ev.samples_per_size, threshold=ev.threshold, seed=ev.seed,
-        model_name=f"{Path(cfg.student_dir).name}-{cfg.method}",
-    )  # fmt: skip
+        export, ev.test_dir, ev.image_root or cfg.data.image_root, Path(cfg.output_dir) / "eval.nc",
+        model_name=f"{Path(cfg.student_dir).name}-{cfg.method}", **ev.evaluate_kwargs(),
+    )
 
 
 def _vocab_note(student_config, teacher_config) -> str | None:
     from trainers.losses import shared_vocab_note
 
     return shared_vocab_note(student_config.get_text_config().vocab_size, teacher_config.get_text_config().vocab_size)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def steps_per_run(cfg: DistillConfig, n_examples: int, num_processes: int = 1) -> int:

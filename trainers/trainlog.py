@@ -8,8 +8,9 @@ to steps that will be redone), rewriting the file atomically.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from laid.io import write_text
 
 
 def read_log(path: str | Path) -> list[dict]:
@@ -32,11 +33,8 @@ class TrainLog:
         self.enabled = enabled
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_log(self.path) if r.get("step", 0) <= keep_until_step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        write_text("".join(json.dumps(r) + "\n" for r in kept), self.path)
 
     def _append(self, record: dict) -> None:
         if not self.enabled:

@@ -18,6 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -203,6 +204,50 @@ def find_vhs_files(root: str | Path, variant: str = SINGLE_VARIANT) -> dict[tupl
             f"no visual_haystack_*.json under {root}; expected single_needle/{variant}/ or "
             f"multi_needle/multi_needle_{{2,3}}/ there (for synthetic data pass <data>/test or <data>/train)")
     return dict(sorted(found.items(), key=lambda kv: (SETTINGS.index(kv[0][0]), kv[0][1])))
+
+
+def load_entries(
+    data_root: str | Path,
+    image_root: str | Path,
+    setting: str = "single_needle",
+    sizes: Sequence[int] | None = None,
+    max_samples_per_size: int | None = None,
+    check_images: bool = True,
+) -> dict[int, list[VHsEntry]]:
+    """{haystack size: the first N entries} of one setting under a VHs root: the one haystack loader
+    of evaluation, analysis and (through `load_size_range`) distillation data."""
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown needle setting {setting!r}; expected one of {', '.join(SETTINGS)}")
+    if max_samples_per_size is not None and max_samples_per_size < 1:
+        raise ValueError(f"max_samples_per_size must be >= 1, got {max_samples_per_size}")
+    files = find_vhs_files(data_root)
+    available = sorted(n for s, n in files if s == setting)
+    if not available:
+        found = sorted({s for s, _ in files})
+        raise FileNotFoundError(f"no {setting} files under {data_root} (found settings: {', '.join(found)})")
+    wanted = available if sizes is None else sorted({int(n) for n in sizes})
+    missing = [n for n in wanted if n not in available]
+    if missing:
+        raise FileNotFoundError(f"{data_root} has no {setting} file for haystack sizes {missing}; available sizes: {available}")
+    out = {}
+    for n in wanted:
+        entries = load_vhs_file(files[(setting, n)], image_root, check_images=check_images)
+        if not entries:
+            raise VHsFormatError(f"{files[(setting, n)]} holds no entries; remove it or regenerate the data")
+        out[n] = entries[:max_samples_per_size]
+    return out
+
+
+def load_size_range(data_root: str | Path, image_root: str | Path, settings: Sequence[str], min_size: int,
+                    max_size: int, check_images: bool = True) -> list[VHsEntry]:
+    """Every entry of `settings` with min_size <= N <= max_size, in (setting, size, file) order."""
+    files = find_vhs_files(data_root)
+    entries: list[VHsEntry] = []
+    for setting in settings:
+        sizes = sorted(n for s, n in files if s == setting and min_size <= n <= max_size)
+        if sizes:
+            entries += [e for n in sizes for e in load_entries(data_root, image_root, setting, [n], check_images=check_images)[n]]
+    return entries
 
 
 def needle_positions(n: int) -> list[int]:

@@ -9,6 +9,7 @@ import torch
 from laid.eval.metrics import DEFAULT_THRESHOLD
 from laid.eval.results import summary_text
 from laid.eval.run import DEFAULT_BATCH_TOKENS, evaluate
+from laid.eval.settings import SETTINGS, EvalSettings
 from laid.eval.variants import VARIANTS, parse_options
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -25,7 +26,7 @@ def register(subparsers) -> None:
     p.add_argument("--image-root", required=True, help="folder the image paths in the JSON files are relative to")
     p.add_argument("--out", required=True, help="result file (.nc), written atomically")
     p.add_argument("--sizes", type=int, nargs="+", help="haystack sizes to evaluate (default: every size found)")
-    p.add_argument("--setting", default="single_needle", choices=("single_needle", "multi_needle_2", "multi_needle_3"))
+    p.add_argument("--setting", default="single_needle", choices=SETTINGS)
     p.add_argument("--max-samples", type=int, help="first N questions per size (default: all)")
     p.add_argument("--variant", default="base", choices=VARIANTS)
     p.add_argument("--variant-option", action="append", default=[], metavar="KEY=VALUE",
@@ -42,26 +43,27 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def settings_from_args(args: argparse.Namespace) -> EvalSettings:
+    """The command line's evaluation settings, range-checked like every config's."""
+    return EvalSettings(sizes=args.sizes, samples_per_size=args.max_samples, setting=args.setting,
+                        threshold=args.threshold, seed=args.seed, batch_tokens=args.batch_tokens,
+                        scoring="generate" if args.generate else "logits")
+
+
 def run(args: argparse.Namespace) -> int:
     ds = evaluate(
         args.model,
         args.data,
         args.image_root,
         args.out,
-        sizes=args.sizes,
-        setting=args.setting,
-        max_samples_per_size=args.max_samples,
         variant=args.variant,
         variant_options=parse_options(args.variant_option),
-        scoring="generate" if args.generate else "logits",
-        threshold=args.threshold,
-        seed=args.seed,
         needle_position_mode=args.needle_positions,
         device=args.device,
         dtype=DTYPES[args.dtype] if args.dtype else None,
-        batch_tokens=args.batch_tokens,
         progress=not args.no_progress,
         model_name=args.model_name,
+        **settings_from_args(args).evaluate_kwargs(),
     )
     print(summary_text(ds))
     print(f"wrote {args.out}")

@@ -15,7 +15,6 @@ import datetime as _dt
 import json
 import os
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -24,6 +23,7 @@ import numpy as np
 import xarray as xr
 
 from laid.eval.metrics import N_BOOTSTRAP, bootstrap_accuracy, effective_window
+from laid.io import write_netcdf as write_result  # noqa: F401 (the result writer is the one atomic netCDF writer)
 
 REQUIRED_VARIABLES = (
     "accuracy", "accuracy_std", "accuracy_ci_low", "accuracy_ci_high", "compliance",
@@ -180,21 +180,6 @@ def bootstrap_windows(sizes, accuracy_bootstrap: np.ndarray, threshold: float) -
         w = effective_window(sizes, accuracy_bootstrap[:, b], threshold)
         out[b] = 0.0 if w.below_range else w.value
     return out
-
-
-def write_result(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write netCDF atomically: a temp file in the same folder, then os.replace over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp, engine="netcdf4")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def load_result(path: str | Path) -> xr.Dataset:

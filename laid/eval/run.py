@@ -25,16 +25,16 @@ import xarray as xr
 from PIL import Image
 from tqdm.auto import tqdm
 
-from laid.data.vhs import SETTINGS, VHsEntry, arrange_haystack, find_vhs_files, load_image, load_vhs_file, needle_positions
+from laid.data.vhs import VHsEntry, arrange_haystack, load_entries, load_image, needle_positions
 from laid.eval.metrics import DEFAULT_THRESHOLD, N_BOOTSTRAP
 from laid.eval.results import SampleResult, build_result, write_result
 from laid.eval.scoring import estimate_input_tokens, plan_batches, resolve_answer_tokens, score_examples
+from laid.eval.settings import SCORINGS
 from laid.eval.variants import load_for_eval
 from laid.model.loading import check_model_dir
 from laid.model.pixel_cache import SHARED, PixelCache
 from laid.model.prompting import Example
 
-SCORINGS = ("logits", "generate")
 # Padded tokens per forward pass. One real 150-image haystack (~54k tokens) exceeds it and runs
 # alone; toy haystacks (~6 tokens per image) are batched by the dozen.
 DEFAULT_BATCH_TOKENS = 8192
@@ -80,36 +80,6 @@ class _Haystack:
     paths: list[Path]
     needle_index: int
     input_tokens: int = 0  # estimate, for batch planning
-
-
-def load_entries(
-    data_root: str | Path,
-    image_root: str | Path,
-    setting: str = "single_needle",
-    sizes: Sequence[int] | None = None,
-    max_samples_per_size: int | None = None,
-    check_images: bool = True,
-) -> dict[int, list[VHsEntry]]:
-    """{haystack size: entries} of one setting under a VHs root; the first N entries per file."""
-    if setting not in SETTINGS:
-        raise ValueError(f"unknown needle setting {setting!r}; expected one of {', '.join(SETTINGS)}")
-    if max_samples_per_size is not None and max_samples_per_size < 1:
-        raise ValueError(f"max_samples_per_size must be >= 1, got {max_samples_per_size}")
-    files = find_vhs_files(data_root)
-    available = sorted(n for s, n in files if s == setting)
-    if not available:
-        found = sorted({s for s, _ in files})
-        raise FileNotFoundError(f"no {setting} files under {data_root} (found settings: {', '.join(found)})")
-    wanted = available if sizes is None else sorted({int(n) for n in sizes})
-    missing = [n for n in wanted if n not in available]
-    if missing:
-        raise FileNotFoundError(
-            f"{data_root} has no {setting} file for haystack sizes {missing}; available sizes: {available}"
-        )
-    return {
-        n: load_vhs_file(files[(setting, n)], image_root, check_images=check_images)[:max_samples_per_size]
-        for n in wanted
-    }
 
 
 def arrange_all(entries_by_size: Mapping[int, Sequence[VHsEntry]], seed: int, needle_position_mode: bool) -> list[_Haystack]:
