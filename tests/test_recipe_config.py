@@ -46,6 +46,7 @@ def test_yaml_roundtrip_and_overrides(tmp_path):
         ("layer_map: all\n", "layer_map 'all' is not one of"),
         ("layer_pairs: [[0, 0]]\nlayer_map: proportional\n", "both set"),
         ("norm_warn_fraction: 1.5\n", "norm_warn_fraction must be in (0, 1]"),
+        ("attn_mix_power: 0\n", "attn_mix_power must be in (0, 100]"),
     ],
 )
 def test_bad_configs_fail_with_the_key_named(tmp_path, text, message):

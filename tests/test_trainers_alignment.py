@@ -244,8 +244,13 @@ def test_d_target_does_not_move_when_the_student_trains(target):
 
 def test_attention_mix_rows_are_convex_and_entropy_bounds():
     w = torch.randn(3, 5)
-    mix = attention_mix(w, torch.rand(5) + 0.1)
+    e = torch.rand(5) + 0.1
+    mix = attention_mix(w, e)
     assert bool((mix >= 0).all()) and torch.allclose(mix.sum(-1), torch.ones(3))
+    assert torch.allclose(mix, (w**2 * e) / (w**2 * e).sum(-1, keepdim=True))  # energy shares
+    sharp = attention_mix(w, e, power=100.0)  # -> the dominant teacher head, without overflow
+    assert torch.allclose(sharp, torch.nn.functional.one_hot((w**2 * e).argmax(-1), 5).float(), atol=1e-3)
+    assert bool((row_entropy(attention_mix(w, e, power=3.0)) < row_entropy(mix)).all())
     ent = row_entropy(attention_mix(torch.eye(4)))
     assert torch.allclose(ent, torch.zeros(4), atol=1e-6)
     assert row_entropy(attention_mix(torch.ones(1, 4))).item() == pytest.approx(math.log(4))
@@ -265,3 +270,24 @@ def test_norm_monitor_warns_once_when_the_smoothed_ratio_falls_below_the_fractio
     history = [{"step": i, **rec(q)} for i, q in enumerate([2.0, 2.0, 1.6])]
     resumed = NormMonitor.from_log(history, 0.9, window=2)
     assert resumed.check(4, rec(1.6)) is not None  # compares with the run's logged start
+
+
+@pytest.mark.parametrize("power, shrinks", [(1.0, True), (30.0, False)])
+def test_a_flat_mix_target_pulls_the_student_gain_down_a_sharp_one_does_not(power, shrinks):
+    """Two teacher heads attend to different keys; the student head is a copy of the first with a
+    trainable logit gain. Against the energy-share mix of both maps (w = [1, 0.9]) the gain falls
+    (the target is flatter than either head); with attn_mix_power 30 the target is the dominant
+    head's own map and the gain stays."""
+    g = torch.Generator().manual_seed(4)
+    s, d = 16, 8
+    tk = torch.randn(1, 1, s, d, generator=g) * 2
+    tq = torch.randn(1, 2, s, d, generator=g) * 2
+    mix = attention_mix(effective_weight(torch.tensor([[1.0, 0.9]]), "unit"), power=power)
+    gain = torch.ones((), requires_grad=True)
+    loss = AttentionMatchingLoss(DistanceWeighting(alpha_end=0.0), chunk_size=8)
+    opt = torch.optim.Adam([gain], lr=2e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        loss(tq[:, :1] * gain, tk, tq, tk, mix=mix).backward()
+        opt.step()
+    assert (gain.item() < 0.9) == shrinks

@@ -111,6 +111,10 @@ class DistillConfig:
     # maps (detached mix weights); "mixed_qk" = softmax of the mixed Q/K (the earlier ablation, which
     # contains cross-KV-group terms and trains the mixers towards the student).
     attention_target: str = "teacher_heads"
+    # Sharpness of the attention target's mix over teacher heads: a_ij ~ (w_ij^2 e_j)^power. 1 = the
+    # energy shares; larger values approach each student head's dominant teacher head (a mix of maps
+    # that attend to different keys is flatter than each, and pulls the student's attention flatter).
+    attn_mix_power: float = 1.0
     # Distance of the progressive weighting: "mrope" = max-axis M-RoPE position-id difference (what
     # RoPE rotates by); "token" = token-index difference.
     attn_distance: str = "mrope"
@@ -179,6 +183,8 @@ class DistillConfig:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {allowed}")
         if self.layer_pairs and self.layer_map != "last":
             raise ValueError(f"layer_pairs and layer_map: {self.layer_map} are both set; give explicit pairs or a map, not both")
+        if not 0 < self.attn_mix_power <= 100:
+            raise ValueError(f"attn_mix_power must be in (0, 100], got {self.attn_mix_power}")
         if not 0 < self.norm_warn_fraction <= 1:
             raise ValueError(f"norm_warn_fraction must be in (0, 1], got {self.norm_warn_fraction}")
 

@@ -123,7 +123,7 @@ class DistillModule(nn.Module):
             t_h, t_kv, _ = text_attention_dims(teacher_config)
             self.align.extend(QKAlignmentLoss(s_h, t_h, s_kv, t_kv, form=cfg.alignment) for _ in self.layer_pairs)
         self.attn_loss = AttentionMatchingLoss(cfg.attention_matching, chunk_size=cfg.attn_chunk_size)
-        self.attention_target, self.attn_distance = cfg.attention_target, cfg.attn_distance
+        self.attention_target, self.attn_distance, self.attn_mix_power = cfg.attention_target, cfg.attn_distance, cfg.attn_mix_power
         self.last_health: dict = {}
         self.kl_loss = KLDistillationLoss(cfg.tau)
         self.sft_loss = SFTLoss()
@@ -190,7 +190,7 @@ class DistillModule(nn.Module):
                 if w["laid"] > 0:
                     laid.append(sum(align.terms(sq, sk, mq, mk, mask)))
                 if w["attn"] > 0 and self.attention_target == "teacher_heads":
-                    mix = attention_mix(align.mixer.q.effective(), head_energy(tq, mask))  # (Hs, Ht), detached
+                    mix = attention_mix(align.mixer.q.effective(), head_energy(tq, mask), self.attn_mix_power)  # (Hs, Ht), detached
                     attn.append(self.attn_loss(sq, sk, tq, tk, mask, progress, mix=mix, positions=positions))
                 elif w["attn"] > 0:
                     attn.append(self.attn_loss(sq, sk, mq, mk, mask, progress, positions=positions))

@@ -24,7 +24,10 @@ teacher's own attention maps, weighted by a_ij = w_ij^2 e_j / sum_j w_ij^2 e_j, 
 energy (squared norm per token) of teacher query head j on the batch: the share of the mixed
 query's energy that teacher head j supplies when the teacher heads are uncorrelated. Rows sum to 1
 and are >= 0 for any W (free or unit, any signs); the weights are computed detached (the teacher is
-frozen), so the attention term never moves W.
+frozen), so the attention term never moves W. `power` > 1 sharpens the rows (a_ij proportional to
+(w_ij^2 e_j)^power; large powers approach the single dominant teacher head): a mix of maps that
+attend to different keys is flatter than each map, and matching a flatter target lowers the
+student's attention logits (see `trainers.losses.attention_matching`).
 
 Initialisation ("overlap", the default): lay the T teacher heads and the S student heads on the
 same interval [0, T); student head i covers [i*T/S, (i+1)*T/S) and takes from teacher head j the
@@ -65,15 +68,17 @@ def effective_weight(raw: torch.Tensor, rows: str) -> torch.Tensor:
     raise ValueError(f"mixer rows must be one of {ROWS}, got {rows!r}")
 
 
-def attention_mix(weight: torch.Tensor, teacher_energy: torch.Tensor | None = None) -> torch.Tensor:
-    """(S_h, T_h) convex rows a_ij = w_ij^2 e_j / sum_j w_ij^2 e_j (detached; see module doc).
+def attention_mix(weight: torch.Tensor, teacher_energy: torch.Tensor | None = None, power: float = 1.0) -> torch.Tensor:
+    """(S_h, T_h) convex rows a_ij proportional to (w_ij^2 e_j)^power (detached; see module doc).
 
     weight (S_h, T_h) effective W; teacher_energy (T_h,) mean squared norm per token of each teacher
-    head, or None (equal energies).
+    head, or None (equal energies); power > 0 (1 = energy shares).
     """
     a = weight.detach().float().pow(2)
     if teacher_energy is not None:
         a = a * teacher_energy.detach().float()[None, :]
+    if power != 1.0:  # in log space: large powers must not overflow
+        a = torch.softmax(power * a.clamp(min=1e-30).log(), dim=-1)
     return a / a.sum(-1, keepdim=True).clamp(min=1e-30)
 
 
