@@ -19,9 +19,11 @@ lets the mixers chase the student.
 
 A convex mix of maps that attend to different keys is flatter than each of them, and the forward
 KL asks the student to cover every mode, which it can also do by lowering its attention logits
-(its Q/K norms): a property of the target, not a scale artefact, so used alone this term can
-lower the aligned layer's Q/K. The health telemetry (`trainers.health`: norm ratios, attention
-entropies) shows whether it does.
+(its Q/K norms): a property of the target, not a scale artefact (`attn_mix_power` sharpens the
+mix). More generally, while the student attends elsewhere than the target, the forward KL falls
+fastest by flattening the student (mode covering), whatever the target's sharpness. So this term
+can lower the aligned layer's Q/K and RoPE gains; the health telemetry (`trainers.health`: norm
+ratios, attention entropies, gain_product) shows whether it does.
 
 Divergence: the bracket is the generalised (unnormalised) KL, term by term >= 0 and zero iff
 p^s_ij = p^*_ij. With w = 1 it sums to exactly KL(P^* || P^s) (rows sum to 1), the forward
