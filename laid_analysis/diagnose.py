@@ -82,6 +82,7 @@ def diagnose(
     device=None,
     dtype=None,
     progress: bool = True,
+    allow_outside_image_root: bool = False,
 ) -> dict[str, Path]:
     """Analyse model_dir on the VHs haystacks of `sizes` (None = every size in the data) and write
     the results to out_dir; with `reference` (the teacher folder) also the teacher's analysis on the
@@ -93,7 +94,7 @@ def diagnose(
     settings.validate()
     label = label or model_dir.name
     hw = load_head_weights(head_weights) if head_weights else None
-    entries = load_entries(data_root, image_root, setting, sizes, max_samples)
+    entries = load_entries(data_root, image_root, setting, sizes, max_samples, allow_outside_root=allow_outside_image_root)
     if settings.profile_sizes:
         missing = sorted(set(settings.profile_sizes) - set(entries))
         if missing:

@@ -6,7 +6,8 @@ message that names the parameter and says what to do, so the checks here raise
 `MissingResultsError` (a FileNotFoundError) for a results file that does not exist yet; `laid
 figures --allow-missing` skips notebooks that stop with the latter.
 
-Figures are written atomically (temp file, then os.replace): matplotlib PNG + PDF, plotly HTML,
+Figures are written atomically (temp file, then os.replace): matplotlib PNG + PDF, plotly HTML
+(offline: one shared plotly.min.js beside the pages),
 and the data behind each figure as netCDF under <figures_dir>/data/ so tests and users can check
 the numbers without reading pixels.
 """
@@ -19,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import xarray as xr
 
-from laid.io import atomic_write, save_figure as _save_figure_file, write_netcdf, write_text
+from laid.io import atomic_write, save_figure as _save_figure_file, write_bytes, write_netcdf, write_text
 from laid.layout import RunLayout
 
 RESULT_HINTS = {
@@ -223,9 +224,56 @@ def save_figure(fig, figures_dir: str | Path, name: str, dpi: int = 150, show: b
     return paths
 
 
+PLOTLY_JS = "plotly.min.js"
+
+
+def ensure_plotly_js(figures_dir: str | Path) -> Path:
+    """<figures_dir>/plotly.min.js, the plotly.js of the installed plotly package (written when missing or other).
+
+    Every page of the folder loads this one copy (~4.6 MB), so the pages draw offline (a cluster
+    node, a laptop on a train) and each stays a few tens of kB; pages loading plotly.js from the CDN
+    are blank without internet.
+    """
+    from plotly.offline import get_plotlyjs
+
+    path = Path(figures_dir) / PLOTLY_JS
+    js = get_plotlyjs().encode("utf-8")
+    if not path.is_file() or path.stat().st_size != len(js) or path.read_bytes() != js:
+        write_bytes(js, path)
+    return path
+
+
 def save_plotly(fig, figures_dir: str | Path, name: str) -> Path:
-    """<figures_dir>/<name>.html; plotly.js from the CDN keeps the file to a few tens of kB."""
-    return atomic_write(Path(figures_dir) / f"{name}.html", lambda tmp: fig.write_html(tmp, include_plotlyjs="cdn", full_html=True))
+    """<figures_dir>/<name>.html, loading plotly.js from plotly.min.js beside it (works offline)."""
+    ensure_plotly_js(figures_dir)
+    return atomic_write(Path(figures_dir) / f"{name}.html",
+                        lambda tmp: fig.write_html(tmp, include_plotlyjs=PLOTLY_JS, full_html=True))
+
+
+def needle_position_data(result: str | Path) -> xr.Dataset:
+    """Accuracy and sample counts by (haystack_size, needle_index) of a `laid eval` result with needle positions.
+
+    A result without them (the shuffled protocol) is refused with a line saying how to make one.
+    """
+    from laid.eval.results import accuracy_by_needle_position, load_result
+
+    path = Path(result)
+    if not path.is_file():
+        raise MissingResultsError(f"parameter result: {path} not found; run `laid eval ... --protocol official "
+                                  f"--out {path}` (or --protocol ours --needle-positions) first")
+    ds = load_result(path)
+    if not int(ds.attrs.get("needle_position_mode", 0)):
+        raise ValueError(f"parameter result: {path} was evaluated with shuffled haystacks; re-run `laid eval` with "
+                         f"--protocol official (single needle) or --needle-positions")
+    acc = accuracy_by_needle_position(ds)
+    idx = ds["needle_index"]
+    counts = [[int((idx.sel(haystack_size=n) == p).sum()) for p in acc["needle_index"].values] for n in acc["haystack_size"].values]
+    out = xr.Dataset({"accuracy": acc, "n_samples": (("haystack_size", "needle_index"), np.array(counts),
+                                                   {"long_name": "samples with the needle at this index", "units": "1"})})
+    out["needle_index"].attrs.update(long_name="0-based position of the needle image in the prompt", units="images")
+    out.attrs.update({k: ds.attrs.get(k, "") for k in ("model_name", "variant", "protocol", "needle_setting", "scoring")})
+    out.attrs["result"] = str(path)
+    return out
 
 
 def save_data(ds: xr.Dataset, figures_dir: str | Path, name: str) -> Path:

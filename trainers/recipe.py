@@ -38,7 +38,7 @@ from trainers.distill_module import DistillModule, tail_length, teacher_forward
 from trainers.optim import build_optimizer, build_scheduler
 from trainers.pairing import check_pair
 from trainers.students import build_student, load_teacher
-from trainers.trainlog import TrainLog
+from trainers.trainlog import TrainLog, Tracking, eval_metrics, tracking_kwargs
 
 TERM_ORDER = ("total", "laid", "attn", "kl", "sft")
 
@@ -57,7 +57,7 @@ def make_accelerator(cfg: DistillConfig) -> Accelerator:
     # MULTI_GPU launcher, configs/accelerate/multi_cpu.yaml) then form a gloo MULTI_CPU group.
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.grad_accum, mixed_precision=precision, step_scheduler_with_optimizer=False,
-        cpu=not torch.cuda.is_available(),
+        cpu=not torch.cuda.is_available(), **tracking_kwargs(cfg.report_to, cfg.output_dir),
     )
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         # We feed batches ourselves (no accelerate DataLoader), so DeepSpeed learns the micro-batch
@@ -136,7 +136,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
     processor = load_processor(cfg.student_dir)
     entries = load_train_entries(
         cfg.data.train_dir, cfg.data.image_root, cfg.data.settings, cfg.data.min_haystack, cfg.data.max_haystack,
-        cfg.data.max_examples, cfg.seed, cfg.data.check_images,
+        cfg.data.max_examples, cfg.seed, cfg.data.check_images, cfg.data.allow_outside_image_root,
     )  # fmt: skip
     examples = TrainingExamples(entries, cfg.seed)
     n_proc, rank = accelerator.num_processes, accelerator.process_index
@@ -173,7 +173,8 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(cfg.to_yaml(), out / "distill_config.yaml")
-    train_log = TrainLog(out / "train_log.jsonl", keep_until_step=state.global_step, enabled=main)
+    tracking = Tracking(accelerator, cfg.report_to, f"{cfg.method}-{out.name}", cfg.to_dict())
+    train_log = TrainLog(out / "train_log.jsonl", keep_until_step=state.global_step, enabled=main, tracking=tracking)
     from trainers.health import NormMonitor
     from trainers.trainlog import read_log
 
@@ -237,7 +238,16 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
 
     export = export_run(accelerator, module, cfg, processor, pairs, out)
     if cfg.eval.enabled and main:
-        evaluate_export(cfg, export)
+        from trainers.model_card import write_model_card
+
+        ds = evaluate_export(cfg, export)
+        tracking.log(eval_metrics(ds), state.global_step)
+        write_model_card(export, cfg, ds)
+    tracking.finish()
+    if cfg.push_to_hub and main:
+        from trainers.model_card import push_to_hub
+
+        print(f"pushed {export} to {push_to_hub(export, cfg.push_to_hub)}")
     accelerator.wait_for_everyone()
     return export
 
