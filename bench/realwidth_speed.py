@@ -77,10 +77,20 @@ def main() -> None:
     mask = batch["attention_mask"].bool()
     align = module.align[0]
 
-    def loss_terms():
+    from trainers.distill_module import attention_mix, head_energy, rope_positions
+
+    positions = rope_positions(student, batch) if module.attn_distance == "mrope" else None
+
+    def loss_terms():  # as DistillModule.forward computes them for one pair (default settings)
         sq, sk = sq0.clone().requires_grad_(True), sk0.clone().requires_grad_(True)
-        mq, mk = align.mixer(t_out.q[last_t], t_out.k[last_t])
-        total = sum(align.terms(sq, sk, mq, mk, mask)) + module.attn_loss(sq, sk, mq, mk, mask, 0.5)
+        tq, tk = t_out.q[last_t], t_out.k[last_t]
+        mq, mk = align.mixer(tq, tk)
+        total = sum(align.terms(sq, sk, mq, mk, mask))
+        if module.attention_target == "teacher_heads":
+            mix = attention_mix(align.mixer.q.effective(), head_energy(tq, mask), module.attn_mix_power)
+            total = total + module.attn_loss(sq, sk, tq, tk, mask, 0.5, mix=mix, positions=positions)
+        else:
+            total = total + module.attn_loss(sq, sk, mq, mk, mask, 0.5, positions=positions)
         total.backward()
 
     t_loss = _median_time(loss_terms, args.repeats)

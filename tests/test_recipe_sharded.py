@@ -141,11 +141,12 @@ def test_sharded_engine_matches_one_process(engine, reference, deepspeed_cpu_ops
     _launch(engine, config_file, "--resume")  # step 3 again, from the step-2 checkpoint
 
     ref_out = Path(reference.output_dir)
-    log_ref, log = read_log(ref_out / "train_log.jsonl"), read_log(out / "train_log.jsonl")
+    steps = lambda path: [r for r in read_log(path) if "note" not in r]
+    log_ref, log = steps(ref_out / "train_log.jsonl"), steps(out / "train_log.jsonl")
     assert [r["step"] for r in log] == [1, 2, 3]
     for a, b in zip(log_ref, log):
         for term in TERMS:
-            assert b[term] == pytest.approx(a[term], rel=1e-5, abs=1e-7), (engine, a["step"], term)
+            assert b[f"{term}_loss"] == pytest.approx(a[f"{term}_loss"], rel=1e-5, abs=1e-7), (engine, a["step"], term)
 
     w_ref, w = load_file(str(ref_out / "export/model.safetensors")), load_file(str(out / "export/model.safetensors"))
     assert w.keys() == w_ref.keys()

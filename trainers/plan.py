@@ -26,8 +26,9 @@ an activation / teacher weight: 2 in bf16 (GPU), 4 in fp32 (`--precision fp32`, 
   teacher activations  B S (4 h_t + 2 I_t) a (one layer, no grad) + B 4S (4 v_h + 2 v_I) a (vision)
   captured Q/K         per pair: B S ((H_t + H_kv,t) D a + (H_s + H_kv,s) D 4) (teacher Q/K, fp32
                        mixed targets)
-  LAid loss            per pair: B S (H_s + H_kv,s) D 4 x 4.5 (what the alignment and attention-
-                       matching terms keep for backward: fp32 Q/K copies, differences; measured)
+  LAid loss            per pair: B S (H_s + H_kv,s) D 4 x 6 (what the alignment and attention-
+                       matching terms keep for backward: fp32 Q/K copies, normalised rows,
+                       differences; measured on real widths, tests/test_plan_realwidth.py)
   attention matching   8 B (H_s + H_t) chunk S 4 (a chunk's student and teacher logits,
                        softmaxes, the mixed target, terms)
   logits               3 B R (V_s + V_t) 4 (fp32 logits, log-softmax, grads at answer positions:
@@ -122,7 +123,7 @@ def estimate_memory(p: Pairing, n_gpus: int, seq_len: int, batch_size: int = 1, 
     teacher_act = b * n * (4 * t.hidden_size + 2 * t.intermediate_size) * a + b * patches * (4 * t.vision_hidden_size + 2 * t.vision_intermediate_size) * a
     pairs = len(p.layer_pairs)
     qk = pairs * b * n * ((t.n_heads + t.n_kv_heads) * t.head_dim * a + (s.n_heads + s.n_kv_heads) * s.head_dim * 4)
-    laid_loss = pairs * b * n * (s.n_heads + s.n_kv_heads) * s.head_dim * 4 * 4.5
+    laid_loss = pairs * b * n * (s.n_heads + s.n_kv_heads) * s.head_dim * 4 * 6
     attn = 8 * b * (s.n_heads + t.n_heads) * min(chunk_size, n) * n * 4
     logits = 3 * b * max_response * (s.vocab_size + t.vocab_size) * 4
     sharded = sharding in ("zero3", "fsdp2") and n_gpus > 1
