@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 
 from laid_analysis import spectra, tokens
+from laid_analysis.key_activation import DEFAULT_LOCAL_THRESHOLD
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "diagnose", help="per-head key activations, attention-distance spectra and RoPE usage of a checkpoint",
-        description="Analyse MODEL_DIR on Visual Haystacks haystacks: key activation vs haystack size, attention vs "
-                    "query-key distance and its spectrum, local/global head labels, RoPE pair usage; with "
-                    "--reference also the teacher and the low-frequency preservation score. Writes netCDF, PNG "
-                    "and report.html to --out.",
+        description="Analyse MODEL_DIR on Visual Haystacks haystacks: per head and haystack the answer query's "
+                    "attention mass on the needle and on all images, needle-vs-distractor margin, locality and "
+                    "health (q/k norms, logit scale, entropy, sink mass) vs haystack size with bootstrap intervals; "
+                    "attention vs M-RoPE position distance; the exact per-rotary-pair spectrum a_p; RoPE pair "
+                    "usage; with --reference also the teacher and the fidelity of each student head to its "
+                    "virtual teacher head; with --ablate-heads/--ablate-pairs the accuracy change on minimal "
+                    "pairs. Writes netCDF, PNG and report.html to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model_dir", help="Hugging Face folder of the checkpoint (toy or real Qwen2.5-VL)")
@@ -23,7 +27,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder (e.g. runs/default/analysis/<label>)")
     p.add_argument("--reference", default=None, help="teacher folder: also analyse it and compare")
     p.add_argument("--head-weights", default=None, help="head_weights.nc of a LAid export")
-    p.add_argument("--max-samples", type=int, default=5, help="haystacks per size (0 = all)")
+    p.add_argument("--max-samples", type=int, default=32, help="haystacks per size (0 = all)")
+    p.add_argument("--profile-max-samples", type=int, default=8,
+                   help="haystacks per profile size feeding the distance profile and pair spectrum (0 = all)")
+    p.add_argument("--distance-units", choices=("positions", "tokens"), default="positions",
+                   help="distance axis: M-RoPE position difference, or token-index difference (ablation)")
     p.add_argument("--layers", type=int, nargs="+", default=None, help="text layers of the checkpoint (default all; -1 = last)")
     p.add_argument("--profile-sizes", type=int, nargs="+", default=None,
                    help="sizes feeding the distance profile and RoPE usage (default: the largest)")
@@ -32,9 +40,11 @@ def register(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, default=None, help="queries per chunk (default: from a 256 MiB budget)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--low-freq-cycles", type=float, default=spectra.DEFAULT_LOW_FREQ_CYCLES,
-                   help="low-frequency cutoff, in cycles over the analysed distance range")
+                   help="ablation score: low-frequency cutoff, in cycles over the analysed distance range")
     p.add_argument("--global-threshold", type=float, default=spectra.DEFAULT_GLOBAL_THRESHOLD,
-                   help="mean-distance ratio at or above which a head is 'global'")
+                   help="ablation reach classes: mean-distance ratio at or above which a head is 'global'")
+    p.add_argument("--local-threshold", type=float, default=DEFAULT_LOCAL_THRESHOLD,
+                   help="locality (logit drop per 100 positions) at or above which a head is 'local'")
     p.add_argument("--setting", default="single_needle", help="VHs setting (single_needle, multi_needle_2, multi_needle_3)")
     p.add_argument("--seed", type=int, default=0, help="haystack arrangement seed")
     p.add_argument("--label", default=None, help="model name in results (default: folder name)")
@@ -51,7 +61,8 @@ def run(args) -> int:
     settings = AnalysisSettings(
         layers=args.layers, queries=args.queries, keys=args.keys, profile_sizes=args.profile_sizes,
         chunk_size=args.chunk_size, batch_size=args.batch_size, low_freq_cycles=args.low_freq_cycles,
-        global_threshold=args.global_threshold, seed=args.seed,
+        global_threshold=args.global_threshold, seed=args.seed, local_threshold=args.local_threshold,
+        profile_max_samples=args.profile_max_samples or None, distance_units=args.distance_units,
     )
     written = diagnose(
         args.model_dir, args.data, args.image_root, args.sizes, args.out, reference=args.reference,

@@ -4,7 +4,9 @@ netCDF results, figures and report.html into one folder.
 Files in out_dir (all written atomically):
     diagnostics.nc   the checkpoint's dataset (analyse.analyse_model)
     reference.nc     the teacher's, with --reference
-    comparison.nc    low-frequency preservation (spectra.low_freq_preservation), with --reference
+    comparison.nc    each student head against its virtual teacher head (pair_spectrum.compare_spectra:
+                     spectral_fidelity, profile_fidelity) and the ablation score
+                     preservation (spectra.low_freq_preservation), with --reference
     models.nc        per-head statistics of both models along a `model` dim (each model's own
                      layer/head indices; NaN where one model has fewer), with --reference
     head_weights.nc  validated LAid mixer weights and their summary, with --head-weights
@@ -29,9 +31,12 @@ from laid_analysis.head_weights import head_weight_summary, load_head_weights, w
 from laid.model.hooks import resolve_layers
 from laid_analysis.io import write_netcdf
 from laid_analysis.key_activation import stack_models
+from laid_analysis.pair_spectrum import compare_spectra
 from laid_analysis.spectra import default_layer_map, low_freq_preservation
 
-MODEL_STACK_VARIABLES = ("key_activation", "key_activation_raw", "low_freq_fraction", "mean_distance_ratio")
+MODEL_STACK_VARIABLES = ("needle_mass_mean", "needle_mass_lo", "needle_mass_hi", "image_mass_mean", "needle_margin_mean",
+                         "head_locality", "head_locality_lo", "head_locality_hi", "attn_entropy", "sink_mass",
+                         "logit_scale", "q_norm", "pair_coef_abs", "key_activation", "low_freq_fraction")
 
 
 def _n_text_layers(model_dir: Path) -> int:
@@ -108,7 +113,8 @@ def diagnose(
     written["diagnostics"] = write_netcdf(ds, out_dir / "diagnostics.nc")
     figures = [report.plot_key_activation({label: ds}, out_dir / "key_activation.png"),
                report.plot_distance_profiles(ds, out_dir / "distance_profile.png", label),
-               report.plot_rope_usage(ds, out_dir / "rope_usage.png", label)]
+               report.plot_rope_usage(ds, out_dir / "rope_usage.png", label),
+               report.plot_health({label: ds}, out_dir / "health.png")]
     sections = [("Settings", f"<pre>{json.dumps(json.loads(ds.attrs['settings']), indent=1)}</pre>"),
                 ("Heads", report.head_table(ds))]
 
@@ -122,19 +128,28 @@ def diagnose(
         ref_settings = AnalysisSettings(**{**settings.__dict__, "layers": sorted(set(pairs.values()))})
         ref = _analyse_folder(ref_dir, entries, ref_settings, reference_label, device, dtype, progress)
         written["reference"] = write_netcdf(ref, out_dir / "reference.nc")
-        comparison = low_freq_preservation(ds, ref, layer_map=pairs, head_weights=hw, cycles=settings.low_freq_cycles)
+        legacy = low_freq_preservation(ds, ref, layer_map=pairs, head_weights=hw, cycles=settings.low_freq_cycles)
+        comparison = compare_spectra(ds, ref, pairs, hw).merge(
+            legacy.drop_vars(["teacher_layer", "head_matching"]), compat="override")
+        for v in ("preservation", "layer_preservation", "low_freq_ratio", "preservation_score"):
+            comparison[v].attrs["long_name"] = "ABLATION (fails planted checks): " + comparison[v].attrs.get("long_name", v)
         comparison.attrs.update(student=label, teacher=reference_label, student_dir=str(model_dir), teacher_dir=str(ref_dir))
         written["comparison"] = write_netcdf(comparison, out_dir / "comparison.nc")
         both = stack_models({label: ds, reference_label: ref}, MODEL_STACK_VARIABLES)
         written["models"] = write_netcdf(both.assign_attrs(student=label, teacher=reference_label), out_dir / "models.nc")
         figures[0] = report.plot_key_activation({label: ds, reference_label: ref}, out_dir / "key_activation.png")
+        figures[3] = report.plot_health({label: ds, reference_label: ref}, out_dir / "health.png")
         figures.append(report.plot_distance_profiles(ref, out_dir / "reference_distance_profile.png", reference_label))
-        figures.append(report.plot_comparison(ds, ref, comparison, out_dir / "comparison.png"))
-        rows = [[int(l), int(comparison["teacher_layer"].sel(layer=l)), f"{float(comparison['layer_preservation'].sel(layer=l)):.3f}",
-                 f"{float(comparison['low_freq_ratio'].sel(layer=l)):.3f}", str(comparison["head_matching"].sel(layer=l).values)]
-                for l in comparison["layer"].values]
-        sections.insert(0, (f"Low-frequency preservation vs {reference_label}: {float(comparison['preservation_score']):.3f}",
-                            report.table(rows, ["student layer", "teacher layer", "preservation", "low-freq ratio", "head matching"])))
+        figures.append(report.plot_comparison(ds, comparison, out_dir / "comparison.png"))
+        rows = [[int(l), int(h), int(comparison["teacher_layer"].sel(layer=l)), str(comparison["head_matching"].sel(layer=l).values),
+                 f"{float(comparison['spectral_fidelity'].sel(layer=l, head=h)):.3f}",
+                 f"{float(comparison['profile_fidelity'].sel(layer=l, head=h)):.3f}",
+                 f"{float(comparison['preservation'].sel(layer=l, head=h)):.3f}"]
+                for l in comparison["layer"].values for h in comparison["head"].values]
+        sections.insert(0, (f"Fidelity to the virtual teacher heads of {reference_label}: spectral "
+                            f"{float(comparison['fidelity_score']):.3f}, profile {float(comparison['profile_score']):.3f}",
+                            report.table(rows, ["student layer", "head", "teacher layer", "head matching", "spectral fidelity",
+                                                "profile fidelity", "ablation: low-freq preservation"])))
 
     if hw is not None:
         hw_out = hw.merge(head_weight_summary(hw))

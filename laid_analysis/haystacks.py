@@ -30,5 +30,6 @@ def load_entries(data_root: str | Path, image_root: str | Path, sizes: Iterable[
 
 
 def to_example(entry: VHsEntry, seed: int = 0) -> Example:
-    paths, _ = arrange_haystack(entry, seed)
-    return Example(load_images(paths), entry.question, entry.answer)
+    """The prompt of one entry; Example.needles holds the needle images' indices in the haystack."""
+    paths, needles = arrange_haystack(entry, seed)
+    return Example(load_images(paths), entry.question, entry.answer, needles=tuple(needles))
