@@ -132,7 +132,7 @@ def analyse_model(model, processor, haystacks: dict[int, list[Example | VHsEntry
     ds = xr.merge([answers.to_dataset(settings.local_threshold), prof,
                    spectra.spectra_dataset(prof, settings.low_freq_cycles, settings.global_threshold),
                    rope.to_dataset(pairs), moments.to_dataset(pairs, scaling, prof["distance"].values)],
-                  combine_attrs="drop_conflicts")
+                  compat="override", combine_attrs="drop_conflicts")
     settings_json = json.dumps({**asdict(settings), "layers": layers, "profile_sizes": sorted(profile_sizes)})
     ds.attrs.update(
         model_name=model_name, queries=settings.queries, keys=settings.keys,

@@ -28,8 +28,11 @@ Scores (per student head; 1 = identical, 0 = no better than a flat profile, < 0 
 where x are profiles minus their weighted mean (a constant logit shift changes no attention
 weight), w_d the pair counts over the well-sampled distances (count >= min_share * max count), and
 se the standard errors. Subtracting the expected noise terms makes an exact copy score ~1 at any
-noise level (tests/test_analysis_scores.py plants copies, steeper, flattened and sign-flipped
-profiles; the old spectra.low_freq_preservation fails those checks and is kept as an ablation).
+noise level when the two estimates come from independent samples (tests/test_analysis_scores.py
+plants copies, steeper, flattened and sign-flipped profiles; the old spectra.low_freq_preservation
+fails those checks and is kept as an ablation). `laid diagnose` runs student and teacher on the
+same haystacks, so their sampling noise is shared, not independent: an exact copy then scores
+exactly 1 without any correction, and compare_spectra applies none (paired estimates).
 """
 
 from __future__ import annotations
@@ -227,7 +230,7 @@ def compare_spectra(student: xr.Dataset, teacher: xr.Dataset, layer_map: dict[in
         a, var, h = virtual_teacher(teacher, w_q, w_k, t_layer, n_h, n_kv)
         a_s = a_s_all.sel(layer=layer).values
         a_v.append(a), var_v.append(var), how.append(h)
-        spec.append(spectral_fidelity(a_s, a, student["pair_coef_var"].sel(layer=layer).values, var))
+        spec.append(spectral_fidelity(a_s, a))  # paired: same haystacks, shared noise (module docstring)
         x_s = student["rope_profile"].sel(layer=layer).values
         x_v = np.real(a[..., None] * np.exp(1j * theta[:, None] * dist[None, :])).sum(-2)
         prof.append(profile_fidelity(x_s, x_v, count, min_share=min_share))

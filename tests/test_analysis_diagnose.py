@@ -41,22 +41,38 @@ def test_diagnose_student_against_teacher_with_head_weights(random_zoo, vhs_data
     assert rc == 0
 
     ds = read_netcdf(out / "diagnostics.nc")
-    assert ds["key_activation"].dims == ("layer", "head", "haystack_size")
     assert ds["haystack_size"].values.tolist() == [1, 5] and ds["n_samples"].values.tolist() == [2, 2]
     assert ds.sizes["layer"] == 2 and ds.sizes["head"] == 2 and ds.attrs["model_name"] == "tiny-3b"
-    assert ds["attention"].dims == ("layer", "head", "distance") and ds["distance"].attrs["units"] == "tokens"
-    assert ds["power"].dims == ("layer", "head", "freq_distance")
-    assert ds["rope_usage"].dims == ("layer", "head", "rotary_pair")
-    assert set(ds["head_class"].values.ravel()) <= {"local", "global"}
-    assert np.nanmin(ds["key_activation"]) >= 0 and np.nanmax(ds["key_activation"]) <= 1
-    assert np.isfinite(ds["key_activation_raw"]).all()
+    # Distance in M-RoPE positions, units in attrs; fewer positions than tokens (an image shares one temporal id).
+    assert ds["attention"].dims == ("layer", "head", "distance") and ds["distance"].attrs["units"] == "positions"
+    # The exact pair spectrum, with each pair's frequency per position.
+    assert ds["pair_coef_re"].dims == ("layer", "head", "rotary_pair") and ds["rope_freq"].attrs["units"] == "cycles/position"
+    assert np.isfinite(ds["pair_coef_abs"]).all() and ds["rope_profile"].dims == ("layer", "head", "distance")
+    # Per-haystack answer statistics and health vs haystack size, with bootstrap intervals.
+    for v in ("needle_mass", "image_mass", "needle_margin", "attn_entropy", "sink_mass", "logit_scale", "q_norm", "locality"):
+        assert ds[v].dims == ("layer", "head", "haystack_size", "sample"), v
+    assert ds["k_norm"].dims == ("layer", "kv_head", "haystack_size", "sample")
+    assert np.isnan(ds["needle_margin"].sel(haystack_size=1)).all()  # no distractor in a 1-image haystack
+    assert np.isfinite(ds["needle_margin"].sel(haystack_size=5)).all()
+    mass = ds["needle_mass"].sel(haystack_size=5)
+    assert ((mass >= 0) & (mass <= ds["image_mass"].sel(haystack_size=5) + 1e-6)).all()
+    np.testing.assert_allclose(ds["needle_mass"].sel(haystack_size=1), ds["image_mass"].sel(haystack_size=1), rtol=1e-6)
+    assert (ds["needle_mass_lo"] <= ds["needle_mass_mean"] + 1e-12).all() and "bootstrap" in ds["needle_mass_lo"].attrs["interval"]
+    assert set(ds["head_class"].values.ravel()) <= {"local", "global"} and "rule" in ds["head_class"].attrs
+    assert ds["head_locality"].dims == ("layer", "head")
+    ds["pair_coef_abs"].sel(head=0).plot()  # labelled dims: plots straight away
+    ds["needle_mass_mean"].sel(head=0).plot()
+    assert np.isfinite(ds["key_activation_raw"]).all()  # the old statistic stays, as an ablation
 
     ref = read_netcdf(out / "reference.nc")
     assert ref["layer"].values.tolist() == [0, 3]  # only the teacher layers paired with the student's (first, last)
     cmp = read_netcdf(out / "comparison.nc")
     assert cmp["teacher_layer"].sel(layer=1).item() == 3
     assert str(cmp["head_matching"].sel(layer=1).values) == "head_weights"
-    assert 0.0 <= float(cmp["preservation_score"]) <= 1.0
+    assert cmp["virtual_coef_re"].dims == ("layer", "head", "rotary_pair")
+    assert cmp["spectral_fidelity"].dims == ("layer", "head") and np.isfinite(cmp["spectral_fidelity"]).all()
+    assert 0.0 <= float(cmp["preservation_score"]) <= 1.0  # ablation kept beside it
+    assert cmp["preservation"].attrs["long_name"].startswith("ABLATION")
     models = read_netcdf(out / "models.nc")
     assert models["model"].values.tolist() == ["tiny-3b", "tiny-32b"]
     hw = read_netcdf(out / "head_weights.nc")
@@ -64,7 +80,8 @@ def test_diagnose_student_against_teacher_with_head_weights(random_zoo, vhs_data
 
     page = (out / "report.html").read_text()
     images = re.findall(r'<img src="([^"]+)"', page)
-    assert {"key_activation.png", "distance_profile.png", "comparison.png", "head_weights.png", "rope_gain.png"} <= set(images)
+    assert {"key_activation.png", "distance_profile.png", "comparison.png", "head_weights.png", "rope_gain.png",
+            "health.png"} <= set(images)
     assert all((out / name).stat().st_size > 1000 for name in images)
     assert not list(out.glob(".*.tmp"))  # no temp files left behind
     assert "comparison:" in capsys.readouterr().out
@@ -82,3 +99,32 @@ def test_diagnose_errors_are_one_line_and_keep_old_results(random_zoo, vhs_data,
     rc = main(["diagnose", str(tmp_path), "--data", str(vhs_data / "test"), "--image-root", str(vhs_data),
                "--out", str(out), "--no-progress"])
     assert rc == 1 and "config.json" in capsys.readouterr().err
+
+
+def test_random_init_student_scores_below_a_copy_of_the_teacher(random_zoo, vhs_data):
+    """On real model activations: the teacher itself (a perfectly distilled student, identity
+    mixers) scores ~1 against its virtual heads; a random-init student with the mixers'
+    starting point (overlap averages) scores clearly lower on both fidelity scores."""
+    from laid.model.loading import load_model, load_processor
+    from laid_analysis.analyse import AnalysisSettings, analyse_model
+    from laid_analysis.haystacks import load_entries
+    from laid_analysis.pair_spectrum import compare_spectra
+
+    entries = load_entries(vhs_data / "test", vhs_data, [5], 2)
+    settings = AnalysisSettings(queries="question", keys="image")
+    run = {name: analyse_model(load_model(random_zoo[name], device="cpu"), load_processor(random_zoo[name]), entries, settings,
+                               progress=False) for name in ("tiny-32b", "tiny-7b")}
+    teacher, student = run["tiny-32b"], run["tiny-7b"]
+
+    def weights(w_q, w_k, s_layer):
+        return xr.Dataset({"w_q": (("layer_pair", "student_head", "teacher_head"), w_q[None]),
+                           "w_k": (("layer_pair", "student_kv_head", "teacher_kv_head"), w_k[None])},
+                          coords={"student_layer": ("layer_pair", [s_layer]), "teacher_layer": ("layer_pair", [3])})
+
+    copy = compare_spectra(teacher, teacher, {3: 3}, weights(np.eye(4), np.eye(2), 3))
+    overlap_q = np.array([[0.75, 0.25, 0, 0], [0, 0.5, 0.5, 0], [0, 0, 0.25, 0.75]])  # trainers.head_mixer.overlap_init(3, 4)
+    rand = compare_spectra(student, teacher, {2: 3}, weights(overlap_q, np.array([[0.5, 0.5]]), 2))
+    assert float(copy["fidelity_score"]) == pytest.approx(1.0, abs=0.02)
+    assert float(copy["profile_score"]) == pytest.approx(1.0, abs=0.02)
+    print("random-init student:", float(rand["fidelity_score"]), float(rand["profile_score"]))
+    assert float(rand["fidelity_score"]) < 0.5 and float(rand["profile_score"]) < 0.5
