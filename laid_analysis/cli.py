@@ -45,6 +45,11 @@ def register(subparsers) -> None:
                    help="ablation reach classes: mean-distance ratio at or above which a head is 'global'")
     p.add_argument("--local-threshold", type=float, default=DEFAULT_LOCAL_THRESHOLD,
                    help="locality (logit drop per 100 positions) at or above which a head is 'local'")
+    p.add_argument("--ablate-layers", type=int, nargs="+", default=None,
+                   help="text layers whose heads and rotary-pair bands are ablated on minimal pairs (needs synthetic data)")
+    p.add_argument("--ablate-size", type=int, default=None, help="haystack size of the minimal pairs (default: the largest)")
+    p.add_argument("--ablate-pairs", type=int, default=16, help="minimal pairs at most")
+    p.add_argument("--rope-bands", type=int, default=4, help="rotary-pair bands ablated (equal contiguous groups, fast -> slow)")
     p.add_argument("--setting", default="single_needle", help="VHs setting (single_needle, multi_needle_2, multi_needle_3)")
     p.add_argument("--seed", type=int, default=0, help="haystack arrangement seed")
     p.add_argument("--label", default=None, help="model name in results (default: folder name)")
@@ -68,6 +73,7 @@ def run(args) -> int:
         args.model_dir, args.data, args.image_root, args.sizes, args.out, reference=args.reference,
         head_weights=args.head_weights, max_samples=args.max_samples or None, settings=settings,
         setting=args.setting, label=args.label, device=args.device, progress=not args.no_progress,
+        ablate_layers=args.ablate_layers, ablate_size=args.ablate_size, ablate_pairs=args.ablate_pairs, n_bands=args.rope_bands,
     )
     for name, path in written.items():
         print(f"{name}: {path}")

@@ -10,6 +10,8 @@ Files in out_dir (all written atomically):
     models.nc        per-head statistics of both models along a `model` dim (each model's own
                      layer/head indices; NaN where one model has fewer), with --reference
     head_weights.nc  validated LAid mixer weights and their summary, with --head-weights
+    ablation.nc      accuracy change on minimal pairs per ablated head / rotary band (ablation.py),
+                     with ablate_layers
     *.png, report.html
 """
 
@@ -45,17 +47,26 @@ def _n_text_layers(model_dir: Path) -> int:
     return int(text.get("num_hidden_layers") or cfg["num_hidden_layers"])
 
 
-def _analyse_folder(model_dir: Path, entries, settings: AnalysisSettings, label: str, device, dtype, progress) -> xr.Dataset:
+def _analyse_folder(model_dir: Path, entries, settings: AnalysisSettings, label: str, device, dtype, progress,
+                    ablation: dict | None = None) -> tuple[xr.Dataset, xr.Dataset | None]:
     model = load_model(model_dir, device=device, dtype=dtype)
+    abl = None
     try:
-        ds = analyse_model(model, load_processor(model_dir), entries, settings, model_name=label, progress=progress)
+        processor = load_processor(model_dir)
+        ds = analyse_model(model, processor, entries, settings, model_name=label, progress=progress)
+        if ablation:
+            from laid_analysis.ablation import ablation_study
+
+            n_layers = int(ds.attrs["n_layers_total"])
+            abl = ablation_study(model, processor, ablation["pairs"], resolve_layers(ablation["layers"], n_layers),
+                                 ablation["n_bands"]).assign_attrs(model_name=label, haystack_size=ablation["size"])
     finally:
         del model
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     ds.attrs["model_dir"] = str(model_dir)
-    return ds
+    return ds, abl
 
 
 def layer_pairs(n_student: int, n_teacher: int, student_layers, head_weights: xr.Dataset | None) -> dict[int, int]:
@@ -87,10 +98,16 @@ def diagnose(
     device=None,
     dtype=None,
     progress: bool = True,
+    ablate_layers: list[int] | None = None,
+    ablate_size: int | None = None,
+    ablate_pairs: int = 16,
+    n_bands: int = 4,
 ) -> dict[str, Path]:
     """Analyse model_dir on the VHs haystacks of `sizes` (None = every size in the data) and write
     the results to out_dir; with `reference` (the teacher folder) also the teacher's analysis on the
-    same haystacks and the comparison. Returns {name: path} of the files written."""
+    same haystacks and the comparison; with `ablate_layers` the head / rotary-band ablations on up to
+    `ablate_pairs` minimal pairs of haystack size `ablate_size` (default: the largest analysed).
+    Returns {name: path} of the files written."""
     model_dir, out_dir = check_model_dir(model_dir), Path(out_dir)
     settings = settings or AnalysisSettings()
     if layers is not None:
@@ -108,8 +125,18 @@ def diagnose(
         if missing:
             raise ValueError(f"profile sizes {missing} are not among the analysed sizes {sorted(entries)}")
 
+    ablation = None
+    if ablate_layers:
+        from laid_analysis.ablation import load_ground_truth, minimal_pairs
+
+        size = ablate_size or max(entries)
+        if size not in entries:
+            raise ValueError(f"ablation size {size} is not among the analysed sizes {sorted(entries)}")
+        pairs = minimal_pairs(entries[size], load_ground_truth(image_root), settings.seed)[:ablate_pairs]
+        ablation = {"pairs": pairs, "layers": ablate_layers, "n_bands": n_bands, "size": size}
+
     written: dict[str, Path] = {}
-    ds = _analyse_folder(model_dir, entries, settings, label, device, dtype, progress)
+    ds, abl = _analyse_folder(model_dir, entries, settings, label, device, dtype, progress, ablation)
     written["diagnostics"] = write_netcdf(ds, out_dir / "diagnostics.nc")
     figures = [report.plot_key_activation({label: ds}, out_dir / "key_activation.png"),
                report.plot_distance_profiles(ds, out_dir / "distance_profile.png", label),
@@ -126,7 +153,7 @@ def diagnose(
             hw = with_absolute_layers(hw, n_s, n_t)
         pairs = layer_pairs(n_s, n_t, settings.layers, hw)
         ref_settings = AnalysisSettings(**{**settings.__dict__, "layers": sorted(set(pairs.values()))})
-        ref = _analyse_folder(ref_dir, entries, ref_settings, reference_label, device, dtype, progress)
+        ref, _ = _analyse_folder(ref_dir, entries, ref_settings, reference_label, device, dtype, progress)
         written["reference"] = write_netcdf(ref, out_dir / "reference.nc")
         legacy = low_freq_preservation(ds, ref, layer_map=pairs, head_weights=hw, cycles=settings.low_freq_cycles)
         comparison = compare_spectra(ds, ref, pairs, hw).merge(
@@ -157,6 +184,12 @@ def diagnose(
         figures.append(report.plot_head_weights(hw, out_dir / "head_weights.png"))
         if "gain_q" in hw:
             figures.append(report.plot_rope_gain(hw, out_dir / "rope_gain.png"))
+
+    if abl is not None:
+        written["ablation"] = write_netcdf(abl, out_dir / "ablation.nc")
+        figures.append(report.plot_ablation(abl, out_dir / "ablation.png"))
+        sections.append(("Ablations on minimal pairs (accuracy change vs intact, 95% paired bootstrap over pairs)",
+                         report.ablation_table(abl)))
 
     for fig in figures:
         written[fig.name] = fig

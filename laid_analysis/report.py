@@ -206,6 +206,34 @@ def plot_comparison(student: xr.Dataset, comparison: xr.Dataset, path: Path) -> 
     return save_figure(fig, path)
 
 
+def plot_ablation(abl: xr.Dataset, path: Path) -> Path:
+    """Accuracy change per ablation (bars) with 95% paired bootstrap intervals, one panel per layer."""
+    layers = abl["layer"].values
+    fig, axes = plt.subplots(1, len(layers), figsize=(max(4.0, 0.5 * abl.sizes["ablation"]) * len(layers), 3), squeeze=False)
+    for c, layer in enumerate(layers):
+        a = abl.sel(layer=layer)
+        x = np.arange(a.sizes["ablation"])
+        mean = a["accuracy_change"].values
+        err = np.stack([mean - a["accuracy_change_lo"].values, a["accuracy_change_hi"].values - mean])
+        colours = ["0.6" if k == "none" else ("tab:blue" if k == "head" else "tab:green") for k in a["ablation_kind"].values]
+        axes[0, c].bar(x, mean, yerr=err, color=colours, capsize=2)
+        axes[0, c].set_xticks(x, a["ablation"].values, rotation=60, fontsize=7)
+        axes[0, c].axhline(0, color="k", lw=0.8)
+        axes[0, c].set(ylabel="accuracy change", title=f"layer {int(layer)}: intact accuracy {float(a['accuracy'].sel(ablation='none')):.2f}")
+    fig.suptitle(f"{abl.attrs.get('model_name', '')}: ablations on {abl.sizes['minimal_pair']} minimal pairs "
+                 f"(size {abl.attrs.get('haystack_size', '?')}; bars: 95% paired bootstrap over pairs)", fontsize=10, y=1.04)
+    return save_figure(fig, path)
+
+
+def ablation_table(abl: xr.Dataset) -> str:
+    rows = [[int(l), str(a), f"{float(abl['accuracy'].sel(layer=l, ablation=a)):.3f}",
+             f"{float(abl['accuracy_change'].sel(layer=l, ablation=a)):+.3f} [{float(abl['accuracy_change_lo'].sel(layer=l, ablation=a)):+.3f}, "
+             f"{float(abl['accuracy_change_hi'].sel(layer=l, ablation=a)):+.3f}]",
+             f"{float(abl['pair_accuracy'].sel(layer=l, ablation=a)):.3f}", f"{float(abl['margin_change'].sel(layer=l, ablation=a)):+.3g}"]
+            for l in abl["layer"].values for a in abl["ablation"].values]
+    return table(rows, ["layer", "ablation", "accuracy", "change [95% bootstrap]", "both right", "margin change (logit)"])
+
+
 def table(rows: list[list], header: list[str]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)

@@ -128,3 +128,65 @@ def test_random_init_student_scores_below_a_copy_of_the_teacher(random_zoo, vhs_
     assert float(copy["profile_score"]) == pytest.approx(1.0, abs=0.02)
     print("random-init student:", float(rand["fidelity_score"]), float(rand["profile_score"]))
     assert float(rand["fidelity_score"]) < 0.5 and float(rand["profile_score"]) < 0.5
+
+
+def test_ablations_equal_zeroed_weights_and_minimal_pairs_flip_the_answer(random_zoo, vhs_data):
+    import torch
+
+    from laid.model.hooks import text_decoder
+    from laid.model.loading import load_model, load_processor
+    from laid.model.prompting import encode_batch
+    from laid_analysis.ablation import ablate, load_ground_truth, minimal_pairs
+    from laid_analysis.haystacks import load_entries
+
+    objects = load_ground_truth(vhs_data)
+    entries = load_entries(vhs_data / "test", vhs_data, [5], 4)[5]
+    pairs = minimal_pairs(entries, objects)
+    assert pairs
+    for yes, no in pairs:  # same haystack, opposite answers, each answer true by the ground truth
+        assert yes.images is no.images and yes.needles == no.needles and (yes.answer, no.answer) == ("yes", "no")
+        assert yes.question != no.question
+    path = random_zoo["tiny-32b"]
+    model, processor = load_model(path, device="cpu"), load_processor(path)
+    batch = encode_batch(processor, [pairs[0][0]])
+    attn = text_decoder(model)[1][3].self_attn
+    d = attn.head_dim
+    with torch.no_grad():
+        with ablate(model, 3, head=1):
+            hooked = model(**batch).logits
+        saved = attn.o_proj.weight.clone()
+        attn.o_proj.weight[:, d:2 * d] = 0  # the same ablation in the weights
+        direct = model(**batch).logits
+        attn.o_proj.weight.copy_(saved)
+        torch.testing.assert_close(hooked, direct)
+        band = [2, 3]
+        with ablate(model, 3, pairs=band):
+            hooked = model(**batch).logits
+        saved = {n: p.clone() for n, p in attn.named_parameters()}
+        rows = torch.tensor(band + [p + d // 2 for p in band])
+        for proj in (attn.q_proj, attn.k_proj):
+            w = proj.weight.view(-1, d, proj.weight.shape[1])
+            w[:, rows] = 0
+            if proj.bias is not None:
+                proj.bias.view(-1, d)[:, rows] = 0
+        direct = model(**batch).logits
+        for n, p in attn.named_parameters():
+            p.copy_(saved[n])
+        torch.testing.assert_close(hooked, direct)
+        assert not torch.allclose(hooked, model(**batch).logits)  # and it did change something
+
+
+def test_diagnose_writes_ablations(random_zoo, vhs_data, tmp_path):
+    out = tmp_path / "abl"
+    rc = main(["diagnose", str(random_zoo["tiny-3b"]), "--data", str(vhs_data / "test"), "--image-root", str(vhs_data),
+               "--sizes", "5", "--max-samples", "4", "--out", str(out), "--ablate-layers", "-1", "--ablate-pairs", "3",
+               "--rope-bands", "2", "--no-progress"])
+    assert rc == 0
+    abl = read_netcdf(out / "ablation.nc")
+    assert abl["ablation"].values.tolist() == ["none", "head 0", "head 1", "pairs 0-7", "pairs 8-15"]
+    assert abl["correct"].dims == ("layer", "ablation", "minimal_pair", "member") and abl["layer"].values.tolist() == [1]
+    assert (abl["accuracy_change"].sel(ablation="none") == 0.0).all()
+    assert (abl["accuracy_change_lo"] <= abl["accuracy_change"] + 1e-12).all()
+    # A constant answer gets exactly one member of each pair right: pair accuracy is what needs the needle.
+    assert (abl["pair_accuracy"] <= abl["accuracy"] + 1e-12).all()
+    assert "ablation.png" in (out / "report.html").read_text()
