@@ -58,6 +58,18 @@ def register(subparsers) -> None:
     p.add_argument("--debug", action="store_true", help="full tracebacks")
     p.set_defaults(func=run)
 
+    c = subparsers.add_parser(
+        "diagnose-compare", help="one report comparing several `laid diagnose` outputs side by side",
+        description="Read the folders of several `laid diagnose` runs (LABEL=DIR) and write models.nc, summary.nc, "
+                    "figures on shared axes and report.html to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    c.add_argument("folders", nargs="+", help="LABEL=DIR of each analysed checkpoint (DIR holds diagnostics.nc)")
+    c.add_argument("--teacher", default=None, help="label of the teacher, taken from a folder's reference.nc if not listed")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--debug", action="store_true", help="full tracebacks")
+    c.set_defaults(func=run_compare)
+
 
 def run(args) -> int:
     from laid_analysis.analyse import AnalysisSettings
@@ -76,5 +88,19 @@ def run(args) -> int:
         ablate_layers=args.ablate_layers, ablate_size=args.ablate_size, ablate_pairs=args.ablate_pairs, n_bands=args.rope_bands,
     )
     for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def run_compare(args) -> int:
+    from laid_analysis.checkpoints import compare_checkpoints
+
+    folders = {}
+    for item in args.folders:
+        label, sep, folder = item.partition("=")
+        if not sep or not label or not folder:
+            raise ValueError(f"folder argument {item!r}: write it as LABEL=DIR, e.g. tiny-7b__laid=runs/default/analysis/tiny-7b__laid")
+        folders[label] = folder
+    for name, path in compare_checkpoints(folders, args.out, args.teacher).items():
         print(f"{name}: {path}")
     return 0

@@ -190,3 +190,24 @@ def test_diagnose_writes_ablations(random_zoo, vhs_data, tmp_path):
     # A constant answer gets exactly one member of each pair right: pair accuracy is what needs the needle.
     assert (abl["pair_accuracy"] <= abl["accuracy"] + 1e-12).all()
     assert "ablation.png" in (out / "report.html").read_text()
+
+
+def test_checkpoints_compared_side_by_side(random_zoo, vhs_data, tmp_path, capsys):
+    from laid_analysis.diagnose import diagnose
+
+    import shutil
+
+    folders = {"tiny-3b": tmp_path / "tiny-3b", "tiny-3b-again": tmp_path / "again"}
+    diagnose(random_zoo["tiny-3b"], vhs_data / "test", vhs_data, [5], folders["tiny-3b"], reference=random_zoo["tiny-32b"],
+             max_samples=2, label="tiny-3b", reference_label="teacher", progress=False)
+    shutil.copytree(folders["tiny-3b"], folders["tiny-3b-again"])
+    rc = main(["diagnose-compare", *[f"{k}={v}" for k, v in folders.items()], "--teacher", "teacher", "--out", str(tmp_path / "cmp")])
+    assert rc == 0
+    summ = read_netcdf(tmp_path / "cmp" / "summary.nc")
+    assert summ["model"].values.tolist() == ["teacher", "tiny-3b", "tiny-3b-again"]
+    assert np.isnan(summ["fidelity_score"].sel(model="teacher")) and np.isfinite(summ["fidelity_score"].sel(model="tiny-3b"))
+    models = read_netcdf(tmp_path / "cmp" / "models.nc")
+    assert models["needle_mass_mean"].dims == ("model", "layer", "head", "haystack_size")
+    assert "answer_stats.png" in (tmp_path / "cmp" / "report.html").read_text()
+    rc = main(["diagnose-compare", "nolabel", "--out", str(tmp_path / "x")])
+    assert rc == 1 and "LABEL=DIR" in capsys.readouterr().err
