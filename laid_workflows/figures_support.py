@@ -157,6 +157,59 @@ def load_head_weights(run_dir: Path, student: str, method: str = "laid", param: 
     return load(path)
 
 
+def load_sample_results(run_dir: Path, student: str, method: str, param: str = "methods") -> xr.Dataset:
+    """Per-question results correct(haystack_size, sample) (with needle_index, answer_yes) of one
+    (student, method): distill/<student>__<method>/eval.nc for a trained method, else the
+    comparison's own compare/eval/<student>__<method>.nc or the shared eval/<student>__<method>.nc."""
+    from laid.eval.results import load_result
+    from laid.methods import TRAINED_METHODS
+
+    if method in TRAINED_METHODS:
+        paths = [run_dir / "distill" / f"{student}__{method}" / "eval.nc"]
+    else:
+        paths = [run_dir / "compare" / "eval" / f"{student}__{method}.nc", run_dir / "eval" / f"{student}__{method}.nc"]
+    for path in paths:
+        if path.is_file():
+            return load_result(path)
+    raise MissingResultsError(f"parameter {param}: no per-question results for {student} {method} at {paths[0]}; "
+                              f"{RESULT_HINTS['compare']}")
+
+
+def paired_differences(run_dir: Path, student: str, methods: Sequence[str], sizes: Sequence[int], reference: str = "base",
+                       param: str = "methods") -> xr.Dataset:
+    """accuracy(method) - accuracy(reference) per (diff_method, haystack_size), paired on the same questions:
+    mean, lower, upper (95% percentile bootstrap resampling questions, the same ones for both) and
+    n_questions. Refuses results whose questions differ (needle index or answer differ per sample)."""
+    from laid_analysis.intervals import bootstrap_mean
+
+    ref = load_sample_results(run_dir, student, reference, param)
+    out = []
+    for m in methods:
+        other = load_sample_results(run_dir, student, m, param)
+        a, b = xr.align(other[["correct", "needle_index", "answer_yes"]], ref[["correct", "needle_index", "answer_yes"]], join="inner")
+        both = a["correct"].notnull() & b["correct"].notnull()
+        for v in ("needle_index", "answer_yes"):
+            if bool((both & (a[v] != b[v])).any()):
+                raise ValueError(f"parameter {param}: {student} {m} and {reference} were not evaluated on the same questions "
+                                 f"({v} differs); re-run `laid compare` so both use the same data and seed")
+        diff = (a["correct"] - b["correct"]).where(both).sel(haystack_size=[n for n in sizes if n in a.haystack_size.values])
+        mean, lo, hi = bootstrap_mean(diff)
+        out.append(xr.Dataset({"difference": mean, "difference_lo": lo, "difference_hi": hi,
+                               "n_questions": both.sum("sample").sel(haystack_size=diff.haystack_size)}).expand_dims(diff_method=[m]))
+    ds = xr.concat(out, dim="diff_method", join="outer") if out else xr.Dataset()
+    for v in ("difference", "difference_lo", "difference_hi"):
+        ds[v].attrs.update(units="1", long_name=f"accuracy - {reference} accuracy, same questions",
+                           interval="95% percentile bootstrap over questions, paired (1000 resamples)")
+    return ds
+
+
+def row_shares(w: xr.DataArray) -> xr.DataArray:
+    """|w| / sum over the last dim (the teacher heads) of |w|: each teacher head's share of a row."""
+    mag = np.abs(w)
+    total = mag.sum(w.dims[-1])
+    return (mag / total.where(total > 0)).assign_attrs(units="1", long_name="share of the row's sum |w|")
+
+
 def pick_layer(da: xr.DataArray, layer: int, param: str, dim: str = "layer") -> xr.DataArray:
     """da at one layer: a negative `layer` counts from the end of those stored (-1: the last one);
     a non-negative one is the layer's label (analyses may store a subset of layers, e.g. [2, 3])."""
