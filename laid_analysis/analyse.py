@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from laid.data.vhs import VHsEntry
 from laid.model.prompting import Example, encode_batch
 from laid.model.hooks import record_qk, resolve_layers, text_decoder
+from laid.model.pixel_cache import SHARED
 from laid_analysis import spectra, tokens
 from laid_analysis.distance import DistanceProfile
 from laid_analysis.haystacks import to_example
@@ -98,7 +99,7 @@ def analyse_model(model, processor, haystacks: dict[int, list[Example | VHsEntry
         for start in range(0, len(items), settings.batch_size):
             examples = [to_example(e, settings.seed) if isinstance(e, VHsEntry) else e
                         for e in items[start:start + settings.batch_size]]
-            batch = _to_device(encode_batch(processor, examples), model)
+            batch = _to_device(encode_batch(processor, examples, pixel_cache=SHARED), model)
             real = tokens.real_token_mask(batch)
             positions = tokens.rope_positions(model, batch)[0]  # (B, S) temporal ids
             qsel = tokens.select(batch, settings.queries, image_id)

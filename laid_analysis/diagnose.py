@@ -69,6 +69,27 @@ def _analyse_folder(model_dir: Path, entries, settings: AnalysisSettings, label:
     return ds, abl
 
 
+SAME_SETTINGS = ("queries", "keys", "profile_sizes", "profile_max_samples", "distance_units", "seed", "local_threshold")
+
+
+def _reuse_reference(path: Path, student: xr.Dataset, layers: list[int]) -> xr.Dataset:
+    """The teacher's earlier analysis at `layers`, if it was made on the student's haystacks and settings."""
+    from laid_analysis.io import read_netcdf
+
+    ref = read_netcdf(path)
+    mine, theirs = json.loads(student.attrs["settings"]), json.loads(ref.attrs["settings"])
+    differ = [k for k in SAME_SETTINGS if mine.get(k) != theirs.get(k)]
+    same_data = ref["haystack_size"].values.tolist() == student["haystack_size"].values.tolist() and \
+        ref["n_samples"].values.tolist() == student["n_samples"].values.tolist()
+    if differ or not same_data:
+        raise ValueError(f"reference analysis {path} was made with other settings ({differ or 'haystack sizes/samples'}); "
+                         "re-run `laid diagnose` on the teacher with the student's settings")
+    missing = sorted(set(layers) - {int(x) for x in ref["layer"].values})
+    if missing:
+        raise ValueError(f"reference analysis {path} lacks teacher layers {missing}; analyse the teacher with all layers")
+    return ref.sel(layer=layers)
+
+
 def layer_pairs(n_student: int, n_teacher: int, student_layers, head_weights: xr.Dataset | None) -> dict[int, int]:
     """Student layer -> teacher layer: the export's layer pairs where it names them (absolute
     indices, see head_weights.with_absolute_layers), else relative depth."""
@@ -102,11 +123,14 @@ def diagnose(
     ablate_size: int | None = None,
     ablate_pairs: int = 16,
     n_bands: int = 4,
+    reference_analysis: str | Path | None = None,
 ) -> dict[str, Path]:
     """Analyse model_dir on the VHs haystacks of `sizes` (None = every size in the data) and write
     the results to out_dir; with `reference` (the teacher folder) also the teacher's analysis on the
     same haystacks and the comparison; with `ablate_layers` the head / rotary-band ablations on up to
     `ablate_pairs` minimal pairs of haystack size `ablate_size` (default: the largest analysed).
+    `reference_analysis`: the teacher's diagnostics.nc from an earlier diagnose on the same
+    haystacks and settings (all paired layers analysed), used instead of analysing it again.
     Returns {name: path} of the files written."""
     model_dir, out_dir = check_model_dir(model_dir), Path(out_dir)
     settings = settings or AnalysisSettings()
@@ -153,7 +177,10 @@ def diagnose(
             hw = with_absolute_layers(hw, n_s, n_t)
         pairs = layer_pairs(n_s, n_t, settings.layers, hw)
         ref_settings = AnalysisSettings(**{**settings.__dict__, "layers": sorted(set(pairs.values()))})
-        ref, _ = _analyse_folder(ref_dir, entries, ref_settings, reference_label, device, dtype, progress)
+        if reference_analysis is not None:
+            ref = _reuse_reference(Path(reference_analysis), ds, ref_settings.layers).assign_attrs(model_name=reference_label)
+        else:
+            ref, _ = _analyse_folder(ref_dir, entries, ref_settings, reference_label, device, dtype, progress)
         written["reference"] = write_netcdf(ref, out_dir / "reference.nc")
         legacy = low_freq_preservation(ds, ref, layer_map=pairs, head_weights=hw, cycles=settings.low_freq_cycles)
         comparison = compare_spectra(ds, ref, pairs, hw).merge(

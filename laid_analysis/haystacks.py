@@ -29,7 +29,13 @@ def load_entries(data_root: str | Path, image_root: str | Path, sizes: Iterable[
     return out
 
 
-def to_example(entry: VHsEntry, seed: int = 0) -> Example:
-    """The prompt of one entry; Example.needles holds the needle images' indices in the haystack."""
+def to_example(entry: VHsEntry, seed: int = 0, decode: bool = False) -> Example:
+    """The prompt of one entry; Example.needles holds the needle images' indices in the haystack.
+    Images stay paths (decoded and preprocessed once per process by laid.model.pixel_cache) unless
+    decode=True."""
     paths, needles = arrange_haystack(entry, seed)
-    return Example(load_images(paths), entry.question, entry.answer, needles=tuple(needles))
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image {path} not found; check --image-root")
+    images = load_images(paths) if decode else list(paths)
+    return Example(images, entry.question, entry.answer, needles=tuple(needles))

@@ -41,7 +41,9 @@ class MainConfig:
     threshold: float = 0.6  # effective-window accuracy threshold (README: why 0.6)
     compare_config: str = "configs/experiments/compare.yaml"
     analysis_sizes: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 100, 150])
-    analysis_max_samples: int = 8
+    analysis_max_samples: int = 32  # haystacks per size for the answer statistics (Figure 4 intervals)
+    analysis_profile_samples: int = 8  # of those, how many feed the O(S^2) distance profile and pair spectrum
+    analysis_batch_size: int = 4  # haystacks per forward in the analysis (batching halves its CPU cost per haystack)
     figures_dir: str = "figures"
 
     @classmethod
@@ -119,20 +121,35 @@ def _stage_compare(cfg: MainConfig, log) -> None:
     run_comparison(ccfg, cfg.run)
 
 
-# Checkpoints analysed: the teacher is the reference of every student folder (its analysis is
-# written there as reference.nc); each student before (base) and after KD and LAid.
+# Checkpoints analysed: the teacher once in its own folder (analysis/<teacher>__base, all layers),
+# reused as the reference of every student folder (written there as reference.nc at the paired
+# layers); each student before (base) and after KD and LAid; then one side-by-side report in
+# analysis/checkpoints/.
 ANALYSED_METHODS = ("base", "kd", "laid")
 
 
 def _stage_analysis(cfg: MainConfig, log) -> None:
+    from laid_analysis.analyse import AnalysisSettings
+    from laid_analysis.checkpoints import compare_checkpoints
     from laid_analysis.diagnose import diagnose
 
     teacher = cfg.run / "zoo" / cfg.teacher
+    sizes = None if cfg.quick else cfg.analysis_sizes
+    settings = lambda: AnalysisSettings(profile_max_samples=cfg.analysis_profile_samples, batch_size=cfg.analysis_batch_size,  # noqa: E731
+                                        seed=cfg.seed)
+    # The teacher once, all layers: every student's comparison reuses it (same haystacks, same settings).
+    t_label = f"{cfg.teacher}__base"
+    t_out = cfg.run / "analysis" / t_label
+    if not (t_out / "report.html").is_file():
+        diagnose(teacher, cfg.run / "data" / "test", cfg.run / "data", sizes, t_out, max_samples=cfg.analysis_max_samples,
+                 label=t_label, settings=settings())
+    folders = {t_label: t_out}
     for student in cfg.students:
         for method in ANALYSED_METHODS:
             label = f"{student}__{method}"
             out = cfg.run / "analysis" / label
             if (out / "report.html").is_file():
+                folders[label] = out
                 continue
             run = cfg.run / "distill" / label
             model_dir = cfg.run / "zoo" / student if method == "base" else run / "export"
@@ -141,10 +158,13 @@ def _stage_analysis(cfg: MainConfig, log) -> None:
                 continue
             hw = run / "head_weights.nc"
             diagnose(
-                model_dir, cfg.run / "data" / "test", cfg.run / "data", None if cfg.quick else cfg.analysis_sizes, out,
-                reference=teacher, head_weights=hw if hw.is_file() else None,
-                max_samples=cfg.analysis_max_samples, label=label, reference_label=f"{cfg.teacher}__base",
+                model_dir, cfg.run / "data" / "test", cfg.run / "data", sizes, out,
+                reference=teacher, head_weights=hw if hw.is_file() else None, settings=settings(),
+                max_samples=cfg.analysis_max_samples, label=label, reference_label=t_label,
+                reference_analysis=t_out / "diagnostics.nc",
             )
+            folders[label] = out
+    compare_checkpoints(folders, cfg.run / "analysis" / "checkpoints", teacher=t_label)
 
 
 def _stage_figures(cfg: MainConfig, log) -> None:
