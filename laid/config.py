@@ -47,6 +47,14 @@ def _check_type(value, hint, where: str):
             raise ValueError(f"{where}: expected a list, got {value!r}")
         (item,) = typing.get_args(hint) or (Any,)
         return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        items = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if args and len(items) != len(value):
+            raise ValueError(f"{where}: expected {len(items)} values, got {value!r}")
+        return tuple(_check_type(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, items or [Any] * len(value))))
     if origin is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping, got {value!r}")

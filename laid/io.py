@@ -102,15 +102,16 @@ def read_netcdf(path: str | Path, what: str = "result", hint: str = ""):
         raise ValueError(f"{what} {path} is not a readable netCDF file ({e}); re-create it") from None
 
 
-def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Save a matplotlib figure (format from the suffix) atomically and close it."""
-    import matplotlib.pyplot as plt
-
+def save_figure(fig, path: str | Path, dpi: int = 110, close: bool = True) -> Path:
+    """Save a matplotlib figure (format from the suffix) atomically; close it unless `close=False`."""
     fmt = Path(path).suffix.lstrip(".") or "png"
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))
     finally:
-        plt.close(fig)
+        if close:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from laid_analysis import report
-from laid_analysis.io import read_netcdf, write_netcdf
+from laid.io import read_netcdf, write_netcdf
 from laid_analysis.key_activation import stack_models
 
 STACKED = ("needle_mass_mean", "needle_mass_lo", "needle_mass_hi", "image_mass_mean", "needle_margin_mean",

@@ -21,8 +21,11 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model_dir", help="Hugging Face folder of the checkpoint (toy or real Qwen2.5-VL)")
-    p.add_argument("--data", required=True, help="VHs split root (e.g. runs/default/data/test or the real benchmark)")
+    p.add_argument("--data", required=True, help="a VHs root (e.g. runs/default/data/test or the real benchmark), a setting "
+                   "folder or one visual_haystack_N.json file")
     p.add_argument("--image-root", required=True, help="folder the image paths of the VHs files are relative to")
+    p.add_argument("--allow-outside-image-root", action="store_true",
+                   help="accept absolute image paths and paths leaving --image-root with '..' (refused by default)")
     p.add_argument("--sizes", type=int, nargs="+", default=None, help="haystack sizes (default: all in --data)")
     p.add_argument("--out", required=True, help="output folder (e.g. runs/default/analysis/<label>)")
     p.add_argument("--reference", default=None, help="teacher folder: also analyse it and compare")
@@ -86,6 +89,7 @@ def run(args) -> int:
         head_weights=args.head_weights, max_samples=args.max_samples or None, settings=settings,
         setting=args.setting, label=args.label, device=args.device, progress=not args.no_progress,
         ablate_layers=args.ablate_layers, ablate_size=args.ablate_size, ablate_pairs=args.ablate_pairs, n_bands=args.rope_bands,
+        allow_outside_image_root=args.allow_outside_image_root,
     )
     for name, path in written.items():
         print(f"{name}: {path}")

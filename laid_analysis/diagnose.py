@@ -28,10 +28,10 @@ import xarray as xr
 from laid.model.loading import check_model_dir, load_model, load_processor
 from laid_analysis import report
 from laid_analysis.analyse import AnalysisSettings, analyse_model
-from laid_analysis.haystacks import load_entries
+from laid.data.vhs import load_entries
 from laid_analysis.head_weights import head_weight_summary, load_head_weights, with_absolute_layers
 from laid.model.hooks import resolve_layers
-from laid_analysis.io import write_netcdf
+from laid.io import write_netcdf
 from laid_analysis.key_activation import stack_models
 from laid_analysis.pair_spectrum import compare_spectra
 from laid_analysis.spectra import default_layer_map, low_freq_preservation
@@ -74,7 +74,7 @@ SAME_SETTINGS = ("queries", "keys", "profile_sizes", "profile_max_samples", "dis
 
 def _reuse_reference(path: Path, student: xr.Dataset, layers: list[int]) -> xr.Dataset:
     """The teacher's earlier analysis at `layers`, if it was made on the student's haystacks and settings."""
-    from laid_analysis.io import read_netcdf
+    from laid.io import read_netcdf
 
     ref = read_netcdf(path)
     mine, theirs = json.loads(student.attrs["settings"]), json.loads(ref.attrs["settings"])
@@ -124,6 +124,7 @@ def diagnose(
     ablate_pairs: int = 16,
     n_bands: int = 4,
     reference_analysis: str | Path | None = None,
+    allow_outside_image_root: bool = False,
 ) -> dict[str, Path]:
     """Analyse model_dir on the VHs haystacks of `sizes` (None = every size in the data) and write
     the results to out_dir; with `reference` (the teacher folder) also the teacher's analysis on the
@@ -139,11 +140,7 @@ def diagnose(
     settings.validate()
     label = label or model_dir.name
     hw = load_head_weights(head_weights) if head_weights else None
-    if sizes is None:
-        from laid.data.vhs import find_vhs_files
-
-        sizes = sorted(n for (s, n) in find_vhs_files(data_root) if s == setting)
-    entries = load_entries(data_root, image_root, sizes, max_samples, setting)
+    entries = load_entries(data_root, image_root, setting, sizes, max_samples, allow_outside_root=allow_outside_image_root)
     if settings.profile_sizes:
         missing = sorted(set(settings.profile_sizes) - set(entries))
         if missing:

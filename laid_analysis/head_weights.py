@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from laid.io import read_netcdf
+
 DIMS = {"w_q": ("layer_pair", "student_head", "teacher_head"),
         "w_k": ("layer_pair", "student_kv_head", "teacher_kv_head")}
 
@@ -21,13 +23,7 @@ DIMS = {"w_q": ("layer_pair", "student_head", "teacher_head"),
 def load_head_weights(path: str | Path) -> xr.Dataset:
     """Read and validate a head_weights.nc; returns it in memory (file closed) with index coords."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"head weights file {path} not found; pass the head_weights.nc of a LAid export")
-    try:
-        with xr.open_dataset(path) as ds:
-            ds = ds.load()
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable netCDF file ({e})") from None
+    ds = read_netcdf(path, "head weights file", "pass the head_weights.nc of a LAid export")
     return validate_head_weights(ds, str(path))
 
 

@@ -19,7 +19,7 @@ import xarray as xr  # noqa: E402
 
 from matplotlib.ticker import LogLocator, NullLocator, ScalarFormatter  # noqa: E402
 
-from laid_analysis.io import save_figure as _save_figure, write_text  # noqa: E402
+from laid.io import save_figure as _save_figure, write_text  # noqa: E402
 
 CLASS_COLOURS = {"local": "tab:blue", "global": "tab:orange"}
 MAX_LAYERS_SHOWN = 4

@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"laid {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # the system's errors (a full disk, a permission): one line, not a traceback
+        if getattr(args, "debug", False):
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"laid {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

@@ -28,23 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import xarray as xr
-import yaml
 
-from laid.methods import INFERENCE_VARIANTS, TRAINED_METHODS
+from laid.config import load_config
+from laid.eval.settings import EvalSettings
+from laid.io import write_netcdf, write_text
+from laid.layout import RunLayout
+from laid.methods import ALL_METHODS, INFERENCE_VARIANTS, TRAINED_METHODS
 from laid_workflows.tables import build_comparison, comparison_markdown
-from trainers.config import apply_overrides, from_dict, load_config
+from trainers.config import load_config as load_distill_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class CompareEval:
-    sizes: list[int] | None = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100, 150])  # None = all test sizes
-    samples_per_size: int | None = 100  # None = every entry of each file
-    setting: str = "single_needle"
-    threshold: float = 0.6
-    seed: int = 0
-    batch_tokens: int = 8192
 
 
 @dataclass
@@ -58,7 +51,7 @@ class CompareConfig:
     method_overrides: dict[str, Any] = field(default_factory=dict)  # {method: {key: value}} on top of those
     zoo_dir: str = "zoo"  # relative to the run folder
     data_dir: str = "data"  # relative to the run folder; image root, with train/ and test/ splits
-    eval: CompareEval = field(default_factory=CompareEval)
+    eval: EvalSettings = field(default_factory=EvalSettings)  # laid.eval.settings; the main job passes its own
 
     def __post_init__(self):
         bad = [v for v in self.variants if v not in INFERENCE_VARIANTS]
@@ -71,37 +64,7 @@ class CompareConfig:
 
 
 def load_compare_config(path: str | Path | None = None, overrides=()) -> CompareConfig:
-    data = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"comparison config {path} not found")
-        data = yaml.safe_load(path.read_text()) or {}
-    try:
-        return from_dict(CompareConfig, apply_overrides(data, overrides or []))
-    except ValueError as e:
-        raise ValueError(f"{path or 'comparison config'}: {e}") from None
-
-
-def _compatible(ds: xr.Dataset, ev: CompareEval) -> bool:
-    """Was this eval made with the sizes / samples / setting / seed / threshold we want?"""
-    try:
-        n = {int(s): int(v) for s, v in zip(ds["haystack_size"].values, ds["n_samples"].values)}
-        cfg = json.loads(ds.attrs.get("config", "{}"))
-    except (KeyError, ValueError):
-        return False
-    wanted = set(ev.sizes) if ev.sizes is not None else set(n)
-    if ev.samples_per_size is None:
-        samples_ok = cfg.get("max_samples_per_size") is None
-    else:  # the count that was actually evaluated, whatever cap produced it
-        samples_ok = all(n.get(s) == ev.samples_per_size for s in wanted)
-    return (
-        wanted <= set(n)
-        and samples_ok
-        and ds.attrs.get("needle_setting") == ev.setting
-        and int(ds.attrs.get("seed", -1)) == ev.seed
-        and float(ds.attrs.get("threshold", -1)) == ev.threshold
-    )
+    return load_config(CompareConfig, path, overrides, what="comparison config")
 
 
 def quick_config(cfg: CompareConfig) -> CompareConfig:
@@ -121,31 +84,29 @@ class Comparison:
 
     def __init__(self, cfg: CompareConfig, run_dir: str | Path, force: bool = False, progress: bool = True):
         self.cfg, self.run_dir, self.force, self.progress = cfg, Path(run_dir), force, progress
+        self.layout = RunLayout(run_dir)
         self.data = self.run_dir / cfg.data_dir
         self.timings: dict[str, float] = {}
 
     def _evaluate(self, model_dir: Path, out: Path, variant: str, name: str) -> xr.Dataset:
         from laid.eval.run import evaluate
 
-        ev = self.cfg.eval
         t = time.time()
         ds = evaluate(
-            model_dir, self.data / "test", self.data, out, sizes=ev.sizes, setting=ev.setting,
-            max_samples_per_size=ev.samples_per_size, variant=variant,
-            variant_options=self.cfg.variant_options.get(variant) or None, threshold=ev.threshold, seed=ev.seed,
-            batch_tokens=ev.batch_tokens, progress=self.progress, model_name=name,
-        )  # fmt: skip
+            model_dir, self.data / "test", self.data, out, variant=variant,
+            variant_options=self.cfg.variant_options.get(variant) or None, progress=self.progress, model_name=name,
+            **self.cfg.eval.evaluate_kwargs(),
+        )
         self.timings[f"eval {name} {variant}"] = round(time.time() - t, 2)
         return ds
 
     def zoo_eval(self, model: str, variant: str) -> xr.Dataset:
         """eval/<model>__<variant>.nc, reused when compatible (else compare/eval/...)."""
-        shared = self.run_dir / "eval" / f"{model}__{variant}.nc"
-        own = self.run_dir / "compare" / "eval" / f"{model}__{variant}.nc"
+        shared, own = self.layout.eval_result(model, variant), self.layout.compare_eval(model, variant)
         for path in (shared, own):
             if path.is_file() and not self.force:
                 ds = xr.load_dataset(path)
-                if _compatible(ds, self.cfg.eval):
+                if self.cfg.eval.matches(ds):
                     return ds
         target = shared if not shared.is_file() or self.force else own
         return self._evaluate(self.run_dir / self.cfg.zoo_dir / model, target, variant, model)
@@ -155,7 +116,7 @@ class Comparison:
         overrides = {
             "teacher_dir": str(self.run_dir / c.zoo_dir / c.teacher),
             "student_dir": str(self.run_dir / c.zoo_dir / student),
-            "output_dir": str(self.run_dir / "distill" / f"{student}__{method}"),
+            "output_dir": str(self.layout.distill_run(student, method)),
             "method": method,
             "data.train_dir": str(self.data / "train"),
             "data.image_root": str(self.data),
@@ -164,7 +125,7 @@ class Comparison:
         path = Path(c.distill_configs[student])
         if not path.is_absolute() and not path.is_file():
             path = REPO / path  # configs/distill/... relative to the repository, wherever we run from
-        return load_config(path, overrides)
+        return load_distill_config(path, overrides)
 
     def trained_eval(self, student: str, method: str) -> xr.Dataset:
         from trainers.checkpoint import latest_checkpoint
@@ -175,7 +136,7 @@ class Comparison:
         result = run / "eval.nc"
         if result.is_file() and not self.force:
             ds = xr.load_dataset(result)
-            if _compatible(ds, self.cfg.eval):
+            if self.cfg.eval.matches(ds):
                 return ds
         if self.force and run.exists():
             shutil.rmtree(run)  # --force: this comparison recomputes what it owns
@@ -195,23 +156,13 @@ class Comparison:
                 evals[(student, variant)] = self.zoo_eval(student, variant)
             for method in c.methods:
                 evals[(student, method)] = self.trained_eval(student, method)
-        order = [m for m in ("base", "yarn", "selfextend", "sft-lora", "kd", "laid", "laid-no-kl", "laid-no-laid") if m in c.variants + c.methods]
+        order = [m for m in ALL_METHODS if m in c.variants + c.methods]
         attrs = {"teacher": c.teacher, "threshold": c.eval.threshold, "config": json.dumps(asdict(c)),
                  "timings_s": json.dumps(self.timings)}  # fmt: skip
         ds = build_comparison(evals, teacher, c.students, order, attrs)
-        from laid.eval.results import write_result
-
-        out = self.run_dir / "compare"
-        write_result(ds, out / "comparison.nc")
-        _write_atomic(out / "comparison.md", comparison_markdown(ds))
+        write_netcdf(ds, self.layout.comparison)
+        write_text(comparison_markdown(ds), self.layout.comparison_md)
         return ds
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def run_comparison(cfg: CompareConfig, run_dir: str | Path, force: bool = False, progress: bool = True) -> xr.Dataset:

@@ -6,7 +6,8 @@ message that names the parameter and says what to do, so the checks here raise
 `MissingResultsError` (a FileNotFoundError) for a results file that does not exist yet; `laid
 figures --allow-missing` skips notebooks that stop with the latter.
 
-Figures are written atomically (temp file, then os.replace): matplotlib PNG + PDF, plotly HTML,
+Figures are written atomically (temp file, then os.replace): matplotlib PNG + PDF, plotly HTML
+(offline: one shared plotly.min.js beside the pages),
 and the data behind each figure as netCDF under <figures_dir>/data/ so tests and users can check
 the numbers without reading pixels.
 """
@@ -19,7 +20,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import xarray as xr
 
-from laid_analysis.io import write_atomic
+from laid.io import atomic_write, save_figure as _save_figure_file, write_bytes, write_netcdf, write_text
+from laid.layout import RunLayout
 
 RESULT_HINTS = {
     "eval": "run `laid eval` (or `laid main`) first",
@@ -85,7 +87,7 @@ def load_eval(run_dir: Path, model: str, variant: str = "base", param: str = "mo
     """runs/<run>/eval/<model>__<variant>.nc, read and schema-checked by laid.eval.results."""
     from laid.eval.results import load_result
 
-    path = run_dir / "eval" / f"{model}__{variant}.nc"
+    path = RunLayout(run_dir).eval_result(model, variant)
     if not path.is_file():
         raise _missing_or_unknown(run_dir, param, model, path, "eval")
     return load_result(path)
@@ -93,7 +95,7 @@ def load_eval(run_dir: Path, model: str, variant: str = "base", param: str = "mo
 
 def load_comparison(run_dir: Path) -> xr.Dataset:
     """runs/<run>/compare/comparison.nc (Figure 3, tables)."""
-    path = run_dir / "compare" / "comparison.nc"
+    path = RunLayout(run_dir).comparison
     if not path.is_file():
         raise MissingResultsError(f"parameter run_dir: {path} not found; {RESULT_HINTS['compare']}")
     ds = xr.load_dataset(path, engine="netcdf4")
@@ -121,9 +123,9 @@ def load_analysis(run_dir: Path, label: str, variables: Sequence[str], param: st
     statistics, reference.nc its teacher's (at the paired layers), comparison.nc the low-frequency
     preservation against that teacher.
     """
-    from laid_analysis.io import read_netcdf
+    from laid.io import read_netcdf
 
-    folder = run_dir / "analysis" / label
+    folder = RunLayout(run_dir).analysis(label)
     if not folder.is_dir():
         raise _missing_or_unknown(run_dir, param, label.split("__")[0], folder, "analysis")
     path = folder / file
@@ -140,7 +142,7 @@ def load_analysis(run_dir: Path, label: str, variables: Sequence[str], param: st
 def load_teacher_analysis(run_dir: Path, teacher: str, student: str, variables: Sequence[str], param: str = "teacher") -> xr.Dataset:
     """The teacher's analysis: its own folder analysis/<teacher>/ if it was analysed alone, else the
     reference.nc that `laid diagnose --reference` wrote beside the student's (`student`: its label)."""
-    if (run_dir / "analysis" / teacher / "diagnostics.nc").is_file():
+    if (RunLayout(run_dir).analysis(teacher) / "diagnostics.nc").is_file():
         return load_analysis(run_dir, teacher, variables, param)
     ds = load_analysis(run_dir, student, variables, param, file="reference.nc")
     return ds.assign_attrs(label=teacher)
@@ -151,7 +153,7 @@ def load_head_weights(run_dir: Path, student: str, method: str = "laid", param: 
     w_q(layer_pair, student_head, teacher_head), w_k(layer_pair, student_kv_head, teacher_kv_head)."""
     from laid_analysis.head_weights import load_head_weights as load
 
-    path = run_dir / "distill" / f"{student}__{method}" / "head_weights.nc"
+    path = RunLayout(run_dir).head_weights(student, method)
     if not path.is_file():
         raise _missing_or_unknown(run_dir, param, student, path, "distill")
     return load(path)
@@ -164,10 +166,11 @@ def load_sample_results(run_dir: Path, student: str, method: str, param: str = "
     from laid.eval.results import load_result
     from laid.methods import TRAINED_METHODS
 
+    layout = RunLayout(run_dir)
     if method in TRAINED_METHODS:
-        paths = [run_dir / "distill" / f"{student}__{method}" / "eval.nc"]
+        paths = [layout.trained_eval(student, method)]
     else:
-        paths = [run_dir / "compare" / "eval" / f"{student}__{method}.nc", run_dir / "eval" / f"{student}__{method}.nc"]
+        paths = [layout.compare_eval(student, method), layout.eval_result(student, method)]
     for path in paths:
         if path.is_file():
             return load_result(path)
@@ -266,10 +269,7 @@ def save_figure(fig, figures_dir: str | Path, name: str, dpi: int = 150, show: b
     import matplotlib.pyplot as plt
 
     figures_dir = Path(figures_dir)
-    paths = [
-        write_atomic(figures_dir / f"{name}.{fmt}", lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))
-        for fmt in ("png", "pdf")
-    ]
+    paths = [_save_figure_file(fig, figures_dir / f"{name}.{fmt}", dpi=dpi, close=False) for fmt in ("png", "pdf")]
     plt.close(fig)
     if show:
         from IPython.display import Image, display
@@ -278,14 +278,61 @@ def save_figure(fig, figures_dir: str | Path, name: str, dpi: int = 150, show: b
     return paths
 
 
+PLOTLY_JS = "plotly.min.js"
+
+
+def ensure_plotly_js(figures_dir: str | Path) -> Path:
+    """<figures_dir>/plotly.min.js, the plotly.js of the installed plotly package (written when missing or other).
+
+    Every page of the folder loads this one copy (~4.6 MB), so the pages draw offline (a cluster
+    node, a laptop on a train) and each stays a few tens of kB; pages loading plotly.js from the CDN
+    are blank without internet.
+    """
+    from plotly.offline import get_plotlyjs
+
+    path = Path(figures_dir) / PLOTLY_JS
+    js = get_plotlyjs().encode("utf-8")
+    if not path.is_file() or path.stat().st_size != len(js) or path.read_bytes() != js:
+        write_bytes(js, path)
+    return path
+
+
 def save_plotly(fig, figures_dir: str | Path, name: str) -> Path:
-    """<figures_dir>/<name>.html; plotly.js from the CDN keeps the file to a few tens of kB."""
-    return write_atomic(Path(figures_dir) / f"{name}.html", lambda tmp: fig.write_html(tmp, include_plotlyjs="cdn", full_html=True))
+    """<figures_dir>/<name>.html, loading plotly.js from plotly.min.js beside it (works offline)."""
+    ensure_plotly_js(figures_dir)
+    return atomic_write(Path(figures_dir) / f"{name}.html",
+                        lambda tmp: fig.write_html(tmp, include_plotlyjs=PLOTLY_JS, full_html=True))
+
+
+def needle_position_data(result: str | Path) -> xr.Dataset:
+    """Accuracy and sample counts by (haystack_size, needle_index) of a `laid eval` result with needle positions.
+
+    A result without them (the shuffled protocol) is refused with a line saying how to make one.
+    """
+    from laid.eval.results import accuracy_by_needle_position, load_result
+
+    path = Path(result)
+    if not path.is_file():
+        raise MissingResultsError(f"parameter result: {path} not found; run `laid eval ... --protocol official "
+                                  f"--out {path}` (or --protocol ours --needle-positions) first")
+    ds = load_result(path)
+    if not int(ds.attrs.get("needle_position_mode", 0)):
+        raise ValueError(f"parameter result: {path} was evaluated with shuffled haystacks; re-run `laid eval` with "
+                         f"--protocol official (single needle) or --needle-positions")
+    acc = accuracy_by_needle_position(ds)
+    idx = ds["needle_index"]
+    counts = [[int((idx.sel(haystack_size=n) == p).sum()) for p in acc["needle_index"].values] for n in acc["haystack_size"].values]
+    out = xr.Dataset({"accuracy": acc, "n_samples": (("haystack_size", "needle_index"), np.array(counts),
+                                                   {"long_name": "samples with the needle at this index", "units": "1"})})
+    out["needle_index"].attrs.update(long_name="0-based position of the needle image in the prompt", units="images")
+    out.attrs.update({k: ds.attrs.get(k, "") for k in ("model_name", "variant", "protocol", "needle_setting", "scoring")})
+    out.attrs["result"] = str(path)
+    return out
 
 
 def save_data(ds: xr.Dataset, figures_dir: str | Path, name: str) -> Path:
     """<figures_dir>/data/<name>.nc: the numbers a figure shows."""
-    return write_atomic(Path(figures_dir) / "data" / f"{name}.nc", lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
+    return write_netcdf(ds, Path(figures_dir) / "data" / f"{name}.nc")
 
 
 def add_dropdown(fig, groups: Sequence[str], label: str) -> None:
@@ -338,4 +385,4 @@ def markdown_table(df, float_format: str = "{:.2f}") -> str:
 
 def save_text(text: str, figures_dir: str | Path, filename: str) -> Path:
     """<figures_dir>/<filename> (markdown, HTML ...), atomically."""
-    return write_atomic(Path(figures_dir) / filename, lambda tmp: Path(tmp).write_text(text))
+    return write_text(text, Path(figures_dir) / filename)

@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import yaml
+from laid.config import load_config, to_yaml
+from laid.eval.settings import EvalSettings
+from laid.io import write_json, write_text
+from laid.layout import RunLayout, run_label
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("data", "zoo", "eval", "compare", "analysis", "figures")
@@ -29,30 +32,33 @@ class MainConfig:
     """One experiment of the main job (configs/experiments/*.yaml)."""
 
     name: str = "default"
-    run_dir: str = "runs/default"
-    seed: int = 0
-    quick: bool = False  # smaller data, shorter pretraining and distillation (tests, smoke runs)
-    data: dict = field(default_factory=dict)  # SynthConfig overrides
+    run_dir: str = "runs/default"  # relative to the repository unless absolute
+    seed: int = 0  # data generation and zoo pretraining
+    quick: bool = False  # smaller data, untrained zoo, 2-step distillation (tests, smoke runs)
+    data: dict = field(default_factory=dict)  # SynthConfig overrides (laid/data/synth.py); {} = the paper's sizes
     zoo_config_dir: str = "configs/zoo"
     teacher: str = "tiny-32b"
     students: list[str] = field(default_factory=lambda: ["tiny-7b", "tiny-3b"])
-    eval_sizes: list[int] | None = None  # None: every test size of the data
-    eval_max_samples: int | None = 40  # per size; None: all (100, as the paper)
-    threshold: float = 0.6  # effective-window accuracy threshold (README: why 0.6)
-    compare_config: str = "configs/experiments/compare.yaml"
+    # Every evaluation of the run (base models and the comparison) uses these settings.
+    eval: EvalSettings = field(default_factory=lambda: EvalSettings(sizes=None))
+    compare_config: str = "configs/experiments/compare.yaml"  # methods, distill configs; its eval: is replaced by ours
     analysis_sizes: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 100, 150])
     analysis_max_samples: int = 32  # haystacks per size for the answer statistics (Figure 4 intervals)
     analysis_profile_samples: int = 8  # of those, how many feed the O(S^2) distance profile and pair spectrum
     analysis_batch_size: int = 4  # haystacks per forward in the analysis (batching halves its CPU cost per haystack)
     figures_dir: str = "figures"
 
+    def __post_init__(self):
+        for name in ("analysis_max_samples", "analysis_profile_samples", "analysis_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.analysis_profile_samples > self.analysis_max_samples:
+            raise ValueError(f"analysis_profile_samples ({self.analysis_profile_samples}) must not exceed "
+                             f"analysis_max_samples ({self.analysis_max_samples}): the profile uses a subset of those haystacks")
+
     @classmethod
     def load(cls, path: str | Path) -> "MainConfig":
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"experiment config {path}: unknown keys {unknown}")
-        return cls(**data)
+        return load_config(cls, path, what="experiment config")
 
     def path(self, rel: str) -> Path:
         p = Path(rel)
@@ -61,6 +67,10 @@ class MainConfig:
     @property
     def run(self) -> Path:
         return self.path(self.run_dir)
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run)
 
 
 def _stage_data(cfg: MainConfig, log) -> None:
@@ -77,33 +87,27 @@ def _stage_zoo(cfg: MainConfig, log) -> None:
     build_zoo(cfg.run / "zoo", zoo_configs(cfg.path(cfg.zoo_config_dir), [cfg.teacher, *cfg.students]), quick=cfg.quick)
 
 
-# Quick mode evaluates this many samples per size (laid_workflows.compare.quick_config uses the same).
+# Quick mode evaluates this many samples per size, on every size of the quick data.
 QUICK_EVAL_SAMPLES = 4
 
 
-def eval_samples(cfg: MainConfig) -> int | None:
-    """Samples per size of every evaluation of the run: base evals and the comparison must agree,
-    or the comparison re-evaluates the base models and figures would show two numbers for one model."""
-    return QUICK_EVAL_SAMPLES if cfg.quick else cfg.eval_max_samples
-
-
-def eval_path(cfg: MainConfig, model: str, variant: str = "base") -> Path:
-    return cfg.run / "eval" / f"{model}__{variant}.nc"
+def eval_settings(cfg: MainConfig) -> EvalSettings:
+    """The evaluation settings of every evaluation in the run (base models and the comparison)."""
+    if cfg.quick:
+        return replace(cfg.eval, sizes=None, samples_per_size=QUICK_EVAL_SAMPLES)
+    return cfg.eval
 
 
 def _stage_eval(cfg: MainConfig, log) -> None:
     from laid.eval.results import summary_text
     from laid.eval.run import evaluate
 
+    run, ev = cfg.layout, eval_settings(cfg)
     for model in [cfg.teacher, *cfg.students]:
-        out = eval_path(cfg, model)
+        out = run.eval_result(model)
         if out.is_file():
             continue
-        ds = evaluate(
-            cfg.run / "zoo" / model, cfg.run / "data" / "test", cfg.run / "data", out,
-            sizes=None if cfg.quick else cfg.eval_sizes, max_samples_per_size=eval_samples(cfg), threshold=cfg.threshold,
-            seed=cfg.seed, model_name=model,
-        )
+        ds = evaluate(run.zoo_model(model), run.test_data, run.data, out, model_name=model, **ev.evaluate_kwargs())
         log(summary_text(ds))
 
 
@@ -115,9 +119,7 @@ def _stage_compare(cfg: MainConfig, log) -> None:
     ccfg.distill_configs = {k: str(cfg.path(v)) for k, v in ccfg.distill_configs.items()}
     if cfg.quick:
         ccfg = quick_config(ccfg)
-    else:
-        ccfg.eval.sizes = cfg.eval_sizes
-    ccfg.eval.samples_per_size, ccfg.eval.threshold, ccfg.eval.seed = eval_samples(cfg), cfg.threshold, cfg.seed
+    ccfg.eval = eval_settings(cfg)  # one set of evaluation settings for the whole run
     run_comparison(ccfg, cfg.run)
 
 
@@ -133,44 +135,44 @@ def _stage_analysis(cfg: MainConfig, log) -> None:
     from laid_analysis.checkpoints import compare_checkpoints
     from laid_analysis.diagnose import diagnose
 
-    teacher = cfg.run / "zoo" / cfg.teacher
+    run = cfg.layout
+    teacher = run.zoo_model(cfg.teacher)
     sizes = None if cfg.quick else cfg.analysis_sizes
-    settings = lambda: AnalysisSettings(profile_max_samples=cfg.analysis_profile_samples, batch_size=cfg.analysis_batch_size,  # noqa: E731
-                                        seed=cfg.seed)
+    settings = lambda: AnalysisSettings(profile_max_samples=cfg.analysis_profile_samples,  # noqa: E731
+                                        batch_size=cfg.analysis_batch_size)
     # The teacher once, all layers: every student's comparison reuses it (same haystacks, same settings).
-    t_label = f"{cfg.teacher}__base"
-    t_out = cfg.run / "analysis" / t_label
+    t_label = run_label(cfg.teacher, "base")
+    t_out = run.analysis(t_label)
     if not (t_out / "report.html").is_file():
-        diagnose(teacher, cfg.run / "data" / "test", cfg.run / "data", sizes, t_out, max_samples=cfg.analysis_max_samples,
+        diagnose(teacher, run.test_data, run.data, sizes, t_out, max_samples=cfg.analysis_max_samples,
                  label=t_label, settings=settings())
     folders = {t_label: t_out}
     for student in cfg.students:
         for method in ANALYSED_METHODS:
-            label = f"{student}__{method}"
-            out = cfg.run / "analysis" / label
+            label = run_label(student, method)
+            out = run.analysis(label)
             if (out / "report.html").is_file():
                 folders[label] = out
                 continue
-            run = cfg.run / "distill" / label
-            model_dir = cfg.run / "zoo" / student if method == "base" else run / "export"
+            model_dir = run.zoo_model(student) if method == "base" else run.export(student, method)
             if not (model_dir / "config.json").is_file():
                 log(f"analysis: skipping {label}: no model at {model_dir}")
                 continue
-            hw = run / "head_weights.nc"
+            hw = run.head_weights(student, method)
             diagnose(
-                model_dir, cfg.run / "data" / "test", cfg.run / "data", sizes, out,
+                model_dir, run.test_data, run.data, sizes, out,
                 reference=teacher, head_weights=hw if hw.is_file() else None, settings=settings(),
                 max_samples=cfg.analysis_max_samples, label=label, reference_label=t_label,
                 reference_analysis=t_out / "diagnostics.nc",
             )
             folders[label] = out
-    compare_checkpoints(folders, cfg.run / "analysis" / "checkpoints", teacher=t_label)
+    compare_checkpoints(folders, run.analysis("checkpoints"), teacher=t_label)
 
 
 def _stage_figures(cfg: MainConfig, log) -> None:
     from laid_workflows.figures import run_figures
 
-    run_figures(cfg.run, cfg.path(cfg.figures_dir), quick=cfg.quick, executed_dir=cfg.run / "executed_notebooks")
+    run_figures(cfg.run, cfg.path(cfg.figures_dir), quick=cfg.quick, executed_dir=cfg.layout.executed_notebooks)
 
 
 STAGE_FUNCS = {
@@ -182,26 +184,23 @@ STAGE_FUNCS = {
 def write_summary(cfg: MainConfig, timings: dict[str, float]) -> Path:
     from laid.eval.results import describe_window, load_result
 
+    run = cfg.layout
     lines = [f"# LAid main job: {cfg.name}", "", f"run folder: `{cfg.run}`", ""]
     lines += ["## Base models (single needle, logit scoring)", ""]
     for model in [cfg.teacher, *cfg.students]:
-        p = eval_path(cfg, model)
+        p = run.eval_result(model)
         if p.is_file():
             ds = load_result(p)
             accs = ", ".join(f"{int(n)}: {float(a):.2f}" for n, a in zip(ds.haystack_size.values, ds.accuracy.values))
             lines.append(f"- **{model}**: accuracy by haystack size {{{accs}}}; {describe_window(ds)}")
-    compare_md = cfg.run / "compare" / "comparison.md"
-    if compare_md.is_file():
-        lines += ["", "## Method comparison", "", compare_md.read_text()]
+    if run.comparison_md.is_file():
+        lines += ["", "## Method comparison", "", run.comparison_md.read_text()]
     lines += ["", "## Stage times (s)", ""] + [f"- {k}: {v:.0f}" for k, v in timings.items()]
-    out = cfg.run / "summary.md"
-    out.write_text("\n".join(lines) + "\n")
-    return out
+    return write_text("\n".join(lines) + "\n", run.summary)
 
 
 def run_main(cfg: MainConfig, stages: tuple[str, ...] = STAGES, progress_log=print) -> Path:
-    cfg.run.mkdir(parents=True, exist_ok=True)
-    (cfg.run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    write_text(to_yaml(cfg), cfg.layout.config)
     timings: dict[str, float] = {}
     for stage in stages:
         if stage not in STAGE_FUNCS:
@@ -210,9 +209,9 @@ def run_main(cfg: MainConfig, stages: tuple[str, ...] = STAGES, progress_log=pri
         t0 = time.time()
         STAGE_FUNCS[stage](cfg, progress_log)
         timings[stage] = time.time() - t0
-    timing_file = cfg.run / "timings.json"
+    timing_file = cfg.layout.timings
     old = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
-    timing_file.write_text(json.dumps({**old, **timings}, indent=1))
+    write_json({**old, **timings}, timing_file, indent=1)
     summary = write_summary(cfg, timings)
     progress_log(summary.read_text())
     return summary

@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from laid_workflows.cli import main
-from laid_analysis.io import read_netcdf
+from laid.io import read_netcdf
 from zoo_helpers import zoo_text
 
 
@@ -94,7 +94,7 @@ def test_diagnose_errors_are_one_line_and_keep_old_results(random_zoo, vhs_data,
     rc = main(["diagnose", str(random_zoo["tiny-3b"]), "--data", str(vhs_data / "test"), "--image-root", str(vhs_data),
                "--sizes", "3", "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 1 and "size 3" in err and "available sizes: [1, 2, 5, 10]" in err and len(err.strip().splitlines()) == 1
+    assert rc == 1 and "sizes [3]" in err and "available sizes: [1, 2, 5, 10]" in err and len(err.strip().splitlines()) == 1
     assert (out / "diagnostics.nc").read_text() == "earlier result"
     rc = main(["diagnose", str(tmp_path), "--data", str(vhs_data / "test"), "--image-root", str(vhs_data),
                "--out", str(out), "--no-progress"])
@@ -107,10 +107,10 @@ def test_random_init_student_scores_below_a_copy_of_the_teacher(random_zoo, vhs_
     starting point (overlap averages) scores clearly lower on both fidelity scores."""
     from laid.model.loading import load_model, load_processor
     from laid_analysis.analyse import AnalysisSettings, analyse_model
-    from laid_analysis.haystacks import load_entries
+    from laid.data.vhs import load_entries
     from laid_analysis.pair_spectrum import compare_spectra
 
-    entries = load_entries(vhs_data / "test", vhs_data, [5], 2)
+    entries = load_entries(vhs_data / "test", vhs_data, "single_needle", [5], 2)
     settings = AnalysisSettings(queries="question", keys="image")
     run = {name: analyse_model(load_model(random_zoo[name], device="cpu"), load_processor(random_zoo[name]), entries, settings,
                                progress=False) for name in ("tiny-32b", "tiny-7b")}
@@ -137,10 +137,10 @@ def test_ablations_equal_zeroed_weights_and_minimal_pairs_flip_the_answer(random
     from laid.model.loading import load_model, load_processor
     from laid.model.prompting import encode_batch
     from laid_analysis.ablation import ablate, load_ground_truth, minimal_pairs
-    from laid_analysis.haystacks import load_entries
+    from laid.data.vhs import load_entries
 
     objects = load_ground_truth(vhs_data)
-    entries = load_entries(vhs_data / "test", vhs_data, [5], 4)[5]
+    entries = load_entries(vhs_data / "test", vhs_data, "single_needle", [5], 4)[5]
     pairs = minimal_pairs(entries, objects)
     assert pairs
     for yes, no in pairs:  # same haystack, opposite answers, each answer true by the ground truth

@@ -169,7 +169,7 @@ def test_config_validation_and_from_dict():
         SynthConfig(train_questions=5001)
     with pytest.raises(ValueError, match="multiples of 4"):
         SynthConfig(test_questions_per_size=10)
-    with pytest.raises(ValueError, match="unknown synthetic data settings"):
+    with pytest.raises(ValueError, match=r"synthetic data settings: unknown config key.*n_images"):
         SynthConfig.from_dict({"seed": 1, "n_images": 3})
     cfg = SynthConfig.from_dict(SynthConfig.quick(seed=3).to_dict())
     assert cfg == SynthConfig.quick(seed=3)

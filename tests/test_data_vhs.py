@@ -129,8 +129,11 @@ def test_file_level_errors(tmp_path):
         load_vhs_file(path, None, check_images=False)
     with pytest.raises(FileNotFoundError, match="laid data synth"):
         load_vhs_file(tmp_path / "nope.json", None)
+    # A setting folder is data too (the file above is found through it); an empty folder is not.
+    assert find_vhs_files(tmp_path / "single_needle") == {("single_needle", 3): path}
+    (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no visual_haystack"):
-        find_vhs_files(tmp_path / "single_needle")
+        find_vhs_files(tmp_path / "empty")
 
 
 def test_missing_image_names_entry_path_and_image_root(real):

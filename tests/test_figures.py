@@ -70,7 +70,8 @@ def test_figure_files_are_real_images(executed):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, name
         assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 5_000, name
         text = html.read_text()
-        assert "cdn.plot.ly" in text and "Plotly.newPlot" in text and len(text) < 300_000, name
+        assert 'src="plotly.min.js"' in text and "Plotly.newPlot" in text and len(text) < 300_000, name
+    assert (figs / "plotly.min.js").is_file()  # one shared copy: the pages draw offline
 
 
 def test_fig1_data_equals_eval_files(executed):

@@ -96,7 +96,8 @@ def test_writers(tmp_path):
     buttons = fig.layout.updatemenus[0].buttons
     assert [b.label for b in buttons] == ["layer 0", "layer 1"] and buttons[1].args[0]["visible"] == [False, False, True]
     html = fs.save_plotly(fig, tmp_path, "fig").read_text()
-    assert "cdn.plot.ly" in html and len(html) < 50_000
+    assert 'src="plotly.min.js"' in html and "cdn.plot.ly" not in html and len(html) < 50_000
+    assert (tmp_path / "plotly.min.js").is_file()  # drawn offline: tests/test_figures_offline.py
     df = pd.DataFrame({"1": [0.5, np.nan]}, index=pd.MultiIndex.from_tuples([("7B", "base"), ("7B", "laid")], names=["model", "method"]))
     assert fs.markdown_table(df).splitlines() == ["| model | method | 1 |", "|---|---|---|", "| 7B | base | 0.50 |", "| 7B | laid |  |"]
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files behind

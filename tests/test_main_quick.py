@@ -18,7 +18,7 @@ import yaml
 from laid.eval.results import REQUIRED_ATTRS, REQUIRED_VARIABLES, load_result
 from laid_workflows.figures import NOTEBOOKS
 from laid.model.loading import load_model
-from laid_workflows.main_job import STAGES, MainConfig, eval_path, eval_samples, run_main
+from laid_workflows.main_job import STAGES, MainConfig, eval_settings, run_main
 from laid.zoo.configs import load_zoo_config
 from laid.methods import ALL_METHODS, TRAINED_METHODS
 
@@ -93,15 +93,15 @@ def check_eval(ds: xr.Dataset, name: str) -> None:
 def test_base_evaluations_follow_the_contract_and_the_data(quick_run):
     cfg, run = quick_run["cfg"], quick_run["run"]
     # Every size of the data, capped at the run's samples per size (shared with the comparison).
-    counts = {n: min(c, eval_samples(cfg)) for n, c in single_needle_counts(run).items()}
+    counts = {n: min(c, eval_settings(cfg).samples_per_size) for n, c in single_needle_counts(run).items()}
     for name in models(cfg):
-        ds = load_result(eval_path(cfg, name))
+        ds = load_result(cfg.layout.eval_result(name))
         check_eval(ds, name)
         assert ds.attrs["model_name"] == name and ds.attrs["variant"] == "base"
         assert Path(ds.attrs["model_dir"]).resolve() == (run / "zoo" / name).resolve()
         assert ds.attrs["needle_setting"] == "single_needle"
         assert dict(zip(ds.haystack_size.values.tolist(), ds.n_samples.values.tolist())) == counts
-        assert float(ds.attrs["threshold"]) == cfg.threshold
+        assert float(ds.attrs["threshold"]) == cfg.eval.threshold
 
 
 def the_eval_compared(run: Path, model: str, variant: str, comparison: xr.Dataset) -> xr.Dataset:
@@ -193,7 +193,7 @@ def test_figure_data_are_the_numbers_of_the_run(quick_run):
     fig1 = figure_data(quick_run, "fig1_effective_window")
     assert list(fig1.model.values) == models(cfg)
     for name in models(cfg):
-        ds = load_result(eval_path(cfg, name))
+        ds = load_result(cfg.layout.eval_result(name))
         np.testing.assert_array_equal(fig1.accuracy.sel(model=name).values, ds.accuracy.values)
         np.testing.assert_array_equal(fig1.n_samples.sel(model=name).values, ds.n_samples.values)
         np.testing.assert_array_equal(float(fig1.effective_window.sel(model=name)), float(ds.effective_window))
@@ -214,7 +214,7 @@ def test_figure_data_are_the_numbers_of_the_run(quick_run):
     table1 = figure_data(quick_run, "table1")
     np.testing.assert_array_equal(table1.accuracy.sel({"model": cfg.teacher, "method": "base"}).values, comp.teacher_accuracy.values)
     table2 = figure_data(quick_run, "table2")
-    np.testing.assert_array_equal(table2.avg_input_tokens.values, load_result(eval_path(cfg, cfg.teacher)).avg_input_tokens.values)
+    np.testing.assert_array_equal(table2.avg_input_tokens.values, load_result(cfg.layout.eval_result(cfg.teacher)).avg_input_tokens.values)
 
     fig4 = figure_data(quick_run, "fig4_key_activations")
     after = xr.load_dataset(run / "analysis" / fig4.attrs["student_after"] / "diagnostics.nc")
@@ -248,7 +248,7 @@ def test_summary_reports_every_model_and_the_comparison(quick_run):
     assert quick_run["summary"] == run / "summary.md"
     text = quick_run["summary"].read_text()
     for name in models(cfg):
-        ds = load_result(eval_path(cfg, name))
+        ds = load_result(cfg.layout.eval_result(name))
         accs = ", ".join(f"{int(n)}: {float(a):.2f}" for n, a in zip(ds.haystack_size.values, ds.accuracy.values))
         assert f"**{name}**: accuracy by haystack size {{{accs}}}" in text, name
     assert (run / "compare" / "comparison.md").read_text() in text

@@ -86,9 +86,9 @@ def test_data_order_is_a_function_of_seed_epoch_step():
 
 
 def test_lr_schedule_warmup_then_cosine():
-    total, warm = 20, 1
+    total, warm = 20, 2
     f = [lr_factor(s, total, warm, "cosine") for s in range(total)]
-    assert 0 < f[0] < 1 and f[1] == pytest.approx(1.0)
+    assert 0 < f[0] < 1 and f[1] == pytest.approx(1.0) and f[2] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[1:], f[2:])) and f[-1] < 0.05
     assert lr_factor(10, total, 0, "linear") == pytest.approx(0.5)
     assert lr_factor(10, total, 0, "constant") == 1.0

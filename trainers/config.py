@@ -16,8 +16,11 @@ from typing import Any
 
 from laid.config import apply_overrides, from_dict, to_dict, to_yaml  # noqa: F401 (re-exported)
 from laid.config import load_config as _load
+from laid.eval.settings import EvalSettings
 from laid.methods import TRAINED_METHODS
+from laid.schedule import SCHEDULES as LR_SCHEDULES
 from trainers.losses.attention_matching import DistanceWeighting
+from trainers.trainlog import REPORT_TO
 
 METHODS = TRAINED_METHODS  # names from the registry (laid.methods), the rows of METHOD_TERMS below
 TERMS = ("laid", "attn", "kl", "sft")  # loss terms, weighted by `lambdas.<term>`
@@ -33,7 +36,6 @@ METHOD_TERMS: dict[str, tuple[str, ...]] = {
     "sft-lora": ("sft",),
 }
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
-LR_SCHEDULES = ("cosine", "linear", "constant")
 MIXER_INITS = ("overlap", "least_squares")
 
 
@@ -65,7 +67,7 @@ class LoraSettings:
 class DataSettings:
     """Training examples: the VHs train split (short haystacks only, as the paper's 2-20 images)."""
 
-    train_dir: str = ""  # split root holding single_needle/ and multi_needle/ (e.g. runs/x/data/train)
+    train_dir: str = ""  # VHs split root (e.g. runs/x/data/train), a setting folder or one visual_haystack_N.json
     image_root: str = ""  # image paths in the JSON are relative to this (e.g. runs/x/data)
     # The paper's training set is 5,000 question-answer pairs; single-needle by default, add
     # "multi_needle_2" / "multi_needle_3" to train on the multi-needle files as well.
@@ -74,20 +76,17 @@ class DataSettings:
     max_haystack: int = 20
     max_examples: int | None = None  # None = all (the paper: 5,000); a cap keeps the toy fast
     check_images: bool = True  # verify every image file exists when loading
+    allow_outside_image_root: bool = False  # accept absolute / '..'-escaping image paths (refused by default)
 
 
 @dataclass
-class EvalSettings:
-    """Evaluate the export after training (laid.eval) into output_dir/eval.nc when enabled."""
+class DistillEval(EvalSettings):
+    """Evaluate the export after training (laid.eval) into output_dir/eval.nc when enabled; the
+    evaluation fields are laid.eval.settings.EvalSettings, shared with `laid eval` and the comparison."""
 
     enabled: bool = False
     test_dir: str = ""  # VHs test split root (e.g. runs/x/data/test)
-    image_root: str = ""
-    sizes: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100, 150])
-    samples_per_size: int | None = 100
-    setting: str = "single_needle"
-    threshold: float = 0.6
-    seed: int = 0
+    image_root: str = ""  # default: data.image_root
 
 
 @dataclass
@@ -126,8 +125,13 @@ class DistillConfig:
     save_every: int = 0  # optimizer steps between checkpoints; 0 = only at the end
     keep_last: int = 2  # checkpoints kept
     log_every: int = 1
+    # Experiment tracker besides train_log.jsonl (always written): none | tensorboard | wandb | trackio,
+    # through accelerate's trackers; TensorBoard event files go to <output_dir>/tracking/.
+    report_to: str = "none"
+    # Hugging Face Hub repo id ("user/name") to upload the export (with its model card) to; None = no upload.
+    push_to_hub: str | None = None
     data: DataSettings = field(default_factory=DataSettings)
-    eval: EvalSettings = field(default_factory=EvalSettings)
+    eval: DistillEval = field(default_factory=DistillEval)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self):
@@ -140,6 +144,10 @@ class DistillConfig:
             raise ValueError(f"mixed_precision {self.mixed_precision!r} is not one of {MIXED_PRECISION}")
         if self.mixer_init not in MIXER_INITS:
             raise ValueError(f"mixer_init {self.mixer_init!r} is not one of {MIXER_INITS}")
+        if self.report_to not in REPORT_TO:
+            raise ValueError(f"report_to {self.report_to!r} is not one of {REPORT_TO}")
+        if self.push_to_hub is not None and self.push_to_hub.count("/") != 1:
+            raise ValueError(f"push_to_hub {self.push_to_hub!r} must be a Hub repo id 'user/name' (or null)")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
         for name in ("per_device_batch_size", "grad_accum", "epochs", "keep_last", "log_every", "max_response_len"):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from laid.data.vhs import VHsEntry, arrange_haystack, find_vhs_files, load_images, load_vhs_file
+from laid.data.vhs import VHsEntry, arrange_haystack, load_images, load_size_range
 from laid.model.prompting import Example, encode_batch
 
 
@@ -41,17 +41,18 @@ def load_train_entries(
     max_examples: int | None = None,
     seed: int = 0,
     check_images: bool = True,
+    allow_outside_root: bool = False,
 ) -> list[VHsEntry]:
     """Entries of the train split with min_haystack <= N <= max_haystack, in file order.
+
+    train_dir: a VHs split root, a setting folder or one visual_haystack_{N}.json
+    (laid.data.vhs.find_vhs_files); image paths leaving image_root are refused unless allow_outside_root.
 
     With max_examples, a seeded subset is kept (stratified by nothing: a uniform draw over all
     entries, so the size/setting mix matches the split's).
     """
-    files = find_vhs_files(train_dir)
-    entries: list[VHsEntry] = []
-    for (setting, size), path in files.items():
-        if setting in settings and min_haystack <= size <= max_haystack:
-            entries.extend(load_vhs_file(path, image_root, check_images=check_images))
+    entries = load_size_range(train_dir, image_root, settings, min_haystack, max_haystack, check_images=check_images,
+                              allow_outside_root=allow_outside_root)
     if not entries:
         raise ValueError(
             f"no training entries with {min_haystack} <= N <= {max_haystack} and settings {list(settings)} "

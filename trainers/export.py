@@ -1,6 +1,7 @@
 """Export a finished run as a plain Qwen2.5-VL Hugging Face folder, plus its head weights.
 
     <output_dir>/export/            config.json, model.safetensors, processor + tokenizer files,
+                                    README.md (model card, trainers/model_card.py),
                                     distill_config.yaml (the full run config), train_log.jsonl,
                                     head_weights.nc (LAid methods)
     <output_dir>/head_weights.nc    the same mixer weights (run-folder contract, docs/CONTRACTS.md)
@@ -111,6 +112,9 @@ def export_run(accelerator, module, cfg: DistillConfig, processor, pairs, out: s
             "distill_config.yaml": cfg.to_yaml(),
             "train_log.jsonl": log_path.read_text() if log_path.is_file() else "",
         }
+        from trainers.model_card import CARD, model_card
+
+        extra[CARD] = model_card(cfg, extra["train_log.jsonl"])  # rewritten with the eval table after evaluation
         save_folder_atomically(student, processor, export_dir, extra_files=extra)
         os.chmod(export_dir, 0o755)  # the atomic save's temp folder is owner-only
         attrs = {"method": cfg.method, "teacher_dir": str(cfg.teacher_dir), "student_dir": str(cfg.student_dir)}

@@ -4,7 +4,7 @@ AdamW with two parameter groups, as the paper: the student's trainable parameter
 (1e-5) with weight decay, and the head mixers + RoPE gains ("weight coefficients") at lr_aux (1e-4)
 without weight decay (decay would pull mixing weights and gains towards 0, which means nothing
 for them). Both groups share one schedule: linear warmup over ceil(warmup_ratio * total) steps
-(paper: 0.05), then cosine or linear decay to 0, or constant.
+(paper: 0.05), then cosine or linear decay to 0, or constant (laid.schedule.lr_factor).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from laid.schedule import lr_factor
 from trainers.config import DistillConfig
 
 
@@ -35,17 +36,6 @@ def build_optimizer(module: nn.Module, cfg: DistillConfig) -> torch.optim.Optimi
 
 def warmup_steps(cfg: DistillConfig, total_steps: int) -> int:
     return math.ceil(cfg.warmup_ratio * total_steps)
-
-
-def lr_factor(step: int, total_steps: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the base learning rates for the optimizer step number `step` (0-based)."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)  # never exactly 0: the first step already moves
-    if schedule == "constant":
-        return 1.0
-    t = (step - warmup) / max(1, total_steps - warmup)  # 0 -> 1 over the decay phase
-    t = min(max(t, 0.0), 1.0)
-    return 0.5 * (1.0 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DistillConfig, total_steps: int):

@@ -20,7 +20,6 @@ the checkpoint's step.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
+from laid.io import write_text
 from laid.model.loading import load_processor
 from trainers.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainers.config import DistillConfig
@@ -37,7 +37,7 @@ from trainers.distill_module import DistillModule, tail_length, teacher_forward
 from trainers.optim import build_optimizer, build_scheduler
 from trainers.pairing import check_pair
 from trainers.students import build_student, load_teacher
-from trainers.trainlog import TrainLog
+from trainers.trainlog import TrainLog, Tracking, eval_metrics, tracking_kwargs
 
 TERM_ORDER = ("total", "laid", "attn", "kl", "sft")
 
@@ -56,7 +56,7 @@ def make_accelerator(cfg: DistillConfig) -> Accelerator:
     # MULTI_GPU launcher, configs/accelerate/multi_cpu.yaml) then form a gloo MULTI_CPU group.
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.grad_accum, mixed_precision=precision, step_scheduler_with_optimizer=False,
-        cpu=not torch.cuda.is_available(),
+        cpu=not torch.cuda.is_available(), **tracking_kwargs(cfg.report_to, cfg.output_dir),
     )
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         # We feed batches ourselves (no accelerate DataLoader), so DeepSpeed learns the micro-batch
@@ -135,7 +135,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
     processor = load_processor(cfg.student_dir)
     entries = load_train_entries(
         cfg.data.train_dir, cfg.data.image_root, cfg.data.settings, cfg.data.min_haystack, cfg.data.max_haystack,
-        cfg.data.max_examples, cfg.seed, cfg.data.check_images,
+        cfg.data.max_examples, cfg.seed, cfg.data.check_images, cfg.data.allow_outside_image_root,
     )  # fmt: skip
     examples = TrainingExamples(entries, cfg.seed)
     n_proc, rank = accelerator.num_processes, accelerator.process_index
@@ -171,8 +171,9 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
         state.total_steps, state.config = total_steps, cfg.to_dict()
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "distill_config.yaml", cfg.to_yaml())
-    train_log = TrainLog(out / "train_log.jsonl", keep_until_step=state.global_step, enabled=main)
+        write_text(cfg.to_yaml(), out / "distill_config.yaml")
+    tracking = Tracking(accelerator, cfg.report_to, f"{cfg.method}-{out.name}", cfg.to_dict())
+    train_log = TrainLog(out / "train_log.jsonl", keep_until_step=state.global_step, enabled=main, tracking=tracking)
     if main and cfg.weights()["kl"] > 0:
         note = _vocab_note(student.config, teacher.config)
         if note:  # the KL loss also logs it once through `logging`
@@ -227,7 +228,16 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
 
     export = export_run(accelerator, module, cfg, processor, pairs, out)
     if cfg.eval.enabled and main:
-        evaluate_export(cfg, export)
+        from trainers.model_card import write_model_card
+
+        ds = evaluate_export(cfg, export)
+        tracking.log(eval_metrics(ds), state.global_step)
+        write_model_card(export, cfg, ds)
+    tracking.finish()
+    if cfg.push_to_hub and main:
+        from trainers.model_card import push_to_hub
+
+        print(f"pushed {export} to {push_to_hub(export, cfg.push_to_hub)}")
     accelerator.wait_for_everyone()
     return export
 
@@ -253,22 +263,15 @@ def evaluate_export(cfg: DistillConfig, export: Path):
 
     ev = cfg.eval
     return evaluate(
-        export, ev.test_dir, ev.image_root or cfg.data.image_root, Path(cfg.output_dir) / "eval.nc", sizes=ev.sizes,
-        setting=ev.setting, max_samples_per_size=ev.samples_per_size, threshold=ev.threshold, seed=ev.seed,
-        model_name=f"{Path(cfg.student_dir).name}-{cfg.method}",
-    )  # fmt: skip
+        export, ev.test_dir, ev.image_root or cfg.data.image_root, Path(cfg.output_dir) / "eval.nc",
+        model_name=f"{Path(cfg.student_dir).name}-{cfg.method}", **ev.evaluate_kwargs(),
+    )
 
 
 def _vocab_note(student_config, teacher_config) -> str | None:
     from trainers.losses import shared_vocab_note
 
     return shared_vocab_note(student_config.get_text_config().vocab_size, teacher_config.get_text_config().vocab_size)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def steps_per_run(cfg: DistillConfig, n_examples: int, num_processes: int = 1) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .synth import SynthConfig, generate
-from .vhs import find_vhs_files, load_vhs_file
+from .vhs import check_images_readable, find_vhs_files, load_vhs_file
 
 
 def register(subparsers) -> None:
@@ -29,7 +29,11 @@ def register(subparsers) -> None:
     p.add_argument("--image-root", type=Path, default=None,
                    help="folder the image paths are relative to (default: the synthetic data folder holding "
                         "manifest.json at or above PATH)")
-    p.add_argument("--no-images", action="store_true", help="skip checking that image files exist")
+    p.add_argument("--no-images", action="store_true", help="skip checking the image files")
+    p.add_argument("--decode", action="store_true",
+                   help="decode every image fully (finds truncated files; default: read each header only)")
+    p.add_argument("--allow-outside-image-root", action="store_true",
+                   help="accept absolute image paths and paths leaving --image-root with '..' (refused by default)")
     p.set_defaults(func=_validate)
 
 
@@ -50,11 +54,9 @@ def _default_image_root(path: Path) -> Path:
 
 def _files_to_check(path: Path) -> dict[str, Path]:
     """{label: file} for a file, a split folder, or a folder of splits."""
-    if path.is_file():
-        return {path.name: path}
-    if not path.is_dir():
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found; pass a VHs file or folder")
-    splits = [s for s in ("test", "train") if (path / s).is_dir()]
+    splits = [s for s in ("test", "train") if path.is_dir() and (path / s).is_dir()]
     roots = {s: path / s for s in splits} if splits else {"": path}
     out = {}
     for split, root in roots.items():
@@ -67,8 +69,11 @@ def _validate(args: argparse.Namespace) -> int:
     image_root = None if args.no_images else (args.image_root or _default_image_root(args.path))
     files = _files_to_check(args.path)
     rows = []
-    for label, f in tqdm(files.items(), desc="validate", unit="file", leave=False):
-        entries = load_vhs_file(f, image_root, check_images=not args.no_images)
+    for label, f in tqdm(files.items(), desc="validate", unit="file", leave=False, disable=None):  # None: no bar off a TTY
+        entries = load_vhs_file(f, image_root, check_images=not args.no_images,
+                                allow_outside_root=args.allow_outside_image_root)
+        if not args.no_images:
+            check_images_readable(entries, decode=args.decode)
         answers = Counter(e.answer for e in entries)
         sizes = sorted({e.haystack_size for e in entries})
         rows.append((label, len(entries), answers["yes"], answers["no"], sizes))
@@ -77,5 +82,5 @@ def _validate(args: argparse.Namespace) -> int:
     for label, n, yes, no, sizes in rows:
         print(f"{label:<{width}}  {n:9d} {yes:5d} {no:5d}  {','.join(map(str, sizes))}")
     print(f"ok: {len(rows)} files, {sum(r[1] for r in rows)} questions valid"
-          + ("" if args.no_images else f", images found under {image_root}"))
+          + ("" if args.no_images else f", images {'decoded' if args.decode else 'readable'} under {image_root}"))
     return 0

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from laid.io import write_json
+
 from .render import CATEGORIES, sample_image
 
 CATEGORY_INDEX = {c: i for i, c in enumerate(CATEGORIES)}
@@ -25,16 +27,6 @@ CATEGORY_INDEX = {c: i for i, c in enumerate(CATEGORIES)}
 def image_rel_path(split: str, i: int) -> str:
     """Path of pool image i relative to the image root (the dataset folder), '/'-separated."""
     return f"images/{split}/{i:06d}.png"
-
-
-def write_json_atomic(path: Path, obj, indent: int | None = None) -> None:
-    """Write JSON to a temp file beside `path`, then rename it over `path` (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 class ImagePool:
@@ -116,5 +108,5 @@ class ImagePool:
     def write_objects(self) -> Path:
         """Write `images/<split>/objects.json`: {image path relative to the root: [categories]}."""
         path = self.root / "images" / self.split / "objects.json"
-        write_json_atomic(path, {self.rel_path(i): cats for i, cats in enumerate(self.categories)}, indent=0)
+        write_json({self.rel_path(i): cats for i, cats in enumerate(self.categories)}, path, indent=0)
         return path

@@ -20,7 +20,7 @@ RETRIEVAL_CAPTION = "What objects are in the image with a {anchor}?"
 
 # Pretraining only: naming tasks appended to a VHs question; the answer is the object the question
 # names (its target or its anchor). A pure copy from the question, they teach the answer position
-# to attend to the question's object words, which the yes/no answer alone never rewarded (README).
+# to attend to the question's object words, which the yes/no answer alone never rewarded (docs/HISTORY.md).
 NAME_TARGET = "What do you look for?"
 NAME_ANCHOR = "Which object marks the image?"
 

@@ -27,16 +27,16 @@ How a haystack is drawn (anchor a, target t, N images, n needles):
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .pool import ImagePool, write_json_atomic
+from laid.config import from_dict
+from laid.io import atomic_dir, write_json
+
+from .pool import ImagePool
 from .questions import multi_needle_question, single_needle_question
 from .render import CATEGORIES
 from .vhs import SETTINGS, vhs_rel_path
@@ -90,10 +90,10 @@ class SynthConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SynthConfig":
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown synthetic data settings {unknown}; known: {[f.name for f in fields(cls)]}")
-        return cls(**d)
+        try:
+            return from_dict(cls, d)
+        except ValueError as e:
+            raise ValueError(f"synthetic data settings: {e}") from None
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as stored in the manifest
@@ -188,7 +188,7 @@ def _write_split(cfg: SynthConfig, root: Path, split: str, progress: bool) -> di
                 entries.append(make_entry(pool, rng, prevalence, size, setting, mode, answer))
                 bar.update()
             rel = f"{split}/{vhs_rel_path(setting, size)}"
-            write_json_atomic(root / rel, entries)
+            write_json(entries, root / rel, indent=None)
             files[rel] = {"split": split, "setting": setting, "haystack_size": size, "n_questions": len(entries),
                           "n_yes": sum(e["conversations"][1]["value"] == "yes" for e in entries)}
     objects = pool.write_objects()
@@ -259,26 +259,11 @@ def generate(cfg: SynthConfig, out_dir: str | Path, overwrite: bool = False, pro
     state = _existing(out, cfg, overwrite)
     if state == "done":
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; the data folder is meant to be shared
-    try:
+    with atomic_dir(out) as staging:  # an interrupted run never leaves half a benchmark
         files, pools = {}, {}
         for split in ("test", "train"):
             written = _write_split(cfg, staging, split, progress)
             files.update(written["files"])
             pools[split] = written["pool"]
-        write_json_atomic(staging / "manifest.json", _manifest(cfg, files, pools), indent=2)
-        if state == "replace":
-            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, trash)
-            os.replace(staging, out)
-            shutil.rmtree(trash)
-        else:
-            if out.exists():
-                out.rmdir()  # empty
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_json(_manifest(cfg, files, pools), staging / "manifest.json", indent=2)
     return out

@@ -1,4 +1,4 @@
-"""Visual Haystacks metrics: reference scoring rule, bootstrap accuracy, effective window, gains.
+"""Visual Haystacks metrics: the official scoring rule (nltk word tokens), bootstrap accuracy, effective window, gains.
 
 Pure numpy on purpose: the comparison and figure code uses these without importing torch.
 """
@@ -21,28 +21,63 @@ N_BOOTSTRAP = 100
 DEFAULT_THRESHOLD = 0.6
 
 _WORD = re.compile(r"\w+")
+WORD_RULES = ("official", "regex", "treebank")  # the last two: ablations that are not the official rule
 
 
-def reply_words(reply: str) -> list[str]:
-    """Word tokens of the lower-cased reply ("Yes, it is." -> ["yes", "it", "is"])."""
-    return _WORD.findall(reply.lower())
+def official_word_tokens(text: str) -> list[str]:
+    """`nltk.word_tokenize(text)` as the official scorer calls it, without the punkt_tab data.
+
+    The official code (visual-haystacks/vhs_benchmark, utils.py `run_eval` / `run_detailed_eval`)
+    tests `gt in nltk.word_tokenize(pred.lower())`. word_tokenize = Punkt sentence split (English
+    model from the `punkt_tab` data) then `NLTKWordTokenizer` per sentence; the split matters
+    because the word tokenizer detaches only the *final* period of its input ("is yes. No" -> 'yes.'
+    unsplit, whereas the sentence "is yes." -> 'yes', '.'). The data cannot be downloaded here, so
+    the split uses Punkt with empty parameters. For whether "yes" or "no" is a token the two agree:
+    Punkt breaks after any period-final word that is not an abbreviation, and the English model
+    lists neither "yes" nor "no" among its abbreviations nor starts a collocation with them
+    (nltk_data punkt_tab/english/abbrev_types.txt and collocations.tab, read for this); its
+    orthographic and sentence-starter tables act only after abbreviations, initials and numbers.
+    Other tokens may differ ("Dr." vs "Dr", "."), which the yes/no rule never looks at.
+    """
+    from nltk.tokenize import NLTKWordTokenizer
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+    words = NLTKWordTokenizer()
+    return [tok for sent in PunktSentenceTokenizer().tokenize(text) for tok in words.tokenize(sent)]
 
 
-def reference_correct(reply: str, truth: str) -> bool:
+def reply_words(reply: str, rule: str = "official") -> list[str]:
+    """Word tokens of the lower-cased reply by the official rule (nltk), or an ablation (regex \\w+, treebank).
+
+    "It is yes. No doubt." -> official ['it', 'is', 'yes', '.', 'no', 'doubt', '.']; "yes/no" ->
+    official ['yes/no'] (neither word), regex ['yes', 'no'] (both): the regex is not the official rule.
+    """
+    if rule == "official":
+        return official_word_tokens(reply.lower())
+    if rule == "regex":
+        return _WORD.findall(reply.lower())
+    if rule == "treebank":  # nltk's word tokenizer without the sentence split: "yes. no" keeps 'yes.'
+        from nltk.tokenize import NLTKWordTokenizer
+
+        return NLTKWordTokenizer().tokenize(reply.lower())
+    raise ValueError(f"unknown word rule {rule!r}; expected one of {WORD_RULES}")
+
+
+def reference_correct(reply: str, truth: str, rule: str = "official") -> bool:
     """The Visual Haystacks rule: correct iff the ground-truth word is a word token of the reply.
 
     A reply that says both "yes" and "no" counts as correct for either truth, exactly as in the
     reference code; `is_compliant` and the logit margin are the places to look for such hedging.
     """
-    return truth.strip().lower() in reply_words(reply)
+    return truth.strip().lower() in reply_words(reply, rule)
 
 
-def is_compliant(reply: str) -> bool:
-    """A reply answers the question if "yes" or "no" is one of its words.
+def is_compliant(reply: str, rule: str = "official") -> bool:
+    """A reply answers the question if "yes" or "no" is one of its word tokens (the reference rule).
 
     Word tokens rather than substrings, so "not sure" or "I know" do not count as answers.
     """
-    words = reply_words(reply)
+    words = reply_words(reply, rule)
     return "yes" in words or "no" in words
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -24,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from laid.eval.metrics import N_BOOTSTRAP, bootstrap_accuracy, effective_window
+from laid.io import write_netcdf as write_result  # noqa: F401 (the result writer is the one atomic netCDF writer)
 
 REQUIRED_VARIABLES = (
     "accuracy", "accuracy_std", "accuracy_ci_low", "accuracy_ci_high", "compliance",
@@ -182,21 +181,6 @@ def bootstrap_windows(sizes, accuracy_bootstrap: np.ndarray, threshold: float) -
     return out
 
 
-def write_result(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write netCDF atomically: a temp file in the same folder, then os.replace over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp, engine="netcdf4")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def load_result(path: str | Path) -> xr.Dataset:
     """Read an evaluation result into memory (the file is closed on return) and check its schema."""
     path = Path(path)
@@ -231,6 +215,20 @@ def accuracy_by_needle_position(ds: xr.Dataset) -> xr.DataArray:
     )
 
 
+def with_position_table(ds: xr.Dataset) -> xr.Dataset:
+    """`ds` plus the needle-position table of the detailed protocol, stored in the result itself:
+    accuracy_by_position(haystack_size, needle_position) and n_by_position(...) (NaN / 0: no sample)."""
+    acc = accuracy_by_needle_position(ds).rename(needle_index="needle_position")
+    idx = ds["needle_index"].values
+    counts = np.array([[int(np.sum(idx[i] == p)) for p in acc["needle_position"].values] for i in range(idx.shape[0])])
+    acc["needle_position"].attrs.update(long_name="0-based position of the needle image in the prompt", units="images")
+    return ds.assign(
+        accuracy_by_position=acc.assign_attrs(long_name="accuracy with the needle at this position", units="1"),
+        n_by_position=(("haystack_size", "needle_position"), counts,
+                       {"long_name": "samples with the needle at this position", "units": "1"}),
+    )
+
+
 def describe_window(ds: xr.Dataset) -> str:
     w = ds["effective_window"]
     thr = w.attrs.get("threshold", ds.attrs.get("threshold"))
@@ -249,7 +247,7 @@ def summary_text(ds: xr.Dataset) -> str:
     a = ds.attrs
     lines = [
         f"{a.get('model_name', '?')} [{a.get('variant', '?')}] {a.get('needle_setting', '?')}, "
-        f"{a.get('scoring', '?')} scoring",
+        f"{a.get('scoring', '?')} scoring" + (f", {a['protocol']} protocol" if a.get("protocol") else ""),
         f"{'size':>5} {'n':>4} {'accuracy':>8} {'std':>6} {'95% CI':>15} {'compl':>6} {'tokens':>8}",
     ]
     for size in ds["haystack_size"].values:
@@ -261,7 +259,7 @@ def summary_text(ds: xr.Dataset) -> str:
         )
     if int(a.get("needle_position_mode", 0)):
         by_pos = accuracy_by_needle_position(ds)
-        lines.append("accuracy by needle position:")
+        lines.append("accuracy by needle position: (0-based image index of the needle: accuracy)")
         for size in by_pos["haystack_size"].values:
             row = by_pos.sel(haystack_size=size)
             cells = [f"{int(p)}:{float(v):.2f}" for p, v in zip(row["needle_index"].values, row.values) if not np.isnan(v)]

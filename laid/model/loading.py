@@ -8,14 +8,12 @@ folder. A user with real Qwen2.5-VL weights on disk changes only the path.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from laid.io import atomic_dir
 from laid.model import processor as _processor  # registers the torchvision-free processor
 
 _processor.register()
@@ -66,28 +64,14 @@ def load_processor(path: str | Path):
 
 
 def save_folder_atomically(model, processor, out_dir: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-    """Save model + processor to a temporary sibling folder, then rename it over `out_dir`.
+    """Save model + processor (+ small text files) as a folder that appears complete or not at all.
 
-    A crash mid-save leaves the previous folder intact: the rename is the only destructive step.
+    A crash mid-save leaves the previous folder intact (laid.io.atomic_dir).
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         if processor is not None:
             processor.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)

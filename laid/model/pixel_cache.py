@@ -33,7 +33,7 @@ from typing import Callable, Hashable, Sequence
 import torch
 from PIL import Image
 
-from laid.data.vhs import load_image
+from laid.data.vhs import VHsImageMissing, load_image
 
 # ~225 MB holds the default synthetic test pool (3000 images of 56 px: 16 patches x 1176 floats
 # each); real 448 px images take 4.8 MB each, so about 100 of them fit.
@@ -149,7 +149,7 @@ class PixelCache:
             try:
                 st = os.stat(path)
             except FileNotFoundError:
-                raise FileNotFoundError(f"image {path} not found; check --image-root") from None
+                raise VHsImageMissing(f"image {path} not found; check --image-root", path) from None
             keys.append(("path", path, st.st_size, st.st_mtime_ns))
             loads.append(lambda path=path: load_image(path))
         return self.get_many(processor, keys, loads, fingerprint)

@@ -13,7 +13,8 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from laid.model.loading import save_folder_atomically
-from laid.zoo.configs import ZooModelConfig, to_dict
+from laid.config import to_dict
+from laid.zoo.configs import ZooModelConfig
 from laid.model.processor import LaidQwen2_5_VLProcessor, build_image_processor
 from laid.zoo.tokenizer import build_tokenizer
 

@@ -8,14 +8,15 @@ different (padded) vocabulary size, as Qwen2.5-VL-3B (151936) differs from 32B (
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from transformers import Qwen2_5_VLConfig
 
+from laid.config import load_config, to_dict, to_yaml
 from laid.data.render import CATEGORIES
+from laid.io import write_text
 from laid.zoo import tokenizer as tk
 
 # Where the supervised retrieval head queries from (laid/zoo/pretrain.py, _RetrievalSupervision).
@@ -40,7 +41,7 @@ class TextArch:
     # Weight init std (default: Qwen's 0.02). 0.02 is tuned for widths in the thousands; at width
     # 64-256 it makes attention logits ~0.05 (uniform attention, a long plateau before any
     # retrieval is learned). The zoo YAMLs use ~0.9 / sqrt(hidden_size), which keeps the logits
-    # O(1) at init: on tiny-7b 0.08 reached 0.94 one-image accuracy after 2,000 steps, 0.02 0.78.
+    # O(1) at init (docs/HISTORY.md has the A/B).
     initializer_range: float = 0.02
 
 
@@ -84,7 +85,7 @@ class PretrainConfig:
     # needle images, from the anchor's colour word ("anchor") or from the position that predicts
     # the answer ("answer") (laid/zoo/retrieval_attention.py). Off by default (the students);
     # the teacher uses weight 0.3 from the anchor at layer 0, the first recipe under which a toy
-    # learned binding. From the answer position it kept yes/no at chance (README, "Results").
+    # learned binding (docs/HISTORY.md).
     retrieval_attention_weight: float = 0.0
     retrieval_attention_layer: int = 0
     retrieval_attention_query: str = "anchor"
@@ -118,7 +119,7 @@ class ZooModelConfig:
         return self.text.hidden_size // self.text.num_attention_heads
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return to_dict(self)
 
     def validate(self) -> None:
         t = self.text
@@ -190,33 +191,14 @@ class ZooModelConfig:
         )
 
 
-def _from_dict(cls, data: dict[str, Any]):
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(data) - set(known)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}; expected some of {sorted(known)}")
-    kwargs = {}
-    for name, value in data.items():
-        sub = known[name].type
-        sub_cls = {"TextArch": TextArch, "VisionArch": VisionArch, "PretrainConfig": PretrainConfig}.get(str(sub))
-        kwargs[name] = _from_dict(sub_cls, value) if sub_cls and isinstance(value, dict) else value
-    return cls(**kwargs)
-
-
 def load_zoo_config(path: str | Path) -> ZooModelConfig:
-    path = Path(path)
+    cfg = load_config(ZooModelConfig, path, what="zoo config")
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"cannot read zoo config {path}: {e}") from e
-    cfg = _from_dict(ZooModelConfig, data)
-    cfg.validate()
+        cfg.validate()
+    except ValueError as e:
+        raise ValueError(f"zoo config {path}: {e}") from None
     return cfg
 
 
-def to_dict(cfg) -> dict[str, Any]:
-    return asdict(cfg) if is_dataclass(cfg) else dict(cfg)
-
-
 def save_zoo_config(cfg: ZooModelConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text(to_yaml(cfg), path)

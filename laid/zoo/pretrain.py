@@ -1,12 +1,10 @@
 """CPU pretraining of a tiny zoo model on synthetic haystacks.
 
-Why this makes a teacher with a long effective window and students with short ones (README, "The
-toy zoo"): the teacher is larger, sees haystacks of 1-10 images and has a supervised retrieval head
+Why this makes a teacher with a long effective window and students with short ones: the teacher is larger, sees haystacks of 1-10 images and has a supervised retrieval head
 (laid/zoo/retrieval_attention.py); the students are smaller and see one image. Answering a VHs
 question over several images needs *binding*: find the image that holds the anchor, then check the
 target there and not anywhere else. A model that only saw one image never had to learn it. Of
-the two, training is what makes the gap at this scale: tiny-7b trained like the teacher binds as
-well as the teacher; the two-layer tiny-3b less so (README, "The toy zoo").
+the two, training is what makes the gap at this scale (the size ablation is in docs/HISTORY.md).
 
 Stage 1 (`pretrain_vision`) aligns the vision tower to the category words; stage 2 (`pretrain`)
 freezes it and trains the LM on a task mix, one task per step:
@@ -40,10 +38,11 @@ from laid.data import questions as qs
 from laid.data.render import CATEGORIES, sample_image
 from laid.data.synth import targets_in_distractors
 from laid.model.prompting import Example, encode_batch
+from laid.schedule import learning_rate
 from laid.zoo.configs import RETRIEVAL_QUERIES, PretrainConfig
 from laid.zoo.image_bank import FreshImages, ImageBank, encoder_outputs
-from laid.zoo.retrieval_attention import RetrievalAttentionLoss, needle_token_mask
 from laid.model.hooks import record_qk, site_name
+from laid.zoo.retrieval_attention import RetrievalAttentionLoss, needle_token_mask
 
 # Vision tokens per 56x56 image (4) + <|vision_start|>/<|vision_end|>; prompt overhead in tokens.
 TOKENS_PER_IMAGE = 6
@@ -116,8 +115,7 @@ def sample_needle_pair(rng: np.random.Generator, size: int, source=None, asked=C
     and for one it does not show if it was yes. Within a pair the images, the anchor and every
     word but the target are equal, so the only way to lower the loss on both is the interaction
     the task is about (is this target in the anchor's image?): everything that depends on the
-    haystack or the question alone cancels out. In an A/B on tiny-7b (1-3 images, batch 32) pairs
-    reached 0.94 one-image accuracy after 2,000 steps, unpaired questions 0.66 (README).
+    haystack or the question alone cancels out (the A/B that chose this: docs/HISTORY.md).
     Falls back to one unpaired question when no partner exists (the needle shows only the anchor).
     A twin whose answer is yes may name any category its needle shows, also one outside `asked`.
     """
@@ -139,7 +137,7 @@ def sample_naming_example(rng: np.random.Generator, size: int, source=None, aske
 
     Copying a word of the question is learnable from the first step, unlike the yes/no answer, whose
     dependence on (target, image) is a pure interaction with no first-order signal: without this
-    task a tiny LM stayed at chance on one-image questions for 1,100 steps of batch 32 (README).
+    task a tiny LM stayed at chance on one-image questions for a long time (docs/HISTORY.md).
     """
     anchor, target, _, recipes = _needle_parts(rng, size, 1, "all", asked)
     ask_target = bool(rng.integers(2))
@@ -178,9 +176,7 @@ class TaskSampler:
 
         Starting with a few categories (cfg.category_schedule) shortens the plateau before the
         first VHs answers are learned: with k targets, an image feature of each of them already
-        correlates with the answer (with 12 that correlation is too weak to follow). In an A/B on
-        tiny-7b, 4 -> 8 -> 12 categories reached 0.84 one-image accuracy after 1,500 steps, all 12
-        from the start 0.62.
+        correlates with the answer (with 12 that correlation is too weak to follow; docs/HISTORY.md).
         """
         k = len(CATEGORIES)
         for start, n in self.cfg.category_schedule:
@@ -220,10 +216,8 @@ class TaskSampler:
 
 
 def _lr_at(step: int, cfg: PretrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    """Warmup, then cosine decay to 10% of the peak rate."""
+    return learning_rate(cfg.lr, step, cfg.steps, cfg.warmup_steps, "cosine", floor=0.1)
 
 
 def category_token_ids(processor) -> list[int]:
@@ -361,9 +355,8 @@ def pretrain(
     source = None
     if cfg.freeze_vision:
         # The vision tower keeps what stage 1 taught it (as LLaVA-style VLMs keep their CLIP tower
-        # frozen while the LM learns to use it): in an A/B on tiny-7b this reached 0.88 one-image
-        # accuracy after 2,000 steps vs 0.66 with the tower trained along, and its features can be
-        # cached, which makes a step 1.5-2.1x faster (laid/zoo/image_bank.py).
+        # frozen while the LM learns to use it; docs/HISTORY.md has the A/B), and its features can
+        # be cached, which makes a step 1.5-2.1x faster (laid/zoo/image_bank.py).
         model.model.visual.requires_grad_(False)
         source = ImageBank(model, processor, cfg.image_bank_size, cfg.seed + 2000, image_size=image_size,
                            progress=progress, desc=desc)

@@ -3,7 +3,7 @@
 Why. A VHs answer is an interaction of question and haystack ("does the image with the anchor also
 hold the target?"): with uniform attention at initialisation, neither the question words nor the
 images alone say anything about yes/no, so the yes/no loss gives the retrieval circuit no
-first-order gradient and tiny LMs sit at chance for thousands of steps (README, "Results"). Real
+first-order gradient and tiny LMs sit at chance for thousands of steps. Real
 VLMs arrive with retrieval heads from web-scale pretraining; this loss is the toy's stand-in for
 it. One head of one layer is told *where* to look: from one query position (the anchor word, or
 the position that predicts the answer), its attention mass should fall on the tokens of the needle
@@ -11,14 +11,12 @@ images (the images that hold the anchor).
 Which answer to give stays the model's job, and how far the head keeps working (the window) still
 depends on the haystack lengths the model was trained on.
 
-Where to supervise matters (README, "Results"). From the answer position (the first version) the
-head learned to find the needle but the answer did not use it: at the last layer nothing is left to
-compare the target with what was found, and on tiny-7b (1-3 images, weight 1) yes/no stayed at
-chance. From the anchor's colour word at layer 0 (`retrieval_attention_query: anchor`, what the
-teacher uses) the lookup is one content match (image features are aligned to the colour words), the
-anchor word's residual stream then carries the needle image's objects, and every later layer is
-free to check the target against them: with weight 0.3 the 2,000-step teacher reached 0.64-0.77 at
-5-20 images (128 questions per size) where every earlier recipe was at chance.
+Where to supervise matters. From the answer position the head can find the needle without the
+answer using it: at the last layer nothing is left to compare the target with what was found. From
+the anchor's colour word at layer 0 (`retrieval_attention_query: anchor`, what the teacher uses) the
+lookup is one content match (image features are aligned to the colour words), the anchor word's
+residual stream then carries the needle image's objects, and every later layer is free to check the
+target against them (the runs that showed this: docs/HISTORY.md).
 
 Pretraining only: distillation and evaluation never see it.
 """

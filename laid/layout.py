@@ -1,0 +1,101 @@
+"""The run folder as one object: every path of docs/CONTRACTS.md "Run folder", defined once.
+
+    layout = RunLayout("runs/default")
+    layout.zoo_model("tiny-7b")                 # runs/default/zoo/tiny-7b
+    layout.eval_result("tiny-7b", "yarn")       # runs/default/eval/tiny-7b__yarn.nc
+    layout.export("tiny-7b", "laid")            # runs/default/distill/tiny-7b__laid/export
+
+The main job, the comparison, the analysis stage and the figure notebooks all find results through
+it, so a path changes in one place (and in CONTRACTS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def run_label(model: str, method: str) -> str:
+    """`<model>__<method>`: the name of one model/method cell in eval/, distill/ and analysis/."""
+    return f"{model}__{method}"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    # --- files of the run itself ------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.md"
+
+    @property
+    def timings(self) -> Path:
+        return self.root / "timings.json"
+
+    @property
+    def executed_notebooks(self) -> Path:
+        return self.root / "executed_notebooks"
+
+    # --- data and models --------------------------------------------------------------------
+    @property
+    def data(self) -> Path:
+        """The synthetic VHs folder; also the image root (image paths in the JSON are relative to it)."""
+        return self.root / "data"
+
+    @property
+    def test_data(self) -> Path:
+        return self.data / "test"
+
+    @property
+    def train_data(self) -> Path:
+        return self.data / "train"
+
+    @property
+    def zoo(self) -> Path:
+        return self.root / "zoo"
+
+    def zoo_model(self, name: str) -> Path:
+        return self.zoo / name
+
+    # --- evaluation, distillation, comparison, analysis -------------------------------------
+    def eval_result(self, model: str, variant: str = "base") -> Path:
+        return self.root / "eval" / f"{run_label(model, variant)}.nc"
+
+    def distill_run(self, student: str, method: str) -> Path:
+        return self.root / "distill" / run_label(student, method)
+
+    def export(self, student: str, method: str) -> Path:
+        return self.distill_run(student, method) / "export"
+
+    def head_weights(self, student: str, method: str) -> Path:
+        return self.distill_run(student, method) / "head_weights.nc"
+
+    def trained_eval(self, student: str, method: str) -> Path:
+        return self.distill_run(student, method) / "eval.nc"
+
+    @property
+    def compare(self) -> Path:
+        return self.root / "compare"
+
+    def compare_eval(self, model: str, variant: str) -> Path:
+        """Where the comparison writes an evaluation whose eval/ twin has other settings."""
+        return self.compare / "eval" / f"{run_label(model, variant)}.nc"
+
+    @property
+    def comparison(self) -> Path:
+        return self.compare / "comparison.nc"
+
+    @property
+    def comparison_md(self) -> Path:
+        return self.compare / "comparison.md"
+
+    def analysis(self, label: str) -> Path:
+        return self.root / "analysis" / label
