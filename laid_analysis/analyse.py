@@ -40,7 +40,7 @@ class AnalysisSettings:
     queries: str = "all"  # distance profile / rope usage queries: all | text | question
     keys: str = "image"  # ... and keys: all | image | text (image leaves the prompt's attention sink out)
     profile_sizes: list[int] | None = None  # haystack sizes feeding the profile; None = the largest analysed
-    profile_max_samples: int | None = 8  # haystacks per profile size feeding profile/spectrum (None = all)
+    profile_max_samples: int | None = 8  # haystacks per profile size feeding profile/spectrum, whole batches (None = all)
     distance_units: str = "positions"  # positions (M-RoPE temporal ids) | tokens (ablation: token index)
     chunk_size: int | None = None  # queries per chunk in the distance profile (None = from a memory budget)
     batch_size: int = 1
