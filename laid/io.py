@@ -114,6 +114,18 @@ def save_figure(fig, path: str | Path, dpi: int = 110, close: bool = True) -> Pa
             plt.close(fig)
 
 
+def _apply_umask(folder: Path) -> None:
+    """Give a finished folder the modes a plain mkdir/open would have (mkdtemp and some writers,
+    e.g. safetensors, leave 0700 / 0600)."""
+    dmode, fmode = 0o777 & ~_umask(), file_mode()
+    os.chmod(folder, dmode)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), dmode)
+        for f in files:
+            os.chmod(os.path.join(root, f), fmode)
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Build a folder in a sibling temp folder; on success swap it in for `path`, else discard it.
@@ -126,7 +138,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp leaves 0700
+        _apply_umask(tmp)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -69,17 +69,18 @@ class RunLayout:
     def eval_result(self, model: str, variant: str = "base") -> Path:
         return self.root / "eval" / f"{run_label(model, variant)}.nc"
 
-    def distill_run(self, student: str, method: str) -> Path:
-        return self.root / "distill" / run_label(student, method)
+    def distill_run(self, student: str, method: str, seed: int = 0) -> Path:
+        """distill/<student>__<method> for training seed 0, distill/<student>__<method>__seed<k> otherwise."""
+        return self.root / "distill" / (run_label(student, method) + (f"__seed{seed}" if seed else ""))
 
-    def export(self, student: str, method: str) -> Path:
-        return self.distill_run(student, method) / "export"
+    def export(self, student: str, method: str, seed: int = 0) -> Path:
+        return self.distill_run(student, method, seed) / "export"
 
-    def head_weights(self, student: str, method: str) -> Path:
-        return self.distill_run(student, method) / "head_weights.nc"
+    def head_weights(self, student: str, method: str, seed: int = 0) -> Path:
+        return self.distill_run(student, method, seed) / "head_weights.nc"
 
-    def trained_eval(self, student: str, method: str) -> Path:
-        return self.distill_run(student, method) / "eval.nc"
+    def trained_eval(self, student: str, method: str, seed: int = 0) -> Path:
+        return self.distill_run(student, method, seed) / "eval.nc"
 
     @property
     def compare(self) -> Path:

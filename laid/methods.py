@@ -12,7 +12,11 @@ from __future__ import annotations
 
 INFERENCE_VARIANTS: tuple[str, ...] = ("base", "yarn", "selfextend")
 TRAINED_METHODS: tuple[str, ...] = ("sft-lora", "kd", "laid", "laid-no-kl", "laid-no-laid")
-ALL_METHODS: tuple[str, ...] = INFERENCE_VARIANTS + TRAINED_METHODS
+# Comparison entries that train one of TRAINED_METHODS with other settings (the comparison config's
+# method_overrides say which): the paper's literal Eq. 7 objective, and every student layer aligned.
+DERIVED_METHODS: dict[str, str] = {"laid-paper": "laid", "laid-all-layers": "laid"}
+ALL_METHODS: tuple[str, ...] = ("base", "yarn", "selfextend", "sft-lora", "kd", "laid", "laid-paper", "laid-all-layers",
+                                "laid-no-kl", "laid-no-laid")
 
 # Rows of the paper's tables (base first: the reference row of each student).
 TABLE1_METHODS: tuple[str, ...] = ("base", "yarn", "selfextend", "sft-lora", "kd", "laid")
@@ -20,8 +24,14 @@ TABLE3_METHODS: tuple[str, ...] = ("base", "laid-no-kl", "laid-no-laid", "laid")
 
 LABELS: dict[str, str] = {
     "base": "/", "yarn": "YaRN", "selfextend": "SelfExtend", "sft-lora": "SFT(LoRA)", "kd": "KD",
-    "laid": "LAid", "laid-no-kl": "w/o L_KL", "laid-no-laid": "w/o L_LAid",
+    "laid": "LAid", "laid-paper": "LAid (paper Eq. 7)", "laid-all-layers": "LAid (all layers)",
+    "laid-no-kl": "w/o L_KL", "laid-no-laid": "w/o L_LAid",
 }  # fmt: skip
+
+
+def trained_method(entry: str) -> str:
+    """The trainer method behind a comparison entry (itself, or what a derived entry trains)."""
+    return DERIVED_METHODS.get(entry, entry)
 
 
 def check_method(name: str, allowed: tuple[str, ...] = ALL_METHODS, what: str = "method") -> str:

@@ -33,7 +33,8 @@ from laid.config import load_config
 from laid.eval.settings import EvalSettings
 from laid.io import write_netcdf, write_text
 from laid.layout import RunLayout
-from laid.methods import ALL_METHODS, INFERENCE_VARIANTS, TRAINED_METHODS
+from laid.methods import ALL_METHODS, DERIVED_METHODS, INFERENCE_VARIANTS, TRAINED_METHODS, trained_method
+from laid_workflows.headline import add_paired_statistics
 from laid_workflows.tables import build_comparison, comparison_markdown
 from trainers.config import load_config as load_distill_config
 
@@ -52,12 +53,19 @@ class CompareConfig:
     zoo_dir: str = "zoo"  # relative to the run folder
     data_dir: str = "data"  # relative to the run folder; image root, with train/ and test/ splits
     eval: EvalSettings = field(default_factory=EvalSettings)  # laid.eval.settings; the main job passes its own
+    seeds: list[int] = field(default_factory=lambda: [0])  # distillation seeds of every trained entry
+    # Sizes of the headline statistic (laid_workflows/headline.py): mean accuracy over each group.
+    short_sizes: list[int] = field(default_factory=lambda: [1, 2])
+    long_sizes: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
 
     def __post_init__(self):
+        known = (*TRAINED_METHODS, *DERIVED_METHODS)
         bad = [v for v in self.variants if v not in INFERENCE_VARIANTS]
-        bad += [m for m in self.methods if m not in TRAINED_METHODS]
+        bad += [m for m in self.methods if m not in known]
         if bad:
-            raise ValueError(f"unknown comparison entries {bad}; variants: {INFERENCE_VARIANTS}, methods: {TRAINED_METHODS}")
+            raise ValueError(f"unknown comparison entries {bad}; variants: {INFERENCE_VARIANTS}, methods: {known}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
         missing = [s for s in self.students if self.methods and s not in self.distill_configs]
         if missing:
             raise ValueError(f"distill_configs has no config for student(s) {missing}")
@@ -72,6 +80,7 @@ def quick_config(cfg: CompareConfig) -> CompareConfig:
     size of the data, 4 samples per size, 2 optimizer steps of batch 2 per trained method."""
     quick = copy.deepcopy(cfg)
     quick.eval.sizes, quick.eval.samples_per_size = None, 4
+    quick.seeds = quick.seeds[:2]
     for method in quick.methods:
         quick.method_overrides[method] = {
             **(quick.method_overrides.get(method) or {}), "max_steps": 2, "per_device_batch_size": 1, "grad_accum": 2,
@@ -111,13 +120,15 @@ class Comparison:
         target = shared if not shared.is_file() or self.force else own
         return self._evaluate(self.run_dir / self.cfg.zoo_dir / model, target, variant, model)
 
-    def distill_config(self, student: str, method: str):
+    def distill_config(self, student: str, method: str, seed: int = 0):
+        """The distill config of one comparison entry (a derived entry trains its base method)."""
         c = self.cfg
         overrides = {
             "teacher_dir": str(self.run_dir / c.zoo_dir / c.teacher),
             "student_dir": str(self.run_dir / c.zoo_dir / student),
-            "output_dir": str(self.layout.distill_run(student, method)),
-            "method": method,
+            "output_dir": str(self.layout.distill_run(student, method, seed)),
+            "method": trained_method(method),
+            "seed": seed,
             "data.train_dir": str(self.data / "train"),
             "data.image_root": str(self.data),
         }
@@ -127,11 +138,11 @@ class Comparison:
             path = REPO / path  # configs/distill/... relative to the repository, wherever we run from
         return load_distill_config(path, overrides)
 
-    def trained_eval(self, student: str, method: str) -> xr.Dataset:
+    def trained_eval(self, student: str, method: str, seed: int = 0) -> xr.Dataset:
         from trainers.checkpoint import latest_checkpoint
         from trainers.recipe import distill
 
-        dcfg = self.distill_config(student, method)
+        dcfg = self.distill_config(student, method, seed)
         run = Path(dcfg.output_dir)
         result = run / "eval.nc"
         if result.is_file() and not self.force:
@@ -144,8 +155,8 @@ class Comparison:
         if not (export / "config.json").is_file():
             t = time.time()
             distill(dcfg, resume=latest_checkpoint(run) is not None, progress=self.progress)
-            self.timings[f"distill {student} {method}"] = round(time.time() - t, 2)
-        return self._evaluate(export, result, "base", f"{student}-{method}")
+            self.timings[f"distill {student} {method} seed {seed}"] = round(time.time() - t, 2)
+        return self._evaluate(export, result, "base", f"{student}-{method}" + (f"-seed{seed}" if seed else ""))
 
     def run(self) -> xr.Dataset:
         c = self.cfg
@@ -155,11 +166,12 @@ class Comparison:
             for variant in c.variants:
                 evals[(student, variant)] = self.zoo_eval(student, variant)
             for method in c.methods:
-                evals[(student, method)] = self.trained_eval(student, method)
+                evals[(student, method)] = [self.trained_eval(student, method, seed) for seed in c.seeds]
         order = [m for m in ALL_METHODS if m in c.variants + c.methods]
         attrs = {"teacher": c.teacher, "threshold": c.eval.threshold, "config": json.dumps(asdict(c)),
-                 "timings_s": json.dumps(self.timings)}  # fmt: skip
+                 "timings_s": json.dumps(self.timings), "seeds": list(c.seeds)}  # fmt: skip
         ds = build_comparison(evals, teacher, c.students, order, attrs)
+        ds = add_paired_statistics(ds, evals, c.short_sizes, c.long_sizes, c.eval.threshold)
         write_netcdf(ds, self.layout.comparison)
         write_text(comparison_markdown(ds), self.layout.comparison_md)
         return ds
@@ -170,8 +182,11 @@ def run_comparison(cfg: CompareConfig, run_dir: str | Path, force: bool = False,
     return Comparison(cfg, run_dir, force, progress).run()
 
 
+CONFIGS = {False: REPO / "configs" / "experiments" / "compare.yaml", True: REPO / "configs" / "experiments" / "compare_full.yaml"}
+
+
 def _compare(args) -> int:
-    cfg = load_compare_config(args.config, args.override or [])
+    cfg = load_compare_config(args.config or CONFIGS[args.full], args.override or [])
     if args.quick:
         cfg = quick_config(cfg)
     ds = run_comparison(cfg, args.run_dir, force=args.force, progress=not args.no_progress)
@@ -186,7 +201,9 @@ def register(subparsers) -> None:
         description="Evaluate base/YaRN/SelfExtend and train+evaluate SFT-LoRA, KD, LAid and its ablations for "
         "each student; write compare/comparison.nc and comparison.md. Existing results are reused.",
     )
-    c.add_argument("--config", required=True, help="comparison config YAML (configs/experiments/compare.yaml)")
+    c.add_argument("--config", help="comparison config YAML (default: configs/experiments/compare.yaml, the headline "
+                   "rows the main job runs; with --full, compare_full.yaml)")
+    c.add_argument("--full", action="store_true", help="the paper's full Tables 1 and 3 and the ablations (configs/experiments/compare_full.yaml)")
     c.add_argument("--run-dir", default="runs/default", help="run folder holding zoo/ and data/ (default runs/default)")
     c.add_argument("--override", action="append", metavar="KEY=VALUE", help="set a comparison config key; repeatable")
     c.add_argument("--force", action="store_true", help="recompute results that already exist")

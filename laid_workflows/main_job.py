@@ -37,11 +37,17 @@ class MainConfig:
     quick: bool = False  # smaller data, untrained zoo, 2-step distillation (tests, smoke runs)
     data: dict = field(default_factory=dict)  # SynthConfig overrides (laid/data/synth.py); {} = the paper's sizes
     zoo_config_dir: str = "configs/zoo"
+    # Shipped pretrained zoo (like weights a user downloads): copied when trained from the same
+    # config, otherwise the zoo is trained; null = always train (`laid zoo` rebuilds them).
+    zoo_checkpoints: str | None = "checkpoints/zoo"
     teacher: str = "tiny-32b"
     students: list[str] = field(default_factory=lambda: ["tiny-7b", "tiny-3b"])
     # Every evaluation of the run (base models and the comparison) uses these settings.
     eval: EvalSettings = field(default_factory=lambda: EvalSettings(sizes=None))
     compare_config: str = "configs/experiments/compare.yaml"  # methods, distill configs; its eval: is replaced by ours
+    # Quick mode exercises every variant and method (2 optimizer steps each, 2 seeds): a smoke test
+    # of the whole comparison, not a measurement.
+    quick_compare_config: str = "configs/experiments/compare_full.yaml"
     analysis_sizes: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 100, 150])
     analysis_max_samples: int = 32  # haystacks per size for the answer statistics (Figure 4 intervals)
     analysis_profile_samples: int = 8  # of those, how many feed the O(S^2) distance profile and pair spectrum
@@ -84,7 +90,9 @@ def _stage_data(cfg: MainConfig, log) -> None:
 def _stage_zoo(cfg: MainConfig, log) -> None:
     from laid.zoo.cli import build_zoo, zoo_configs
 
-    build_zoo(cfg.run / "zoo", zoo_configs(cfg.path(cfg.zoo_config_dir), [cfg.teacher, *cfg.students]), quick=cfg.quick)
+    shipped = cfg.path(cfg.zoo_checkpoints) if cfg.zoo_checkpoints else None
+    build_zoo(cfg.layout.zoo, zoo_configs(cfg.path(cfg.zoo_config_dir), [cfg.teacher, *cfg.students]), quick=cfg.quick,
+              checkpoints=shipped)
 
 
 # Quick mode evaluates this many samples per size, on every size of the quick data.
@@ -114,10 +122,11 @@ def _stage_eval(cfg: MainConfig, log) -> None:
 def _stage_compare(cfg: MainConfig, log) -> None:
     from laid_workflows.compare import load_compare_config, quick_config, run_comparison
 
-    ccfg = load_compare_config(cfg.path(cfg.compare_config))
+    ccfg = load_compare_config(cfg.path(cfg.quick_compare_config if cfg.quick else cfg.compare_config))
     ccfg.teacher, ccfg.students = cfg.teacher, list(cfg.students)
     ccfg.distill_configs = {k: str(cfg.path(v)) for k, v in ccfg.distill_configs.items()}
     if cfg.quick:
+        ccfg.seeds = [0, 1]
         ccfg = quick_config(ccfg)
     ccfg.eval = eval_settings(cfg)  # one set of evaluation settings for the whole run
     run_comparison(ccfg, cfg.run)

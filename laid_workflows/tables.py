@@ -13,8 +13,9 @@ import math
 import numpy as np
 import xarray as xr
 
-from laid.eval.metrics import LONG_WINDOW, SHORT_WINDOW, average_gains
-from laid.methods import ALL_METHODS, LABELS, TABLE1_METHODS, TABLE3_METHODS  # noqa: F401 (ALL_METHODS re-exported)
+from laid.eval.metrics import DEFAULT_THRESHOLD, LONG_WINDOW, SHORT_WINDOW, average_gains, effective_window
+from laid.methods import LABELS, TABLE1_METHODS, TABLE3_METHODS
+from laid_workflows.headline import headline_markdown
 
 
 
@@ -23,28 +24,41 @@ def _window(ds: xr.Dataset) -> tuple[float, bool, bool]:
     return float(ew), bool(int(ew.attrs.get("censored", 0))), bool(int(ew.attrs.get("below_range", 0)))
 
 
-def build_comparison(
-    evals: dict[tuple[str, str], xr.Dataset], teacher: xr.Dataset | None, students, methods, attrs: dict | None = None
-) -> xr.Dataset:
-    """One Dataset from {(student, method): eval Dataset} and the teacher's eval (may be None).
+def _seeds(v) -> list[xr.Dataset]:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
 
-    Missing (student, method) cells are NaN. Gains are relative to the student's "base" row (%,
+
+def build_comparison(
+    evals: dict[tuple[str, str], xr.Dataset | list[xr.Dataset]], teacher: xr.Dataset | None, students, methods,
+    attrs: dict | None = None,
+) -> xr.Dataset:
+    """One Dataset from {(student, method): eval Dataset, or one per training seed} and the teacher's eval.
+
+    Missing (student, method) cells are NaN. With several seeds, accuracy is their mean and the
+    effective window is that of the mean curve. Gains are relative to the student's "base" row (%,
     the paper's Table 1 average over sizes 1-20 and 50-150); window_ratio = effective window / base.
+    Paired statistics with intervals are added by laid_workflows.headline.add_paired_statistics.
     """
     students, methods = list(students), list(methods)
-    sizes = sorted({int(s) for ds in evals.values() for s in ds["haystack_size"].values}
+    sizes = sorted({int(s) for v in evals.values() for ds in _seeds(v) for s in ds["haystack_size"].values}
                    | (set(int(s) for s in teacher["haystack_size"].values) if teacher is not None else set()))
     shape = (len(students), len(methods))
     acc = np.full(shape + (len(sizes),), np.nan)
     std = np.full_like(acc, np.nan)
     ew, censored, below = np.full(shape, np.nan), np.zeros(shape, dtype=np.int8), np.zeros(shape, dtype=np.int8)
-    for (student, method), ds in evals.items():
+    threshold = float((attrs or {}).get("threshold", DEFAULT_THRESHOLD))
+    for (student, method), runs in evals.items():
         if student not in students or method not in methods:
             continue
         i, j = students.index(student), methods.index(method)
-        sel = ds["accuracy"].reindex(haystack_size=sizes)
-        acc[i, j], std[i, j] = sel.values, ds["accuracy_std"].reindex(haystack_size=sizes).values
-        ew[i, j], c, b = _window(ds)
+        runs = _seeds(runs)
+        acc[i, j] = np.mean([ds["accuracy"].reindex(haystack_size=sizes).values for ds in runs], axis=0)
+        std[i, j] = np.mean([ds["accuracy_std"].reindex(haystack_size=sizes).values for ds in runs], axis=0)
+        if len(runs) == 1:
+            ew[i, j], c, b = _window(runs[0])
+        else:
+            w = effective_window(sizes, acc[i, j], threshold)
+            ew[i, j], c, b = w.value, w.censored, w.below_range
         censored[i, j], below[i, j] = int(c), int(b)
     gain_short, gain_long, ratio = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     if "base" in methods:
@@ -161,7 +175,9 @@ def window_ratio_lines(ds: xr.Dataset) -> list[str]:
 def comparison_markdown(ds: xr.Dataset) -> str:
     """Markdown: Table 1 (methods), Table 3 (ablations), effective-window ratios, legend."""
     thr = ds.attrs.get("threshold", "")
+    headline = headline_markdown(ds)
     parts = [
+        *(["### Headline: paired differences (what the intervals support)", "", *headline, ""] if headline else []),
         "### Table 1: context-window extension methods (accuracy %, per haystack size in images)",
         "",
         *_table(ds, TABLE1_METHODS, teacher_row=True),

@@ -11,6 +11,7 @@ import xarray as xr
 from recipe_helpers import quick_vhs
 
 from laid.eval.results import SampleResult, build_result
+from laid.methods import ALL_METHODS, INFERENCE_VARIANTS
 from laid_workflows.compare import CompareConfig, Comparison, load_compare_config, run_comparison
 from laid_workflows.tables import build_comparison, comparison_markdown
 
@@ -66,10 +67,14 @@ def test_comparison_markdown(table):
     assert "### Table 3: loss ablations" in lines and "w/o L_KL" in md
 
 
-def test_shipped_comparison_config_loads():
-    cfg = load_compare_config(REPO / "configs" / "experiments" / "compare.yaml")
-    assert cfg.students == ["tiny-7b", "tiny-3b"] and set(cfg.methods) == {"sft-lora", "kd", "laid", "laid-no-kl", "laid-no-laid"}
-    assert set(cfg.variants) == {"base", "yarn", "selfextend"}
+def test_shipped_comparison_configs_load():
+    head = load_compare_config(REPO / "configs" / "experiments" / "compare.yaml")
+    assert head.students == ["tiny-7b", "tiny-3b"] and head.methods == ["kd", "laid", "laid-paper"]
+    assert head.variants == ["base"] and len(head.seeds) >= 3  # the headline rows, several seeds
+    full = load_compare_config(REPO / "configs" / "experiments" / "compare_full.yaml")
+    assert set(full.methods) == set(ALL_METHODS) - set(INFERENCE_VARIANTS)
+    assert set(full.variants) == set(INFERENCE_VARIANTS)
+    assert full.method_overrides["laid-paper"] == {"alignment": "paper"}
     with pytest.raises(ValueError, match="unknown comparison entries"):
         CompareConfig(methods=["laid", "magic"], distill_configs={"tiny-7b": "x", "tiny-3b": "y"})
 
@@ -83,7 +88,7 @@ def test_mini_comparison_runs_and_resumes(random_zoo, tmp_path_factory, tmp_path
     (run / "data").symlink_to(quick_vhs(tmp_path_factory))
     cfg = load_compare_config(
         REPO / "configs" / "experiments" / "compare.yaml",
-        {"students": ["tiny-7b"], "variants": ["base"], "methods": ["kd"], "eval.sizes": [1, 2], "eval.samples_per_size": 2,
+        {"students": ["tiny-7b"], "variants": ["base"], "methods": ["kd"], "seeds": [0], "eval.sizes": [1, 2], "eval.samples_per_size": 2,
          "method_overrides": {"kd": {"max_steps": 1, "per_device_batch_size": 1}}},
     )  # fmt: skip
     # An existing eval of the student made with other settings is left alone (not overwritten).
@@ -105,3 +110,27 @@ def test_mini_comparison_runs_and_resumes(random_zoo, tmp_path_factory, tmp_path
     ds2 = again.run()
     assert again.timings == {}  # nothing trained or evaluated again
     xr.testing.assert_equal(ds2["accuracy"], ds["accuracy"])
+
+
+def test_headline_bolds_only_what_the_paired_interval_supports():
+    """Planted: KD answers 30 more of 100 questions per long size than base (same questions); LAid
+    answers exactly base's questions; a seed of LAid that differs on 2 questions does not turn a
+    null into a claim."""
+    from laid_workflows.headline import add_paired_statistics, headline_markdown
+
+    def ev(rights):
+        return build_result({s: [SampleResult(i < r, 1.0, True, 10, 0, bool(i % 2)) for i in range(100)]
+                             for s, r in zip(SIZES, rights)}, threshold=0.6, seed=0, attrs={"model_name": "fake"})
+
+    base = [90, 50, 50, 50, 50]
+    evals = {("s", "base"): ev(base), ("s", "kd"): ev([90, 80, 80, 80, 80]),
+             ("s", "laid"): [ev(base), ev([90, 52, 50, 50, 50])]}
+    ds = build_comparison(evals, None, ["s"], ["base", "kd", "laid"], {"threshold": 0.6})
+    ds = add_paired_statistics(ds, evals, short_sizes=[1], long_sizes=[5, 20, 50], n_boot=500)
+    kd, laid = ds.sel({"student": "s", "method": "kd"}), ds.sel({"student": "s", "method": "laid"})
+    assert float(kd.diff_long_vs_base) == pytest.approx(0.30) and float(kd.diff_long_vs_base_ci_low) > 0.2
+    assert float(laid.diff_long_vs_base_ci_low) <= 0 <= float(laid.diff_long_vs_base_ci_high)
+    assert int(laid.n_seeds) == 2 and float(laid.diff_long_vs_kd_ci_high) < 0
+    rows = {line.split("|")[2].strip(): line for line in headline_markdown(ds) if line.startswith("| ")}
+    assert "**+30.0" in rows["KD"] and "**" not in rows["LAid"].split("|")[6]  # long - base: bold for KD only
+    assert "**-" in rows["LAid"].split("|")[7]  # LAid - KD is a supported loss

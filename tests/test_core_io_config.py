@@ -31,10 +31,13 @@ def test_atomic_writes_keep_the_umask(tmp_path, umask):
         nc = io.write_netcdf(xr.Dataset({"v": ("d", [1.0, 2.0])}), tmp_path / "r.nc")
         with io.atomic_dir(tmp_path / "folder") as d:
             (d / "f").write_text("y")
+            (d / "private").write_text("z")
+            os.chmod(d / "private", 0o600)  # as safetensors leaves its files
     finally:
         os.umask(old)
     assert _mode(text) == _mode(nc) == 0o666 & ~umask  # mkstemp alone would leave 0600
     assert _mode(tmp_path / "folder") == 0o777 & ~umask
+    assert _mode(tmp_path / "folder" / "private") == _mode(tmp_path / "folder" / "f") == 0o666 & ~umask
     assert io.read_netcdf(nc)["v"].values.tolist() == [1.0, 2.0]
 
 

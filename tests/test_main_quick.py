@@ -20,13 +20,13 @@ from laid_workflows.figures import NOTEBOOKS
 from laid.model.loading import load_model
 from laid_workflows.main_job import STAGES, MainConfig, eval_settings, run_main
 from laid.zoo.configs import load_zoo_config
-from laid.methods import ALL_METHODS, TRAINED_METHODS
+from laid.methods import ALL_METHODS, INFERENCE_VARIANTS
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 FIGURE_DATA = ("fig1_effective_window", "fig3_distillation_bars", "fig4_key_activations", "head_weights", "spectra",
                "table1", "table2", "table3")  # fmt: skip
-LAID_MIXER_METHODS = ("laid", "laid-no-kl", "laid-no-laid")  # methods that train head mixers
+LAID_MIXER_METHODS = ("laid", "laid-paper", "laid-all-layers", "laid-no-kl", "laid-no-laid")  # entries that train head mixers
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +133,24 @@ def test_comparison_holds_every_student_and_method_from_its_evaluations(quick_ru
             ds = the_eval_compared(run, s, variant, comp)
             check_eval(ds, f"{s} {variant}")
             np.testing.assert_allclose(comp.accuracy.sel({"student": s, "method": variant}).values, ds.accuracy.values, err_msg=variant)
-        for method in TRAINED_METHODS:
+        for method in [m for m in ALL_METHODS if m not in INFERENCE_VARIANTS]:
             out = run / "distill" / f"{s}__{method}"
-            ds = load_result(out / "eval.nc")
-            check_eval(ds, f"{s} {method}")
-            np.testing.assert_allclose(comp.accuracy.sel({"student": s, "method": method}).values, ds.accuracy.values, err_msg=method)
+            seeds = [load_result(out / "eval.nc"), load_result(run / "distill" / f"{s}__{method}__seed1" / "eval.nc")]
+            for ds in seeds:
+                check_eval(ds, f"{s} {method}")
+            np.testing.assert_allclose(comp.accuracy.sel({"student": s, "method": method}).values,
+                                       np.mean([ds.accuracy.values for ds in seeds], axis=0), err_msg=method)
+            assert int(comp.n_seeds.sel({"student": s, "method": method})) == 2
             exported = load_model(out / "export", device="cpu")  # the distilled student is a loadable HF folder
             assert exported.config.get_text_config().num_hidden_layers == load_zoo_config(
                 REPO / cfg.zoo_config_dir / f"{s}.yaml").text.num_hidden_layers
             assert (out / "head_weights.nc").is_file() == (method in LAID_MIXER_METHODS), method
-    assert "| Model | Method |" in (run / "compare" / "comparison.md").read_text()
+    for v in ("acc_long", "diff_long_vs_base", "diff_long_vs_kd", "window_ratio_paired"):
+        lo, mid, hi = (comp[v + s].values for s in ("_ci_low", "", "_ci_high"))
+        ok = ~np.isnan(mid)
+        assert ok.any() and np.all(lo[ok] <= hi[ok]) and np.isfinite(lo[ok]).all(), v
+    md = (run / "compare" / "comparison.md").read_text()
+    assert "| Model | Method |" in md and "### Headline: paired differences" in md
 
 
 def test_analysis_of_each_student_before_and_after_distillation(quick_run):

@@ -77,6 +77,24 @@ def test_tiny_pairs_plan_and_param_counts_match_the_real_models(random_zoo):
     assert p3.shared_vocab == 112 and "shared token ids [0, 112)" in p3.vocab_note
 
 
+def test_layer_map_proportional_pairs_every_student_layer(random_zoo):
+    from trainers.pairing import map_layers
+
+    assert map_layers("last", 28, 64) == [(27, 63)]
+    prop = map_layers("proportional", 28, 64)
+    assert [s for s, _ in prop] == list(range(28)) and prop[0] == (0, 0) and prop[-1] == (27, 63)
+    teacher = [t for _, t in prop]
+    assert teacher == sorted(set(teacher))  # strictly increasing: depth order kept, no teacher layer twice
+    p = check_pair(random_zoo["tiny-32b"], random_zoo["tiny-7b"], layer_map="proportional")
+    assert p.layer_pairs == [(0, 0), (1, 2), (2, 3)] and p.layer_map == "proportional"
+    assert check_pair(random_zoo["tiny-32b"], random_zoo["tiny-3b"], layer_map="proportional").layer_pairs == [(0, 0), (1, 3)]
+    assert check_pair(random_zoo["tiny-32b"], random_zoo["tiny-7b"], "0:1").layer_map == "explicit"
+    with pytest.raises(PairingError, match="choose one"):
+        check_pair(random_zoo["tiny-32b"], random_zoo["tiny-7b"], "0:1", layer_map="proportional")
+    out = plan(random_zoo["tiny-32b"], random_zoo["tiny-7b"], layer_map="proportional").format()
+    assert "proportional): 0 <- 0, 1 <- 2, 2 <- 3" in out
+
+
 def test_real_32b_to_7b_and_3b_shapes_and_memory(real_dirs):
     p7 = plan(real_dirs["32b"], real_dirs["7b"], n_gpus=4, seq_len=7401)  # paper: 4 GPUs, <= 20 images
     pr = p7.pairing

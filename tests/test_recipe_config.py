@@ -18,7 +18,8 @@ def test_paper_defaults():
     cfg = DistillConfig()
     assert (cfg.lr_student, cfg.lr_aux, cfg.warmup_ratio, cfg.epochs) == (1e-5, 1e-4, 0.05, 10)
     assert (cfg.per_device_batch_size, cfg.grad_accum, cfg.max_response_len, cfg.lora.rank) == (1, 8, 512, 8)
-    assert cfg.layer_pairs is None  # = the last layer of each model, as 27 <-> 63
+    assert cfg.layer_pairs is None and cfg.layer_map == "last"  # = the last layer of each model, as 27 <-> 63
+    assert (cfg.alignment, cfg.attention_target, cfg.attn_distance) == ("cosine", "teacher_heads", "mrope")
 
 
 def test_yaml_roundtrip_and_overrides(tmp_path):
@@ -41,6 +42,11 @@ def test_yaml_roundtrip_and_overrides(tmp_path):
         ("method: distill\n", "method 'distill' is not one of"),
         ("attention_matching: {schedule: sometimes}\n", "schedule must be"),
         ("rope_gain: 1\n", "rope_gain: expected true/false"),
+        ("alignment: literal\n", "alignment 'literal' is not one of"),
+        ("layer_map: all\n", "layer_map 'all' is not one of"),
+        ("layer_pairs: [[0, 0]]\nlayer_map: proportional\n", "both set"),
+        ("norm_warn_fraction: 1.5\n", "norm_warn_fraction must be in (0, 1]"),
+        ("attn_mix_power: 0\n", "attn_mix_power must be in (0, 100]"),
     ],
 )
 def test_bad_configs_fail_with_the_key_named(tmp_path, text, message):

@@ -51,7 +51,7 @@ def test_two_processes_match_one_process(random_zoo, tmp_path_factory, tmp_path)
     assert len(log_one) == len(log_two) == 3
     for a, b in zip(log_one, log_two):
         for term in ("total", "laid", "attn", "kl", "sft"):
-            assert b[term] == pytest.approx(a[term], rel=1e-5, abs=1e-7)
+            assert b[f"{term}_loss"] == pytest.approx(a[f"{term}_loss"], rel=1e-5, abs=1e-7)
     w1, w2 = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-6)

@@ -65,9 +65,10 @@ def test_export_reproduces_the_in_memory_student(method, random_zoo, vhs, tmp_pa
 
     if method == "laid":
         ds = xr.load_dataset(export / "head_weights.nc")
-        torch.testing.assert_close(torch.from_numpy(ds["w_q"].values[0]), module.align[0].mixer.q.weight.detach())
-        torch.testing.assert_close(torch.from_numpy(ds["w_k"].values[0]), module.align[0].mixer.k.weight.detach())
+        torch.testing.assert_close(torch.from_numpy(ds["w_q"].values[0]), module.align[0].mixer.q.effective().detach())  # unit rows
+        torch.testing.assert_close(torch.from_numpy(ds["w_k"].values[0]), module.align[0].mixer.k.effective().detach())
         torch.testing.assert_close(torch.from_numpy(ds["gain_q"].values), module.gain.q.detach())
+        torch.testing.assert_close(torch.from_numpy(ds["gain_product"].values), module.gain.product())
         assert list(ds.attrs["student_layers"].reshape(-1)) == [2] and list(ds.attrs["teacher_layers"].reshape(-1)) == [3]
         assert (tmp_path / method / "head_weights.nc").is_file()
     assert "method: " + method in (export / "distill_config.yaml").read_text()

@@ -10,7 +10,7 @@ from recipe_helpers import quick_vhs, tiny_config
 
 from trainers.model_card import CARD, model_card
 from trainers.recipe import distill
-from trainers.trainlog import Tracking, read_log
+from trainers.trainlog import Tracking, numeric_items, read_log
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +46,11 @@ def test_tensorboard_gets_loss_terms_learning_rates_and_eval(tracked_run):
     scalars = _scalars(out / "tracking")
     log = [r for r in read_log(out / "train_log.jsonl") if "note" not in r]
     assert [r["step"] for r in log] == [1, 2]  # the JSONL log is still written
-    for key, value in log[-1].items():
-        if key in ("step",):
-            continue
+    for key, value in numeric_items(log[-1]).items():  # per-layer telemetry as "q_norm_ratio/2"
         assert key in scalars, f"{key} logged to JSONL but not to TensorBoard ({sorted(scalars)})"
         step, logged = scalars[key][-1]
         assert step == 2 and logged == pytest.approx(value, rel=1e-6)
-    assert any(k.startswith("lr_") for k in scalars) and "total" in scalars
+    assert any(k.startswith("lr_") for k in scalars) and "total_loss" in scalars and "q_norm_ratio/2" in scalars
     assert {"eval/accuracy_1", "eval/accuracy_2"} <= set(scalars)
 
 

@@ -37,6 +37,10 @@ METHOD_TERMS: dict[str, tuple[str, ...]] = {
 }
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 MIXER_INITS = ("overlap", "least_squares")
+LAYER_MAPS = ("last", "proportional")  # trainers.pairing.map_layers
+ALIGNMENTS = ("cosine", "paper")  # trainers.losses.qk_alignment
+ATTENTION_TARGETS = ("teacher_heads", "mixed_qk")  # trainers.losses.attention_matching
+ATTN_DISTANCES = ("mrope", "token")
 
 
 @dataclass
@@ -95,8 +99,30 @@ class DistillConfig:
     student_dir: str = ""
     output_dir: str = ""
     method: str = "laid"
-    # [[student_layer, teacher_layer], ...]; None = the last layer of each (paper: 27 <-> 63).
+    # [[student_layer, teacher_layer], ...] (negatives from the end); None = use `layer_map`.
     layer_pairs: list[list[int]] | None = None
+    # Layers aligned when layer_pairs is null: "last" = the last layer of each (the paper's 27 <-> 63);
+    # "proportional" = every student layer i <- teacher layer round(i (L_t - 1) / (L_s - 1)), first to
+    # first and last to last (the toy teacher's binding circuit sits at layer 0). trainers.pairing.
+    layer_map: str = "last"
+    # Q/K alignment form: "cosine" = per-head scale-free (1 - cosine of each head's Q/K block, unit-row
+    # mixers: cannot be won by shrinking); "paper" = Eq. 7 literally (squared error, free mixers),
+    # the degenerate ablation. trainers.losses.qk_alignment explains both.
+    alignment: str = "cosine"
+    # Attention-matching target: "teacher_heads" = convex mix of the teacher's own per-head attention
+    # maps (detached mix weights); "mixed_qk" = softmax of the mixed Q/K (the earlier ablation, which
+    # contains cross-KV-group terms and trains the mixers towards the student).
+    attention_target: str = "teacher_heads"
+    # Sharpness of the attention target's mix over teacher heads: a_ij ~ (w_ij^2 e_j)^power. 1 = the
+    # energy shares; larger values approach each student head's dominant teacher head (a mix of maps
+    # that attend to different keys is flatter than each, and pulls the student's attention flatter).
+    attn_mix_power: float = 1.0
+    # Distance of the progressive weighting: "mrope" = max-axis M-RoPE position-id difference (what
+    # RoPE rotates by); "token" = token-index difference.
+    attn_distance: str = "mrope"
+    # Health telemetry warns (one line, and in the log record) when an aligned layer's student/teacher
+    # Q or K norm ratio falls below this fraction of its value at the first logged step.
+    norm_warn_fraction: float = 0.9
     lambdas: Lambdas = field(default_factory=Lambdas)
     tau: float = 2.0  # KL temperature; the paper does not state it, 2 is the common KD choice
     # Progressive distance weighting of the attention matching (schedule: see its docstring).
@@ -162,6 +188,16 @@ class DistillConfig:
         for pair in self.layer_pairs or []:
             if len(pair) != 2:
                 raise ValueError(f"layer_pairs entries are [student_layer, teacher_layer], got {pair}")
+        for name, allowed in (("layer_map", LAYER_MAPS), ("alignment", ALIGNMENTS),
+                              ("attention_target", ATTENTION_TARGETS), ("attn_distance", ATTN_DISTANCES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {allowed}")
+        if self.layer_pairs and self.layer_map != "last":
+            raise ValueError(f"layer_pairs and layer_map: {self.layer_map} are both set; give explicit pairs or a map, not both")
+        if not 0 < self.attn_mix_power <= 100:
+            raise ValueError(f"attn_mix_power must be in (0, 100], got {self.attn_mix_power}")
+        if not 0 < self.norm_warn_fraction <= 1:
+            raise ValueError(f"norm_warn_fraction must be in (0, 1], got {self.norm_warn_fraction}")
 
     # --- what the method uses -------------------------------------------------------------
     def weights(self) -> dict[str, float]:

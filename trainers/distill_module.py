@@ -8,11 +8,17 @@ outside it (`teacher_forward`): under no_grad, its Q/K and answer logits are han
 Per micro-batch (teacher and student see the very same input tensors):
     teacher_forward -> q_rot/k_rot at the teacher layers of the pairs, answer-tail logits
     student forward (gains applied to q/k projections, record_qk keeping the graph)
-    terms: laid = sum over pairs of Eq. 7 (QKAlignmentLoss, mean over valid tokens)
-           attn = sum over pairs of the progressive distance-weighted attention matching
+    terms: laid = sum over pairs of the Q/K alignment (QKAlignmentLoss; `alignment`: cosine | paper)
+           attn = sum over pairs of the progressive distance-weighted attention matching against
+                  the teacher's own per-head attention, mixed with the detached convex weights
+                  of W_Q (`attention_target`), distances from the batch's M-RoPE position ids
            kl   = tau^2 KL(teacher || student) on answer positions (shared vocabulary ids)
            sft  = cross-entropy on answer tokens
     total = sum_t lambda_t * term_t  (terms the method does not use are not computed)
+
+With `health=True` (the recipe sets it on the last micro-batch of a logging step) the forward also
+computes the health telemetry (`trainers.health`) into `last_health`: it then records the
+aligned layers' Q/K also for methods without LAid terms (KD), so every method is comparable.
 
 Logits are computed for the answer tail only (`logits_to_keep`): on real models full-sequence
 logits of a 150k vocabulary over ~8k tokens would cost several GB for nothing.
@@ -27,7 +33,9 @@ import torch
 from torch import nn
 
 from laid.model.hooks import record_qk, site_name
+from trainers import health as hl
 from trainers.config import DistillConfig
+from trainers.head_mixer import attention_mix
 from trainers.losses import AttentionMatchingLoss, KLDistillationLoss, QKAlignmentLoss, SFTLoss, answer_logit_mask
 
 
@@ -65,6 +73,24 @@ def teacher_forward(teacher: nn.Module, batch: dict, layers: list[int], keep: in
     return TeacherOutputs(out.logits.detach(), q, k)
 
 
+@torch.no_grad()
+def rope_positions(model: nn.Module, batch: dict) -> torch.Tensor:
+    """(3, B, S) M-RoPE position ids (temporal, height, width) `model` uses for `batch`."""
+    for owner in (model, getattr(model, "model", None), getattr(getattr(model, "base_model", None), "model", None)):
+        if owner is not None and hasattr(owner, "get_rope_index"):
+            pos, _ = owner.get_rope_index(batch["input_ids"], mm_token_type_ids=batch.get("mm_token_type_ids"),
+                                          image_grid_thw=batch.get("image_grid_thw"), attention_mask=batch.get("attention_mask"))
+            return pos
+    raise ValueError(f"{type(model).__name__} has no get_rope_index: M-RoPE distances need a Qwen2.5-VL model (or attn_distance: token)")
+
+
+def head_energy(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(H,) mean squared norm per valid token of each head of x (B, H, S, D)."""
+    e = x.detach().float().pow(2).sum(-1)  # (B, H, S)
+    m = mask.to(e.dtype)[:, None, :]
+    return (e * m).sum(dim=(0, 2)) / m.sum().clamp(min=1)
+
+
 def text_attention_dims(config) -> tuple[int, int, int]:
     """(query heads, KV heads, layers) of a model config's text decoder."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -95,8 +121,10 @@ class DistillModule(nn.Module):
                 raise ValueError(f"method {cfg.method} needs the teacher config to build the head mixers")
             s_h, s_kv, _ = text_attention_dims(student.config)
             t_h, t_kv, _ = text_attention_dims(teacher_config)
-            self.align.extend(QKAlignmentLoss(s_h, t_h, s_kv, t_kv) for _ in self.layer_pairs)
+            self.align.extend(QKAlignmentLoss(s_h, t_h, s_kv, t_kv, form=cfg.alignment) for _ in self.layer_pairs)
         self.attn_loss = AttentionMatchingLoss(cfg.attention_matching, chunk_size=cfg.attn_chunk_size)
+        self.attention_target, self.attn_distance, self.attn_mix_power = cfg.attention_target, cfg.attn_distance, cfg.attn_mix_power
+        self.last_health: dict = {}
         self.kl_loss = KLDistillationLoss(cfg.tau)
         self.sft_loss = SFTLoss()
 
@@ -123,12 +151,21 @@ class DistillModule(nn.Module):
     def teacher_layers(self) -> list[int]:
         return [t for _, t in self.layer_pairs]
 
-    def forward(self, batch: dict, teacher: TeacherOutputs | None = None, progress: float = 0.0) -> dict[str, torch.Tensor]:
+    def needs_teacher_qk(self, health: bool = False) -> bool:
+        """Whether teacher_forward must record Q/K: for the LAid terms, or for the telemetry."""
+        return len(self.align) > 0 or (health and bool(self.layer_pairs))
+
+    def pop_health(self) -> dict:
+        out, self.last_health = self.last_health, {}
+        return out
+
+    def forward(self, batch: dict, teacher: TeacherOutputs | None = None, progress: float = 0.0, health: bool = False) -> dict[str, torch.Tensor]:
         labels = batch["labels"]
         keep = tail_length(labels)
         w = self.weights
-        want_qk = len(self.align) > 0
-        if (want_qk or w["kl"] > 0) and teacher is None:
+        health = health and bool(self.layer_pairs) and teacher is not None and bool(teacher.q)
+        want_qk = len(self.align) > 0 or health
+        if (len(self.align) > 0 or w["kl"] > 0) and teacher is None:
             raise ValueError("this method needs teacher outputs for every micro-batch")
         rec_ctx = record_qk(self.student, layers=self.student_layers, detach=False) if want_qk else nullcontext()
         with rec_ctx as rec:
@@ -141,20 +178,46 @@ class DistillModule(nn.Module):
             terms["sft"] = self.sft_loss(logits, tail_labels)
         if w["kl"] > 0:
             terms["kl"] = self.kl_loss(logits, teacher.logits, answer_logit_mask(tail_labels))
-        if want_qk:
-            mask = batch["attention_mask"].bool()  # (B, S) valid (non-padding) tokens
+        mask = batch["attention_mask"].bool()  # (B, S) valid (non-padding) tokens
+        if len(self.align) > 0:
+            positions = rope_positions(self.student, batch) if w["attn"] > 0 and self.attn_distance == "mrope" else None
             laid, attn = [], []
             for align, (ls, lt) in zip(self.align, self.layer_pairs):
                 sq, sk = rec.tensors[site_name(ls, "q_rot")], rec.tensors[site_name(ls, "k_rot")]
-                mq, mk = align.mixer(teacher.q[lt], teacher.k[lt])  # (B, Hs, S, D), (B, Hs_kv, S, D)
+                tq, tk = teacher.q[lt], teacher.k[lt]
+                if w["laid"] > 0 or self.attention_target == "mixed_qk":
+                    mq, mk = align.mixer(tq, tk)  # (B, Hs, S, D), (B, Hs_kv, S, D)
                 if w["laid"] > 0:
                     laid.append(sum(align.terms(sq, sk, mq, mk, mask)))
-                if w["attn"] > 0:
-                    attn.append(self.attn_loss(sq, sk, mq, mk, mask, progress))
+                if w["attn"] > 0 and self.attention_target == "teacher_heads":
+                    mix = attention_mix(align.mixer.q.effective(), head_energy(tq, mask), self.attn_mix_power)  # (Hs, Ht), detached
+                    attn.append(self.attn_loss(sq, sk, tq, tk, mask, progress, mix=mix, positions=positions))
+                elif w["attn"] > 0:
+                    attn.append(self.attn_loss(sq, sk, mq, mk, mask, progress, positions=positions))
             # Eq. 7 sums over the aligned (layer, head) pairs; so do we over layer pairs.
             if laid:
                 terms["laid"] = torch.stack(laid).sum()
             if attn:
                 terms["attn"] = torch.stack(attn).sum()
         terms["total"] = sum(w[name] * value for name, value in terms.items())
+        if health:
+            self.last_health = self._health(terms, rec, teacher, mask)
         return terms
+
+    def _health(self, terms, rec, teacher: TeacherOutputs, mask) -> dict:
+        """Telemetry of this micro-batch (trainers.health); the graph is kept for the backward."""
+        qk = [rec.tensors[site_name(ls, site)] for ls in self.student_layers for site in ("q_rot", "k_rot")]
+        out: dict = hl.grad_norms(terms, self.weights, qk)
+        per_layer: dict[str, dict] = {}
+        for ls, lt in self.layer_pairs:
+            values = hl.layer_health(rec.tensors[site_name(ls, "q_rot")], rec.tensors[site_name(ls, "k_rot")],
+                                     teacher.q[lt], teacher.k[lt], mask, self.attn_loss.chunk_size)
+            for name, value in values.items():
+                per_layer.setdefault(name, {})[str(ls)] = round(value, 6)
+        out.update(per_layer)
+        for align, (ls, _) in zip(self.align, self.layer_pairs):
+            for name, value in hl.mixer_health(align.mixer).items():
+                out.setdefault(name, {})[str(ls)] = value
+        if self.gain is not None:
+            out.update(hl.gain_summary(self.gain))
+        return out

@@ -18,6 +18,9 @@ head_weights.nc (xarray, named dims):
     coords student_layer(layer_pair), teacher_layer(layer_pair); attrs student_layers, teacher_layers
     gain_q (gain_layer, student_head, rotary_pair), gain_k (gain_layer, student_kv_head, rotary_pair)
     when RoPE gains were trained (their values before folding).
+    w_q / w_k are the effective weights (unit rows under `alignment: cosine`); the health telemetry
+    (`trainers.health.add_health`: mixer_row_norm, mixer_entropy, gain_product, and the logged
+    series over `step`) is added to the same dataset.
 """
 
 from __future__ import annotations
@@ -49,12 +52,19 @@ def _folder_dtype(model_dir: str | Path) -> torch.dtype:
     return getattr(torch, str(name).replace("torch.", ""), torch.float32)
 
 
-def head_weights_dataset(state: dict, pairs: list[tuple[int, int]], gain_layers: list[int] | None, attrs: dict) -> xr.Dataset | None:
-    """Mixer (and gain) weights of a DistillModule state dict as a labelled Dataset; None if none."""
+def head_weights_dataset(state: dict, pairs: list[tuple[int, int]], gain_layers: list[int] | None, attrs: dict, rows: str = "free") -> xr.Dataset | None:
+    """Mixer (and gain) weights of a DistillModule state dict as a labelled Dataset; None if none.
+
+    rows: the mixers' parameterisation ("unit" / "free", trainers.head_mixer): w_q / w_k are the
+    effective weights W, not the stored parameters.
+    """
+    from trainers.head_mixer import effective_weight
+
     if not pairs or f"align.0.mixer.q.weight" not in state:
         return None
-    w_q = np.stack([state[f"align.{i}.mixer.q.weight"].float().cpu().numpy() for i in range(len(pairs))])
-    w_k = np.stack([state[f"align.{i}.mixer.k.weight"].float().cpu().numpy() for i in range(len(pairs))])
+    mixer = lambda i, which: effective_weight(state[f"align.{i}.mixer.{which}.weight"].float().cpu(), rows).numpy()
+    w_q = np.stack([mixer(i, "q") for i in range(len(pairs))])
+    w_k = np.stack([mixer(i, "k") for i in range(len(pairs))])
     ds = xr.Dataset(
         {
             "w_q": (("layer_pair", "student_head", "teacher_head"), w_q, {"long_name": "query head mixer W_Q (Eq. 3/7)"}),
@@ -118,8 +128,14 @@ def export_run(accelerator, module, cfg: DistillConfig, processor, pairs, out: s
         save_folder_atomically(student, processor, export_dir, extra_files=extra)
         os.chmod(export_dir, 0o755)  # the atomic save's temp folder is owner-only
         attrs = {"method": cfg.method, "teacher_dir": str(cfg.teacher_dir), "student_dir": str(cfg.student_dir)}
-        ds = head_weights_dataset(state, pairs, gain_layers, attrs)
+        from trainers.health import add_health
+        from trainers.losses.qk_alignment import ROWS_FOR_FORM
+        from trainers.trainlog import read_log
+
+        rows = ROWS_FOR_FORM[cfg.alignment]
+        ds = head_weights_dataset(state, pairs, gain_layers, {**attrs, "alignment": cfg.alignment}, rows)
         if ds is not None:
+            ds = add_health(ds, state, pairs, rows, gain_layers, read_log(log_path))
             write_result(ds, export_dir / HEAD_WEIGHTS)
             write_result(ds, out / HEAD_WEIGHTS)
     accelerator.wait_for_everyone()

@@ -66,7 +66,10 @@ def model_card(cfg: DistillConfig, train_log: str = "", eval_ds=None) -> str:
     """README.md text for the export of a run of `cfg` (train_log: the JSONL text; eval_ds: its evaluation)."""
     last = _last_record(train_log)
     steps = last.get("step", "unknown")
-    terms = {k: v for k, v in last.items() if k not in ("step", "epoch", "elapsed_s") and not k.startswith("lr_")}
+    # The loss terms: scalar values only (the health telemetry's per-layer objects and the gradient
+    # norms stay in train_log.jsonl / head_weights.nc).
+    terms = {k: v for k, v in last.items() if k not in ("step", "epoch", "elapsed_s") and not k.startswith("lr_")
+             and not k.endswith("_grad_norm") and isinstance(v, (int, float)) and not isinstance(v, bool)}
     student, teacher = Path(cfg.student_dir).name or cfg.student_dir, Path(cfg.teacher_dir).name or cfg.teacher_dir
     d = cfg.data
     front = ["---", "library_name: transformers", "pipeline_tag: image-text-to-text",
@@ -80,7 +83,7 @@ def model_card(cfg: DistillConfig, train_log: str = "", eval_ds=None) -> str:
         f"| teacher | `{cfg.teacher_dir}`{'' if cfg.uses_teacher else ' (not used by this method)'} |",
         f"| method | `{cfg.method}`: {_method_text(cfg.method)} |",
         f"| loss weights | {json.dumps(cfg.weights())} |",
-        f"| layer pairs (student, teacher) | {cfg.layer_pairs if cfg.layer_pairs is not None else 'last layer of each'} |",
+        f"| layer pairs (student, teacher) | {cfg.layer_pairs if cfg.layer_pairs is not None else f'layer_map: {cfg.layer_map}'} |",
         f"| data | `{d.train_dir}` (settings {', '.join(d.settings)}, haystacks of {d.min_haystack}-{d.max_haystack} "
         f"images, {d.max_examples if d.max_examples is not None else 'all'} examples) |",
         f"| optimizer steps | {steps} (batch {cfg.per_device_batch_size} x accumulation {cfg.grad_accum} per process) |",

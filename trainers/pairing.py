@@ -9,8 +9,9 @@ files when present), builds both models on the meta device to count parameters, 
 - the same head_dim: Q/K are compared per head (Eq. 7), and RopeGain / mixers assume it;
 - the same RoPE: rope_type, rope_theta and mrope_section, or rotated Q/K at the same position
   would not be comparable;
-- valid layer pairs (student layer, teacher layer), default the last layer of each (the paper's
-  27 <-> 63 for 7B <- 32B, 35 <- 63 for 3B), student layers distinct;
+- valid layer pairs (student layer, teacher layer), student layers distinct: explicit pairs, or a
+  named map (`map_layers`): "last" (default, the last layer of each: the paper's 27 <-> 63 for
+  7B <- 32B, 35 <- 63 for 3B) or "proportional" (every student layer, spread over the teacher's);
 - the same image processing and vision token layout (patch size, merge size, temporal patch size,
   normalisation, pixel bounds, special token ids): the student and the teacher must turn one batch
   into the same token sequence, so token i is the same token in both;
@@ -145,6 +146,25 @@ def parse_layer_pairs(spec: str | list | None) -> list[tuple[int, int]] | None:
     return [(int(s), int(t)) for s, t in spec]
 
 
+LAYER_MAPS = ("last", "proportional")
+
+
+def map_layers(layer_map: str, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+    """Layer pairs of a named map (student layer, teacher layer), non-negative.
+
+    "last": [(L_s - 1, L_t - 1)], the paper's choice (27 <-> 63). "proportional": every student
+    layer i <- teacher layer round(i (L_t - 1) / (L_s - 1)) (half up), so the first layers pair, the
+    last layers pair and the rest spread evenly: depth fraction matched to depth fraction (7B <- 32B:
+    0 <- 0, 1 <- 2, ..., 27 <- 63; tiny-7b <- tiny-32b: 0 <- 0, 1 <- 2, 2 <- 3). A one-layer student
+    gets the last teacher layer.
+    """
+    if layer_map not in LAYER_MAPS:
+        raise PairingError(f"layer_map {layer_map!r} is not one of {LAYER_MAPS}")
+    if layer_map == "last" or n_student == 1:
+        return [(n_student - 1, n_teacher - 1)]
+    return [(i, int(i * (n_teacher - 1) / (n_student - 1) + 0.5)) for i in range(n_student)]
+
+
 @dataclass
 class Pairing:
     teacher: ModelShape
@@ -155,6 +175,7 @@ class Pairing:
     shared_vocab: int
     vocab_note: str  # one line: how the KL treats the vocabularies
     notes: list[str]  # what was (not) checked
+    layer_map: str = "last"  # how layer_pairs were chosen: "explicit" or a named map (map_layers)
 
     @property
     def n_laid_params(self) -> int:
@@ -203,8 +224,11 @@ def _check_tokenizers(teacher: ModelShape, student: ModelShape, shared: int, pro
         notes.append(f"tokenizers agree on all shared ids; every token id (max {top}) is below {shared}")
 
 
-def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=None) -> Pairing:
-    """Check that the pair can be distilled; raise PairingError listing every reason it cannot."""
+def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=None, layer_map: str = "last") -> Pairing:
+    """Check that the pair can be distilled; raise PairingError listing every reason it cannot.
+
+    layer_pairs: explicit pairs (list or "27:63,..."), or None to use the named `layer_map`.
+    """
     teacher, student = read_shape(teacher_dir), read_shape(student_dir)
     problems: list[str] = []
     notes: list[str] = []
@@ -214,7 +238,12 @@ def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=Non
     for shape in (teacher, student):
         if shape.n_heads % shape.n_kv_heads:
             problems.append(f"{shape.path}: {shape.n_heads} query heads not a multiple of {shape.n_kv_heads} KV heads")
-    pairs = _resolve_pairs(parse_layer_pairs(layer_pairs), student.n_layers, teacher.n_layers, problems)
+    explicit = parse_layer_pairs(layer_pairs)
+    if explicit is not None and layer_map != "last":
+        problems.append(f"both layer pairs {explicit} and layer_map {layer_map!r} given: choose one")
+    if explicit is None:
+        explicit = map_layers(layer_map, student.n_layers, teacher.n_layers)
+    pairs = _resolve_pairs(explicit, student.n_layers, teacher.n_layers, problems)
     _compare("vision patching", teacher.vision, student.vision, _VISION_KEYS, problems)
     _compare("vision token ids", teacher.token_ids, student.token_ids, _TOKEN_KEYS, problems)
     if teacher.image_processor is None or student.image_processor is None:
@@ -234,4 +263,5 @@ def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=Non
         shared_vocab=shared,
         vocab_note=shared_vocab_note(student.vocab_size, teacher.vocab_size) or f"same vocabulary ({shared}): KL over all ids",
         notes=notes,
+        layer_map="explicit" if parse_layer_pairs(layer_pairs) is not None else layer_map,
     )

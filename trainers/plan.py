@@ -1,6 +1,6 @@
 """`laid plan`: check a teacher/student pair from config files and print the distillation plan.
 
-    laid plan --teacher DIR --student DIR [--layer-pairs 27:63,13:31] [--gpus N] [--seq-len N]
+    laid plan --teacher DIR --student DIR [--layer-pairs 27:63,13:31 | --layer-map proportional] [--gpus N] [--seq-len N]
 
 The plan lists the layer pairs, the mixer shapes, the RoPE gain shape, the vocabulary handling
 and an estimate of GPU memory per device. Nothing is loaded but config.json (models are built on
@@ -19,7 +19,8 @@ sharding, s = 1 without sharding; B batch, S sequence length, R max response len
   student vision       depth B 4S v_h 2 + B 4S (6 v_h + 3 v_I) 2 x 2 (<= 4 patches per image token)
   teacher activations  B S (4 h_t + 2 I_t) 2 (one layer, no grad) + B 4S (4 v_h + 2 v_I) 2 (vision)
   captured Q/K         per pair: B S (H_t + H_kv,t + 2 (H_s + H_kv,s)) D 4 (fp32 for the losses)
-  attention matching   8 B H_s chunk S 4 (a chunk's logits, log-softmaxes, probabilities, terms)
+  attention matching   8 B (H_s + H_t) chunk S 4 (a chunk's student and teacher logits,
+                       softmaxes, the mixed target, terms)
   logits               3 B R (V_s + V_t) 4 (fp32 logits, log-softmax, grads at answer positions:
                        the recipe must compute logits only there, e.g. with logits_to_keep)
   overhead             2 GiB (CUDA context, allocator fragmentation)
@@ -67,7 +68,7 @@ class Plan:
             f"student  {s.path}",
             f"         {s.n_layers} layers, hidden {s.hidden_size}, {s.n_heads} heads / {s.n_kv_heads} KV, head_dim {s.head_dim}, vocab {s.vocab_size}, {_count(s.n_params)} params",
             f"RoPE     {t.rope['rope_type']}, theta {t.rope['rope_theta']:g}, mrope_section {t.rope['mrope_section']} (same in both)",
-            "layer pairs (student <- teacher): " + ", ".join(f"{a} <- {b}" for a, b in p.layer_pairs),
+            f"layer pairs (student <- teacher; {p.layer_map}): " + ", ".join(f"{a} <- {b}" for a, b in p.layer_pairs),
             f"mixers per pair: W_Q {p.q_mixer_shape[0]}x{p.q_mixer_shape[1]}, W_K {p.k_mixer_shape[0]}x{p.k_mixer_shape[1]}",
             f"RoPE gains: q {gq}, k {gk} on " + (f"all {s.n_layers} student layers" if self.gain_layers == list(range(s.n_layers)) else f"student layers {self.gain_layers}"),
             f"vocabulary: {p.vocab_note}",
@@ -101,7 +102,7 @@ def estimate_memory(p: Pairing, n_gpus: int, seq_len: int, batch_size: int = 1, 
     student_vision = s.vision_depth * b * patches * s.vision_hidden_size * 2 + b * patches * (6 * s.vision_hidden_size + 3 * s.vision_intermediate_size) * 2 * 2
     teacher_act = b * n * (4 * t.hidden_size + 2 * t.intermediate_size) * 2 + b * patches * (4 * t.vision_hidden_size + 2 * t.vision_intermediate_size) * 2
     qk = len(p.layer_pairs) * b * n * (t.n_heads + t.n_kv_heads + 2 * (s.n_heads + s.n_kv_heads)) * s.head_dim * 4
-    attn = 8 * b * s.n_heads * min(chunk_size, n) * n * 4
+    attn = 8 * b * (s.n_heads + t.n_heads) * min(chunk_size, n) * n * 4
     logits = 3 * b * max_response * (s.vocab_size + t.vocab_size) * 4
     gather = 2 * 2 * max(t.n_layer_params, s.n_layer_params) if sharding == "zero3" and n_gpus > 1 else 0
     parts = {
@@ -121,7 +122,7 @@ def estimate_memory(p: Pairing, n_gpus: int, seq_len: int, batch_size: int = 1, 
 
 def plan(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=None, n_gpus: int = 1, seq_len: int = 8192,
          batch_size: int = 1, max_response: int = 512, chunk_size: int = 256, sharding: str = "zero3",
-         gradient_checkpointing: bool = True, gain_layers: list[int] | None = None) -> Plan:
+         gradient_checkpointing: bool = True, gain_layers: list[int] | None = None, layer_map: str = "last") -> Plan:
     """Check the pair (PairingError on failure) and estimate memory.
 
     gain_layers None = the student layers of the layer pairs (the recipe's default for RoPE gains).
@@ -130,7 +131,7 @@ def plan(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=None, n_g
         raise ValueError(f"plan needs gpus, seq_len and batch_size >= 1 (got {n_gpus}, {seq_len}, {batch_size})")
     if sharding not in ("zero3", "none"):
         raise ValueError(f"sharding must be 'zero3' or 'none', got {sharding!r}")
-    p = check_pair(teacher_dir, student_dir, layer_pairs)
+    p = check_pair(teacher_dir, student_dir, layer_pairs, layer_map)
     gains = sorted(gain_layers) if gain_layers is not None else sorted(s for s, _ in p.layer_pairs)
     mem = estimate_memory(p, n_gpus, seq_len, batch_size, max_response, chunk_size, sharding, gradient_checkpointing, len(gains))
     return Plan(p, n_gpus, seq_len, batch_size, max_response, chunk_size, sharding, gradient_checkpointing, gains, mem)
@@ -139,7 +140,8 @@ def plan(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=None, n_g
 def _run(args) -> int:
     result = plan(args.teacher, args.student, args.layer_pairs, n_gpus=args.gpus, seq_len=args.seq_len,
                   batch_size=args.batch_size, max_response=args.max_response, chunk_size=args.chunk_size,
-                  sharding=args.sharding, gradient_checkpointing=not args.no_gradient_checkpointing)
+                  sharding=args.sharding, gradient_checkpointing=not args.no_gradient_checkpointing,
+                  layer_map=args.layer_map)
     print(result.format())
     return 0
 
@@ -155,6 +157,8 @@ def register_plan(subparsers) -> None:
     p.add_argument("--teacher", required=True, help="teacher model folder (Hugging Face Qwen2.5-VL)")
     p.add_argument("--student", required=True, help="student model folder")
     p.add_argument("--layer-pairs", default=None, help="STUDENT:TEACHER[,...] layer pairs, negatives from the end (default -1:-1, the last layers)")
+    p.add_argument("--layer-map", choices=("last", "proportional"), default="last",
+                   help="named layer mapping when --layer-pairs is not given: last (default, the paper's) or proportional (every student layer)")
     p.add_argument("--gpus", type=int, default=1, help="number of GPUs the teacher and student are sharded over (default 1)")
     p.add_argument("--seq-len", type=int, default=8192, help="tokens per training sequence (default 8192: 20 images on real Qwen2.5-VL)")
     p.add_argument("--batch-size", type=int, default=1, help="sequences per GPU per micro-step (default 1, as the paper)")

@@ -9,7 +9,8 @@ One code path from a laptop toy (1 CPU process, fp32) to the paper's 32B -> 7B r
     for each optimizer step: grad_accum micro-batches (trainers.data decides which examples)
         teacher_forward (no grad) -> DistillModule forward -> loss terms -> backward (accumulate)
         finite check of every term on every process -> clip -> step -> schedule
-        log the terms (jsonl + progress bar); checkpoint every `save_every` steps
+        log the terms and the health telemetry (trainers.health; jsonl + progress bar);
+        checkpoint every `save_every` steps
     final checkpoint, then export (gains folded, LoRA merged) -> output_dir/export
 
 `resume=True` continues from the newest checkpoint in output_dir exactly: weights, optimizer,
@@ -114,7 +115,7 @@ def check_finite(accelerator: Accelerator, terms: dict[str, torch.Tensor], step:
 
 
 def _check_resume_compatible(saved: dict, cfg: DistillConfig) -> None:
-    keys = ("method", "teacher_dir", "student_dir", "per_device_batch_size", "grad_accum", "seed", "layer_pairs")
+    keys = ("method", "teacher_dir", "student_dir", "per_device_batch_size", "grad_accum", "seed", "layer_pairs", "layer_map", "alignment")
     diff = [k for k in keys if k in saved and saved[k] != cfg.to_dict()[k]]
     if diff:
         raise ValueError(f"cannot resume: the checkpoint was made with different {diff}; use the original config")
@@ -148,7 +149,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
         total_steps = min(total_steps, cfg.max_steps)
 
     # From config files, before any weight is loaded: a pair that cannot work fails here, clearly.
-    pairs = check_pair(cfg.teacher_dir, cfg.student_dir, cfg.layer_pairs).layer_pairs if cfg.uses_teacher else []
+    pairs = check_pair(cfg.teacher_dir, cfg.student_dir, cfg.layer_pairs, cfg.layer_map).layer_pairs if cfg.uses_teacher else []
     teacher = load_teacher(cfg) if cfg.uses_teacher else None
     student = build_student(cfg)
     gain = None
@@ -174,6 +175,10 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
         write_text(cfg.to_yaml(), out / "distill_config.yaml")
     tracking = Tracking(accelerator, cfg.report_to, f"{cfg.method}-{out.name}", cfg.to_dict())
     train_log = TrainLog(out / "train_log.jsonl", keep_until_step=state.global_step, enabled=main, tracking=tracking)
+    from trainers.health import NormMonitor
+    from trainers.trainlog import read_log
+
+    monitor = NormMonitor.from_log(read_log(train_log.path) if main else [], cfg.norm_warn_fraction)
     if main and cfg.weights()["kl"] > 0:
         note = _vocab_note(student.config, teacher.config)
         if note:  # the KL loss also logs it once through `logging`
@@ -191,15 +196,17 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
         micro = examples.micro_batches(state.position, cfg.per_device_batch_size, cfg.grad_accum, rank, n_proc)
         frac = state.global_step / max(1, total_steps - 1)  # training progress for the attention schedule
         sums = None
-        for ids in micro:
+        log_now = (state.global_step + 1) % cfg.log_every == 0 or state.global_step + 1 == total_steps
+        for n_micro, ids in enumerate(micro):
+            health = main and log_now and n_micro == len(micro) - 1  # telemetry: last micro-batch, main process
             batch = collate(processor, [examples.example(i, state.position.epoch) for i in ids], cfg.max_response_len)
             batch = _move(batch, accelerator.device)
             with accelerator.accumulate(module):
                 t_out = None
                 if teacher is not None:
                     with accelerator.autocast():
-                        t_out = teacher_forward(teacher, batch, inner.teacher_layers, tail_length(batch["labels"]), len(inner.align) > 0)
-                terms = module(batch, t_out, frac)
+                        t_out = teacher_forward(teacher, batch, inner.teacher_layers, tail_length(batch["labels"]), inner.needs_teacher_qk(health))
+                terms = module(batch, t_out, frac, health=health)
                 mean = check_finite(accelerator, terms, state.global_step + 1, last_ckpt)
                 accelerator.backward(terms["total"])
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
@@ -212,9 +219,12 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
         scheduler.step()
         state.global_step += 1
         state.position = DataPosition(state.position.epoch, state.position.step + 1)
-        values = {n: float(v) / len(micro) for n, v in zip(names, sums)}
-        if state.global_step % cfg.log_every == 0 or state.global_step == total_steps:
-            train_log.write(step=state.global_step, epoch=state.position.epoch, **values,
+        values = {f"{n}_loss": float(v) / len(micro) for n, v in zip(names, sums)}
+        if log_now:
+            telemetry = inner.pop_health()
+            warning = monitor.check(state.global_step, telemetry)
+            train_log.write(step=state.global_step, epoch=state.position.epoch, **values, **telemetry,
+                            **({"warning": warning} if warning else {}),
                             **{f"lr_{k}": v for k, v in lrs.items()}, elapsed_s=round(time.time() - t0, 3))
         bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})

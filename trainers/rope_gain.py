@@ -22,6 +22,14 @@ layers: multiply row (h, d) of the weight AND bias (Qwen2.5 has q/k biases) by g
 `fold_into_projections` does this, so the exported student is a plain Qwen2.5-VL checkpoint with
 zero inference overhead. The post-RoPE Q/K that `laid.model.hooks.record_qk` captures include
 the gains, so the alignment losses train them directly.
+
+What is identifiable: scaling pair p of q by c and of k by 1/c leaves every attention logit
+unchanged, so only the product g_q[h, p] * g_k[h // G, p] (`product()`) acts on attention; the
+telemetry and head_weights.nc report it. The split into g_q and g_k is set by the Q/K alignment
+(each side's per-frequency profile against the teacher's). With `alignment: cosine` that term is
+invariant to a head's overall scale, so it exerts no force on a uniform rescaling of a head's
+gains (sum_p g_p dL/dg_p = 0); with the paper's squared error it does, downwards (the collapse
+that form allows; see `trainers.losses.qk_alignment`).
 """
 
 from __future__ import annotations
@@ -106,6 +114,11 @@ class RopeGain(nn.Module):
             return (output.view(b, s, -1, self.head_dim) * gain).view(b, s, -1)
 
         return hook
+
+    def product(self) -> torch.Tensor:
+        """(L, H, D/2) g_q[l, h, p] * g_k[l, h // G, p]: the gain each attention logit sees (detached)."""
+        group = self.n_heads // self.n_kv_heads
+        return (self.q * self.k.repeat_interleave(group, dim=1)).detach()
 
     # ------------------------------------------------------------------ folding
     def gain_for(self, layer: int, which: str) -> torch.Tensor | None:

@@ -82,6 +82,21 @@ def eval_metrics(ds) -> dict[str, float]:
     return out
 
 
+def numeric_items(values: dict, prefix: str = "") -> dict[str, float]:
+    """The numbers of a log record, flat: per-layer telemetry {"q_norm_ratio": {"2": 0.9}} becomes
+    "q_norm_ratio/2", per-head lists "mixer_row_norm/2/0"; text and booleans are left out."""
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(numeric_items(value, name + "/"))
+        elif isinstance(value, (list, tuple)):
+            out.update(numeric_items({str(i): v for i, v in enumerate(value)}, name + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+            out[name] = float(value)
+    return out
+
+
 class Tracking:
     """The run's experiment tracker (or none): hyperparameters once, then numeric records by step."""
 
@@ -97,9 +112,7 @@ class Tracking:
 
     def log(self, values: dict, step: int) -> None:
         if self.active:
-            numbers = {k: float(v) for k, v in values.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
-            self.accelerator.log(numbers, step=int(step))
+            self.accelerator.log(numeric_items(values), step=int(step))
 
     def finish(self) -> None:
         if self.active:

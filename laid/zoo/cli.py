@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 from pathlib import Path
 
+from laid.io import atomic_dir
 from laid.zoo.configs import ZooModelConfig, load_zoo_config
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "zoo"
@@ -70,8 +72,13 @@ def build_zoo(
     force: bool = False,
     progress: bool = True,
     workers: int | None = None,
+    checkpoints: str | Path | None = None,
 ) -> dict[str, Path]:
     """Pretrain each model and save it as `out_dir/<name>/` (skipped if already complete).
+
+    `checkpoints`: a folder of shipped zoo models (the repository's checkpoints/zoo/). A model
+    whose shipped folder was trained from exactly this config (same laid_zoo.json config and
+    steps) is copied instead of retrained; any other is trained.
 
     Models train in parallel worker processes, one per core by default (`workers`), each with
     cores // workers torch threads: these tiny models use a core far better one per process than
@@ -83,6 +90,12 @@ def build_zoo(
     out_dir = Path(out_dir)
     configs = [_quick(c) if quick else c for c in configs]
     todo = [c for c in configs if force or not _is_complete(out_dir / c.name, c)]
+    if checkpoints is not None and not force and not quick:
+        shipped = [c for c in todo if _is_complete(Path(checkpoints) / c.name, c)]
+        for c in shipped:
+            with atomic_dir(out_dir / c.name) as tmp:
+                shutil.copytree(Path(checkpoints) / c.name, tmp, dirs_exist_ok=True)
+        todo = [c for c in todo if c not in shipped]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = max(1, min(workers or cores, len(todo) or 1))
     todo.sort(key=lambda c: -(c.text.hidden_size**2 * c.text.num_hidden_layers * c.pretrain.max_haystack))

@@ -1,29 +1,56 @@
 """Progressive distance-weighted attention matching at a mapped layer pair.
 
-The student's attention rows P^s_i = softmax(q^s_i K^s^T / sqrt(D)) (causal, padding masked) are
-matched to the attention P^t_i of the teacher's *mixed* queries/keys (W_Q Q^t, W_K K^t from
-`trainers.head_mixer`), with a weight per query-key pair that grows with the distance d = i - j:
+The student's attention rows P^s_hi = softmax(q^s_hi K^s_{g(h)}^T / sqrt(D)) (causal, padding
+masked) are matched to a target row P^*_hi with a weight per query-key pair that grows with the
+distance d_ij:
 
     L = mean over valid query rows (b, h, i) of
-        sum_{j <= i, j valid} w(d_ij, t) * [ p^t_ij log(p^t_ij / p^s_ij) - p^t_ij + p^s_ij ]
+        sum_{j <= i, j valid} w(d_ij, t) * [ p^*_ij log(p^*_ij / p^s_ij) - p^*_ij + p^s_ij ]
+
+Target (`target="teacher_heads"`, the default; `mix` given): the teacher's *real* attention, a
+convex mix of its own per-head maps,  P^*_h = sum_j a_hj softmax(q^t_j K^t_{g(j)}^T / sqrt(D)),
+with a_hj >= 0, sum_j a_hj = 1 (`trainers.head_mixer.attention_mix`). Every map in the mix is one
+the teacher computes (query head j with its own KV group), so no cross-group term enters; a is
+taken detached, so this term never moves the mixers towards the student (its target does not
+depend on anything being trained). The older target (`mix=None`: softmax of the mixed Q/K
+W_Q Q^t (W_K K^t)^T, gradients into the mixers) is kept as the ablation `attention_target:
+mixed_qk`; it mixes query and key heads of different KV groups, which the teacher never does, and
+lets the mixers chase the student.
+
+A convex mix of maps that attend to different keys is flatter than each of them, and the forward
+KL asks the student to cover every mode, which it can also do by lowering its attention logits
+(its Q/K norms): a property of the target, not a scale artefact (`attn_mix_power` sharpens the
+mix). More generally, while the student attends elsewhere than the target, the forward KL falls
+fastest by flattening the student (mode covering), whatever the target's sharpness. So this term
+can lower the aligned layer's Q/K and RoPE gains; the health telemetry (`trainers.health`: norm
+ratios, attention entropies, gain_product) shows whether it does.
 
 Divergence: the bracket is the generalised (unnormalised) KL, term by term >= 0 and zero iff
-p^s_ij = p^t_ij. With w = 1 it sums to exactly KL(P^t || P^s) (rows sum to 1), the forward
+p^s_ij = p^*_ij. With w = 1 it sums to exactly KL(P^* || P^s) (rows sum to 1), the forward
 direction of Eq. 8's KL. We do not weight the plain KL terms p log(p/q): a weighted sum of those is
-minimised at p^s proportional to w * p^t, i.e. it would teach a distorted target, while the
-generalised form keeps the minimum at p^s = p^t and only changes how much each pair counts.
+minimised at p^s proportional to w * p^*, i.e. it would teach a distorted target, while the
+generalised form keeps the minimum at p^s = p^* and only changes how much each pair counts.
 
-Distance weights (`DistanceWeighting`): w(d, t) = 1 + alpha(t) * f(d / (n - 1)) with n the number
-of valid tokens of the row's sequence (so the farthest pair of every sequence gets 1 + alpha,
-whatever its length), f(x) = x^p ("power") or log(1 + d) / log(n) ("log"). d is the token-index
-distance. alpha(t) ramps from alpha_start to alpha_end over training progress t in [0, 1]
-(linear, cosine, or constant): early training matches attention uniformly, later it emphasises
-long distances, the paper's "progressive ... dynamically emphasizes longer position differences".
+Distance: what RoPE rotates by. Qwen2.5-VL's M-RoPE gives every token three position ids
+(temporal, height, width); frequency band a of a query-key pair rotates by pos_a(i) - pos_a(j).
+We take d_ij = max_a |pos_a(i) - pos_a(j)| from the model's own position ids (`positions`,
+(3, B, S), from `get_rope_index`): for text-text pairs the three ids are equal and d is their
+difference; for a text query and an image key it is the temporal difference (the image's start
+versus the text position, the largest of the three); inside an image it is the Chebyshev distance
+of the patches. A 20-image haystack spans ~8k tokens but only ~600 positions, so token distances
+would overstate how far RoPE has rotated. `positions=None` falls back to the token index.
+
+Distance weights (`DistanceWeighting`): w(d, t) = 1 + alpha(t) * f(d / d_max) with d_max the
+largest distance between two valid tokens of the row's sequence (so the farthest pair of every
+sequence gets 1 + alpha, whatever its length), f(x) = x^p ("power") or log(1 + d) / log(1 + d_max)
+("log"). alpha(t) ramps from alpha_start to alpha_end over training progress t in [0, 1] (linear,
+cosine, or constant): early training matches attention uniformly, later it emphasises long
+distances, the paper's "progressive ... dynamically emphasizes longer position differences".
 
 Memory: queries are processed in chunks of `chunk_size`, so a chunk's logits are (B, H, chunk, S)
-and never (S, S); each chunk is wrapped in activation checkpointing when gradients are needed, so
-the backward pass also keeps only O(chunk x S) live, i.e. memory grows linearly with S.
-GQA: query head h uses KV head h // (H / H_kv), as in the model.
+(the teacher's (B, H_t, chunk, S)) and never (S, S); each chunk is wrapped in activation
+checkpointing when gradients are needed, so the backward pass also keeps only O(chunk x S) live,
+i.e. memory grows linearly with S. GQA: query head h uses KV head h // (H / H_kv), as in the model.
 """
 
 from __future__ import annotations
@@ -40,12 +67,12 @@ _MASKED = -1e9  # finite fill for masked logits: exp -> 0 and no NaN in gradient
 
 @dataclass
 class DistanceWeighting:
-    """w(d, t) = 1 + alpha(t) * f(d / (n - 1)); alpha ramps alpha_start -> alpha_end over t in [0, 1]."""
+    """w(d, t) = 1 + alpha(t) * f(d / d_max); alpha ramps alpha_start -> alpha_end over t in [0, 1]."""
 
     alpha_start: float = 0.0
     alpha_end: float = 3.0
     schedule: str = "linear"  # "linear" | "cosine" | "constant" (alpha_end throughout)
-    form: str = "power"  # "power": (d/(n-1))^power; "log": log(1+d)/log(n)
+    form: str = "power"  # "power": (d/d_max)^power; "log": log(1+d)/log(1+d_max)
     power: float = 1.0
 
     def __post_init__(self):
@@ -63,15 +90,49 @@ class DistanceWeighting:
         ramp = t if self.schedule == "linear" else 0.5 * (1.0 - math.cos(math.pi * t))
         return self.alpha_start + (self.alpha_end - self.alpha_start) * ramp
 
-    def weights(self, distance: torch.Tensor, n_valid: torch.Tensor, progress: float) -> torch.Tensor:
-        """distance (..., c, S) >= 0 token distances, n_valid broadcastable (B, 1, 1, 1) -> weights."""
+    def weights(self, distance: torch.Tensor, max_distance: torch.Tensor, progress: float) -> torch.Tensor:
+        """distance (..., c, S) >= 0, max_distance broadcastable (B, 1, 1, 1) -> weights."""
         d = distance.clamp(min=0).float()
-        n = n_valid.float()
-        if self.form == "power":
-            f = (d / (n - 1).clamp(min=1)).pow(self.power)
-        else:
-            f = torch.log1p(d) / torch.log(n.clamp(min=2))
+        d_max = max_distance.float().clamp(min=1)
+        f = (d / d_max).pow(self.power) if self.form == "power" else torch.log1p(d) / torch.log1p(d_max)
         return 1.0 + self.alpha(progress) * f
+
+
+def pair_distance(pos_q: torch.Tensor, pos_k: torch.Tensor) -> torch.Tensor:
+    """(B, c, S) max over position axes of |pos(i) - pos(j)|; pos_q (A, B, c), pos_k (A, B, S)."""
+    return (pos_q[..., :, None] - pos_k[..., None, :]).abs().amax(dim=0)
+
+
+def max_distance(positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) largest pair distance among valid tokens: max over axes of (max - min) position."""
+    big = torch.iinfo(torch.long).max // 4
+    pos = positions.long()
+    hi = pos.masked_fill(~mask[None], -big).amax(-1)  # (A, B)
+    lo = pos.masked_fill(~mask[None], big).amin(-1)
+    return (hi - lo).clamp(min=0).amax(0)
+
+
+def _logits(q, k, scale):
+    """q (B, H, c, D), k (B, H_kv, S, D) -> (B, H, c, S) fp32, without materialising repeat_kv."""
+    b, h, c, d = q.shape
+    h_kv, s = k.shape[1], k.shape[2]
+    return torch.einsum("bkgcd,bksd->bkgcs", q.float().view(b, h_kv, h // h_kv, c, d), k.float()).reshape(b, h, c, s) * scale
+
+
+def _allowed(start, c, s, key_valid, query_valid, device):
+    """(B, 1, c, S) causal & valid; padding query rows keep their diagonal so softmax stays finite."""
+    i = torch.arange(start, start + c, device=device)[:, None]
+    j = torch.arange(s, device=device)[None, :]
+    allowed = (j <= i)[None] & key_valid[:, None, :] & query_valid[:, :, None]
+    allowed = allowed | ((j == i)[None] & ~query_valid[:, :, None])
+    return allowed[:, None]
+
+
+def _target_probs(tq, tk, mix, allowed, scale):
+    """(B, H, c, S) target rows: softmax of (tq, tk) when mix is None, else the convex mix of the
+    teacher's own per-head maps (tq (B, H_t, c, D), tk (B, H_t_kv, S, D), mix (H, H_t))."""
+    p = torch.softmax(_logits(tq, tk, scale).masked_fill(~allowed, _MASKED), dim=-1)
+    return p if mix is None else torch.einsum("ht,btcs->bhcs", mix.float(), p)
 
 
 def _chunk_divergence(*args):
@@ -81,44 +142,49 @@ def _chunk_divergence(*args):
         return _chunk_divergence_fp32(*args)
 
 
-def _chunk_divergence_fp32(sq, sk, tq, tk, start, key_valid, query_valid, n_valid, weighting, progress):
+def _chunk_divergence_fp32(sq, sk, tq, tk, mix, start, key_valid, query_valid, distance, d_max, weighting, progress):
     """Weighted divergence summed over one query chunk.
 
-    sq, tq (B, H, c, D) student / target queries of rows [start, start + c); sk, tk (B, H_kv, S, D)
-    keys 0 .. S-1 (the caller passes only keys a causal row of the chunk can see); key_valid (B, S) bool; query_valid (B, c) bool; n_valid (B,). Returns a 0-d tensor (sum).
+    sq (B, H, c, D) student queries of rows [start, start + c), sk (B, H_kv, S, D) keys 0 .. S-1
+    (only keys a causal row of the chunk can see); tq / tk the teacher's (raw heads with `mix`,
+    else already-mixed targets shaped like sq / sk); key_valid (B, S) bool; query_valid (B, c)
+    bool; distance (B, c, S); d_max (B,). Returns a 0-d tensor (sum).
     """
-    b, h, c, d = sq.shape
-    h_kv, s = sk.shape[1], sk.shape[2]
-    g = h // h_kv
-    scale = d**-0.5
-
-    def logits(q, k):  # (B, H, c, S) without materialising repeat_kv
-        return torch.einsum("bkgcd,bksd->bkgcs", q.float().view(b, h_kv, g, c, d), k.float()).reshape(b, h, c, s) * scale
-
-    i = torch.arange(start, start + c, device=sq.device)[:, None]  # (c, 1) query index
-    j = torch.arange(s, device=sq.device)[None, :]  # (1, S) key index
-    allowed = (j <= i)[None] & key_valid[:, None, :] & query_valid[:, :, None]  # (B, c, S)
-    # Padding query rows keep only their diagonal so softmax stays finite; they are zeroed below.
-    allowed = allowed | ((j == i)[None] & ~query_valid[:, :, None])
-    allowed = allowed[:, None]  # (B, 1, c, S)
-
-    log_p = torch.log_softmax(logits(tq, tk).masked_fill(~allowed, _MASKED), dim=-1)  # target
-    log_q = torch.log_softmax(logits(sq, sk).masked_fill(~allowed, _MASKED), dim=-1)  # student
-    p, q = log_p.exp(), log_q.exp()
-    term = p * (log_p - log_q) - p + q  # (B, H, c, S), >= 0
-    w = weighting.weights((i - j)[None, None], n_valid[:, None, None, None], progress)  # (B, 1, c, S)
+    c, s = sq.shape[2], sk.shape[2]
+    scale = sq.shape[-1] ** -0.5
+    allowed = _allowed(start, c, s, key_valid, query_valid, sq.device)  # (B, 1, c, S)
+    p = _target_probs(tq, tk, mix, allowed, scale)  # (B, H, c, S)
+    log_q = torch.log_softmax(_logits(sq, sk, scale).masked_fill(~allowed, _MASKED), dim=-1)  # student
+    q = log_q.exp()
+    cross = torch.where(p > 0, p * (p.clamp(min=1e-38).log() - log_q), torch.zeros((), device=p.device))
+    term = cross - p + q  # (B, H, c, S), >= 0
+    w = weighting.weights(distance[:, None], d_max[:, None, None, None], progress)  # (B, 1, c, S)
     term = torch.where(allowed & query_valid[:, None, :, None], w * term, torch.zeros((), device=term.device))
     return term.sum()
 
 
-class AttentionMatchingLoss(nn.Module):
-    """Distance-weighted match of student attention to the mixed-teacher attention (see module doc).
+def _positions_or_index(positions, b, s, device) -> torch.Tensor:
+    """(A, B, S) position ids: the given M-RoPE ids (3, B, S) / (B, S), or the token index."""
+    if positions is None:
+        return torch.arange(s, device=device).expand(1, b, s)
+    positions = positions.to(device)
+    if positions.ndim == 2:
+        positions = positions[None]
+    if positions.shape[1:] != (b, s):
+        raise ValueError(f"positions {tuple(positions.shape)} do not match (axes, B={b}, S={s})")
+    return positions
 
-    forward(student_q (B, H, S, D), student_k (B, H_kv, S, D), target_q (B, H, S, D),
-            target_k (B, H_kv, S, D), mask (B, S) bool valid tokens or None, progress t in [0, 1])
+
+class AttentionMatchingLoss(nn.Module):
+    """Distance-weighted match of student attention to the teacher's attention (see module doc).
+
+    forward(student_q (B, H, S, D), student_k (B, H_kv, S, D), target_q, target_k,
+            mask (B, S) bool valid tokens or None, progress t in [0, 1],
+            mix (H, H_t) convex rows or None, positions (3, B, S) M-RoPE ids or None)
     -> scalar: weighted divergence averaged over valid query rows and heads.
-    target_q / target_k are the teacher's mixed Q/K (`QKMixer` output): gradients reach the
-    student Q/K and, through the targets, the mixers.
+    With `mix`: target_q (B, H_t, S, D) / target_k (B, H_t_kv, S, D) are the teacher's own heads and
+    the target is the convex mix of its attention maps (detached). Without: they are the mixed
+    Q/K (B, H, S, D) / (B, H_kv, S, D) of the ablation, and gradients reach them.
     """
 
     def __init__(self, weighting: DistanceWeighting | None = None, chunk_size: int = 256, use_checkpoint: bool = True):
@@ -129,25 +195,33 @@ class AttentionMatchingLoss(nn.Module):
         self.chunk_size = chunk_size
         self.use_checkpoint = use_checkpoint
 
-    def forward(self, student_q, student_k, target_q, target_k, mask=None, progress: float = 0.0) -> torch.Tensor:
-        if student_q.shape != target_q.shape or student_k.shape != target_k.shape:
+    def forward(self, student_q, student_k, target_q, target_k, mask=None, progress: float = 0.0, mix=None, positions=None) -> torch.Tensor:
+        b, h, s, _ = student_q.shape
+        if mix is None and (student_q.shape != target_q.shape or student_k.shape != target_k.shape):
             raise ValueError(
                 f"student and target Q/K shapes differ: q {tuple(student_q.shape)} vs {tuple(target_q.shape)}, "
                 f"k {tuple(student_k.shape)} vs {tuple(target_k.shape)}"
             )
-        b, h, s, _ = student_q.shape
-        if h % student_k.shape[1]:
-            raise ValueError(f"{h} query heads are not a multiple of {student_k.shape[1]} KV heads")
+        if mix is not None:
+            if tuple(mix.shape) != (h, target_q.shape[1]):
+                raise ValueError(f"attention mix {tuple(mix.shape)} must be (student heads {h}, teacher heads {target_q.shape[1]})")
+            mix, target_q, target_k = mix.detach(), target_q.detach(), target_k.detach()
+        for name, q, k in (("student", student_q, student_k), ("teacher", target_q, target_k)):
+            if q.shape[1] % k.shape[1]:
+                raise ValueError(f"{name}: {q.shape[1]} query heads are not a multiple of {k.shape[1]} KV heads")
         mask = torch.ones(b, s, dtype=torch.bool, device=student_q.device) if mask is None else mask.bool()
+        pos = _positions_or_index(positions, b, s, student_q.device)  # (A, B, S)
+        d_max = max_distance(pos, mask)  # (B,)
         n_valid = mask.sum(-1)  # (B,)
         total = student_q.new_zeros((), dtype=torch.float32)
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (student_q, student_k, target_q, target_k))
         for start in range(0, s, self.chunk_size):
             stop = min(start + self.chunk_size, s)
             # Causal: rows < stop see keys < stop only, so later keys are not even multiplied.
+            distance = pair_distance(pos[:, :, start:stop], pos[:, :, :stop])  # (B, c, stop)
             args = (
                 student_q[:, :, start:stop], student_k[:, :, :stop], target_q[:, :, start:stop], target_k[:, :, :stop],
-                start, mask[:, :stop], mask[:, start:stop], n_valid, self.weighting, float(progress),
+                mix, start, mask[:, :stop], mask[:, start:stop], distance, d_max, self.weighting, float(progress),
             )
             if grad and self.use_checkpoint:
                 total = total + checkpoint(_chunk_divergence, *args, use_reentrant=False)
@@ -155,3 +229,23 @@ class AttentionMatchingLoss(nn.Module):
                 total = total + _chunk_divergence(*args)
         rows = (n_valid.sum() * h).clamp(min=1)
         return total / rows
+
+
+@torch.no_grad()
+def attention_entropy(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int = 256) -> torch.Tensor:
+    """Mean entropy (nats) of the causal attention rows of q (B, H, S, D), k (B, H_kv, S, D).
+
+    Averaged over valid query rows and heads; chunked in queries like the loss (memory linear in S).
+    A row that sees n keys has entropy between 0 (one key) and log n (uniform).
+    """
+    b, h, s, d = q.shape
+    mask = torch.ones(b, s, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
+    total = torch.zeros((), dtype=torch.float64, device=q.device)
+    for start in range(0, s, chunk_size):
+        stop = min(start + chunk_size, s)
+        allowed = _allowed(start, stop - start, stop, mask[:, :stop], mask[:, start:stop], q.device)
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            logp = torch.log_softmax(_logits(q[:, :, start:stop], k[:, :, :stop], d**-0.5).masked_fill(~allowed, _MASKED), -1)
+        ent = -(logp.exp() * logp).masked_fill(~allowed, 0.0).sum(-1)  # (B, H, c)
+        total += (ent * mask[:, None, start:stop]).sum().double()
+    return (total / (mask.sum() * h).clamp(min=1)).float()
