@@ -33,6 +33,10 @@ plants copies, steeper, flattened and sign-flipped profiles; the old spectra.low
 fails those checks and is kept as an ablation). `laid diagnose` runs student and teacher on the
 same haystacks, so their sampling noise is shared, not independent: an exact copy then scores
 exactly 1 without any correction, and compare_spectra applies none (paired estimates).
+`spectral_fidelity_scaled` = 1 - min_{c>=0} sum|a^s - c a^v|^2 / sum|a^s|^2, the share of the
+student's spectrum that a non-negative multiple of its virtual head explains: under issue 12's
+`alignment: cosine` the mixers match directions only, so the virtual head's scale is not a target;
+the sign still counts (a flipped head scores 0, a different shape low).
 """
 
 from __future__ import annotations
@@ -176,6 +180,22 @@ def spectral_fidelity(a_s, a_t, var_s=0.0, var_t=0.0, axis: int = -1) -> np.ndar
     return 1.0 - err / np.where(ref > 0, ref, np.nan)
 
 
+def best_scale(a_s, a_t, axis: int = -1) -> np.ndarray:
+    """c >= 0 minimising sum|a_s - c a_t|^2: Re<a_s, a_t> / |a_t|^2 (0 when they point apart)."""
+    num = np.real((np.asarray(a_s) * np.conj(a_t)).sum(axis))
+    den = (np.abs(a_t) ** 2).sum(axis)
+    return np.clip(num / np.where(den > 0, den, np.nan), 0.0, None)
+
+
+def scaled_fidelity(a_s, a_t, axis: int = -1) -> np.ndarray:
+    """1 - min_{c >= 0} sum|a_s - c a_t|^2 / sum|a_s|^2: the share of the student's spectrum that a
+    non-negative multiple of the virtual head explains (1 = same shape and sign, 0 = opposite or none)."""
+    a_s, a_t = np.asarray(a_s), np.asarray(a_t)
+    c = np.expand_dims(best_scale(a_s, a_t, axis), axis)
+    ref = (np.abs(a_s) ** 2).sum(axis)
+    return 1.0 - (np.abs(a_s - c * a_t) ** 2).sum(axis) / np.where(ref > 0, ref, np.nan)
+
+
 def profile_fidelity(x_s, x_t, count, se_s=0.0, se_t=0.0, min_share: float = DEFAULT_MIN_SHARE) -> np.ndarray:
     """Debiased, pair-count weighted R^2 of student profile x_s against teacher x_t along the last
     axis (distance), over distances with count >= min_share * max(count) (module docstring)."""
@@ -217,7 +237,7 @@ def compare_spectra(student: xr.Dataset, teacher: xr.Dataset, layer_map: dict[in
     count = student["pair_count"].values
     dist = student["distance"].values
     theta = 2 * np.pi * student["rope_freq"].values
-    a_v, var_v, how, spec, prof = [], [], [], [], []
+    a_v, var_v, how, spec, prof, scaled = [], [], [], [], [], []
     for layer in s_layers:
         t_layer = layer_map[layer]
         if t_layer not in teacher["layer"].values:
@@ -231,6 +251,7 @@ def compare_spectra(student: xr.Dataset, teacher: xr.Dataset, layer_map: dict[in
         a_s = a_s_all.sel(layer=layer).values
         a_v.append(a), var_v.append(var), how.append(h)
         spec.append(spectral_fidelity(a_s, a))  # paired: same haystacks, shared noise (module docstring)
+        scaled.append(scaled_fidelity(a_s, a))
         x_s = student["rope_profile"].sel(layer=layer).values
         x_v = np.real(a[..., None] * np.exp(1j * theta[:, None] * dist[None, :])).sum(-2)
         prof.append(profile_fidelity(x_s, x_v, count, min_share=min_share))
@@ -246,6 +267,10 @@ def compare_spectra(student: xr.Dataset, teacher: xr.Dataset, layer_map: dict[in
                 "long_name": "virtual teacher head's sum_p Re(a_p e^{i theta_p delta})", "units": "1"}),
             "spectral_fidelity": (("layer", "head"), np.array(spec), {
                 "long_name": "debiased 1 - sum|a_s - a_v|^2 / sum|a_v|^2", "units": "1"}),
+            "spectral_fidelity_scaled": (("layer", "head"), np.array(scaled), {
+                "long_name": "1 - min_c>=0 sum|a_s - c a_v|^2 / sum|a_s|^2 (scale-free, signed by c >= 0)", "units": "1",
+                "description": "under `alignment: cosine` the mixers match directions, so a virtual head's scale is "
+                               "arbitrary; this reads the shape and sign only (a sign flip still scores <= 0)"}),
             "profile_fidelity": (("layer", "head"), np.array(prof), {
                 "long_name": "debiased pair-count weighted R^2 of the reconstructed profiles", "units": "1",
                 "min_share": min_share}),

@@ -71,6 +71,7 @@ def test_diagnose_student_against_teacher_with_head_weights(random_zoo, vhs_data
     assert str(cmp["head_matching"].sel(layer=1).values) == "head_weights"
     assert cmp["virtual_coef_re"].dims == ("layer", "head", "rotary_pair")
     assert cmp["spectral_fidelity"].dims == ("layer", "head") and np.isfinite(cmp["spectral_fidelity"]).all()
+    assert ((cmp["spectral_fidelity_scaled"] <= 1 + 1e-9) & (cmp["spectral_fidelity_scaled"] >= -1e-9)).all()
     assert 0.0 <= float(cmp["preservation_score"]) <= 1.0  # ablation kept beside it
     assert cmp["preservation"].attrs["long_name"].startswith("ABLATION")
     models = read_netcdf(out / "models.nc")

@@ -14,7 +14,7 @@ import torch
 import xarray as xr
 
 from laid_analysis.distance import profile_dataset
-from laid_analysis.pair_spectrum import PairMoments, complex_coef, profile_fidelity, spectral_fidelity
+from laid_analysis.pair_spectrum import PairMoments, complex_coef, profile_fidelity, scaled_fidelity, spectral_fidelity
 from laid_analysis.rope_usage import rotary_pair_coords
 from laid_analysis.spectra import low_freq_preservation
 
@@ -155,3 +155,11 @@ def test_fidelity_scores_are_labelled_and_plot_ready():
     assert ds["rope_freq"].attrs["units"] == "cycles/token" or ds["rope_freq"].attrs["units"]
     assert ds["rope_profile"].sel(head=0).plot is not None
     assert isinstance(ds, xr.Dataset)
+
+
+def test_scaled_fidelity_reads_shape_and_sign_not_scale():
+    a_t = np.array(SLOW, dtype=complex)
+    assert scaled_fidelity(0.3 * a_t, a_t) == pytest.approx(1.0) and scaled_fidelity(3.0 * a_t, a_t) == pytest.approx(1.0)
+    assert spectral_fidelity(0.3 * a_t, a_t) < 0.6 and spectral_fidelity(3.0 * a_t, a_t) < 0  # the unnormalised score sees scale
+    assert scaled_fidelity(-a_t, a_t) == pytest.approx(0.0)  # sign flipped: nothing explained
+    assert scaled_fidelity(np.array(FAST, dtype=complex), a_t) < 0.5  # another shape stays clearly below 1 (0.31)
