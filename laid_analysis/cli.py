@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 
 from laid_analysis import spectra, tokens
+from laid_analysis.key_activation import DEFAULT_LOCAL_THRESHOLD
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "diagnose", help="per-head key activations, attention-distance spectra and RoPE usage of a checkpoint",
-        description="Analyse MODEL_DIR on Visual Haystacks haystacks: key activation vs haystack size, attention vs "
-                    "query-key distance and its spectrum, local/global head labels, RoPE pair usage; with "
-                    "--reference also the teacher and the low-frequency preservation score. Writes netCDF, PNG "
-                    "and report.html to --out.",
+        description="Analyse MODEL_DIR on Visual Haystacks haystacks: per head and haystack the answer query's "
+                    "attention mass on the needle and on all images, needle-vs-distractor margin, locality and "
+                    "health (q/k norms, logit scale, entropy, sink mass) vs haystack size with bootstrap intervals; "
+                    "attention vs M-RoPE position distance; the exact per-rotary-pair spectrum a_p; RoPE pair "
+                    "usage; with --reference also the teacher and the fidelity of each student head to its "
+                    "virtual teacher head; with --ablate-heads/--ablate-pairs the accuracy change on minimal "
+                    "pairs. Writes netCDF, PNG and report.html to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("model_dir", help="Hugging Face folder of the checkpoint (toy or real Qwen2.5-VL)")
@@ -26,7 +30,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder (e.g. runs/default/analysis/<label>)")
     p.add_argument("--reference", default=None, help="teacher folder: also analyse it and compare")
     p.add_argument("--head-weights", default=None, help="head_weights.nc of a LAid export")
-    p.add_argument("--max-samples", type=int, default=5, help="haystacks per size (0 = all)")
+    p.add_argument("--max-samples", type=int, default=32, help="haystacks per size (0 = all)")
+    p.add_argument("--profile-max-samples", type=int, default=8,
+                   help="haystacks per profile size feeding the distance profile and pair spectrum (0 = all)")
+    p.add_argument("--distance-units", choices=("positions", "tokens"), default="positions",
+                   help="distance axis: M-RoPE position difference, or token-index difference (ablation)")
     p.add_argument("--layers", type=int, nargs="+", default=None, help="text layers of the checkpoint (default all; -1 = last)")
     p.add_argument("--profile-sizes", type=int, nargs="+", default=None,
                    help="sizes feeding the distance profile and RoPE usage (default: the largest)")
@@ -35,9 +43,16 @@ def register(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, default=None, help="queries per chunk (default: from a 256 MiB budget)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--low-freq-cycles", type=float, default=spectra.DEFAULT_LOW_FREQ_CYCLES,
-                   help="low-frequency cutoff, in cycles over the analysed distance range")
+                   help="ablation score: low-frequency cutoff, in cycles over the analysed distance range")
     p.add_argument("--global-threshold", type=float, default=spectra.DEFAULT_GLOBAL_THRESHOLD,
-                   help="mean-distance ratio at or above which a head is 'global'")
+                   help="ablation reach classes: mean-distance ratio at or above which a head is 'global'")
+    p.add_argument("--local-threshold", type=float, default=DEFAULT_LOCAL_THRESHOLD,
+                   help="locality (logit drop per 100 positions) at or above which a head is 'local'")
+    p.add_argument("--ablate-layers", type=int, nargs="+", default=None,
+                   help="text layers whose heads and rotary-pair bands are ablated on minimal pairs (needs synthetic data)")
+    p.add_argument("--ablate-size", type=int, default=None, help="haystack size of the minimal pairs (default: the largest)")
+    p.add_argument("--ablate-pairs", type=int, default=16, help="minimal pairs at most")
+    p.add_argument("--rope-bands", type=int, default=4, help="rotary-pair bands ablated (equal contiguous groups, fast -> slow)")
     p.add_argument("--setting", default="single_needle", help="VHs setting (single_needle, multi_needle_2, multi_needle_3)")
     p.add_argument("--seed", type=int, default=0, help="haystack arrangement seed")
     p.add_argument("--label", default=None, help="model name in results (default: folder name)")
@@ -45,6 +60,18 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--debug", action="store_true", help="full tracebacks")
     p.set_defaults(func=run)
+
+    c = subparsers.add_parser(
+        "diagnose-compare", help="one report comparing several `laid diagnose` outputs side by side",
+        description="Read the folders of several `laid diagnose` runs (LABEL=DIR) and write models.nc, summary.nc, "
+                    "figures on shared axes and report.html to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    c.add_argument("folders", nargs="+", help="LABEL=DIR of each analysed checkpoint (DIR holds diagnostics.nc)")
+    c.add_argument("--teacher", default=None, help="label of the teacher, taken from a folder's reference.nc if not listed")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--debug", action="store_true", help="full tracebacks")
+    c.set_defaults(func=run_compare)
 
 
 def run(args) -> int:
@@ -54,14 +81,30 @@ def run(args) -> int:
     settings = AnalysisSettings(
         layers=args.layers, queries=args.queries, keys=args.keys, profile_sizes=args.profile_sizes,
         chunk_size=args.chunk_size, batch_size=args.batch_size, low_freq_cycles=args.low_freq_cycles,
-        global_threshold=args.global_threshold, seed=args.seed,
+        global_threshold=args.global_threshold, seed=args.seed, local_threshold=args.local_threshold,
+        profile_max_samples=args.profile_max_samples or None, distance_units=args.distance_units,
     )
     written = diagnose(
         args.model_dir, args.data, args.image_root, args.sizes, args.out, reference=args.reference,
         head_weights=args.head_weights, max_samples=args.max_samples or None, settings=settings,
         setting=args.setting, label=args.label, device=args.device, progress=not args.no_progress,
+        ablate_layers=args.ablate_layers, ablate_size=args.ablate_size, ablate_pairs=args.ablate_pairs, n_bands=args.rope_bands,
         allow_outside_image_root=args.allow_outside_image_root,
     )
     for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def run_compare(args) -> int:
+    from laid_analysis.checkpoints import compare_checkpoints
+
+    folders = {}
+    for item in args.folders:
+        label, sep, folder = item.partition("=")
+        if not sep or not label or not folder:
+            raise ValueError(f"folder argument {item!r}: write it as LABEL=DIR, e.g. tiny-7b__laid=runs/default/analysis/tiny-7b__laid")
+        folders[label] = folder
+    for name, path in compare_checkpoints(folders, args.out, args.teacher).items():
         print(f"{name}: {path}")
     return 0

@@ -1,14 +1,23 @@
 """Attention weight and attention logit as a function of query-key distance, per head, exactly.
 
-distance = query token index - key token index in the input sequence (0 = a token attending to
-itself). We use the token index, not the M-RoPE temporal position: it is what the paper calls
-"relative distance", it is defined the same way for every token, and inside an image the three
-M-RoPE axes do not give one scalar distance anyway. Padding is dropped first, so left padding
-does not shift distances.
+distance = query position - key position, where a token's position is by default its M-RoPE
+temporal position id as the model itself computes it (`tokens.rope_positions`, i.e. the model's
+`get_rope_index`): RoPE rotates a pair by the position-id difference, not by the token-index
+difference. Qwen2.5-VL gives all tokens of one image the same temporal id and 2-D height/width
+ids, and text after an image continues from the image's largest id, so a 150-image haystack of
+~54k tokens spans only ~3.5k positions. Text tokens have equal t/h/w ids, so for a text query
+and a text key the distance is the exact rotation offset of every rotary pair; for an image key
+the height/width pairs are further offset by the patch's row/column (at most the image's grid).
+Temporal ids never decrease along the sequence, so causal pairs have distance >= 0.
+The token-index difference (`positions=None`) is kept as a labelled ablation ("tokens" units).
+Padding is dropped first, so left padding does not shift distances.
 
 For each head h and distance d (means over all selected (query, key) pairs at that distance):
     attention[h, d] = mean softmax weight   (the model's causal softmax over all real keys)
     logit[h, d]     = mean q_rot . k_rot * scaling   (pre-softmax score)
+    logit_var[h, d] = variance of those logits over the pairs (its square root over
+                      sqrt(pair_count) is the standard error used by spectra.profile_fidelity;
+                      pairs of one query are correlated, so it is a lower bound on the noise)
     uniform[d]      = mean weight a uniform causal head would give (1 / number of keys of the
                       query), the baseline for "how far does this head look" (spectra.classify_heads)
 
@@ -39,12 +48,15 @@ def distance_sums(
     query_mask: torch.Tensor | None = None,
     key_mask: torch.Tensor | None = None,
     chunk_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    positions: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
     """Per-distance sums for one sequence of real tokens (no padding).
 
     q (H, S, D), k (H_kv, S, D): post-RoPE. query_mask / key_mask (S,) bool pick the pairs that are
-    counted (the softmax always runs over every causal key). Returns attention_sum (H, S),
-    logit_sum (H, S), uniform_sum (S,) in float64 and pair_count (S,) int64, indexed by distance.
+    counted (the softmax always runs over every causal key). positions (S,) int: each token's
+    position (None = token index); it must not decrease along the sequence. Returns
+    attention_sum (H, N), logit_sum (H, N), logit_sq_sum (H, N), uniform_sum (N,) in float64 and
+    pair_count (N,) int64, indexed by distance 0..N-1 (N = last position - first + 1).
     """
     n_heads, seq, _ = q.shape
     group = n_heads // k.shape[0]
@@ -53,29 +65,36 @@ def distance_sums(
     device = q.device
     query_mask = torch.ones(seq, dtype=torch.bool, device=device) if query_mask is None else query_mask.to(device)
     key_mask = torch.ones(seq, dtype=torch.bool, device=device) if key_mask is None else key_mask.to(device)
-    attn_sum = torch.zeros(n_heads, seq, dtype=torch.float64, device=device)
-    logit_sum = torch.zeros(n_heads, seq, dtype=torch.float64, device=device)
-    uniform_sum = torch.zeros(seq, dtype=torch.float64, device=device)
-    count = torch.zeros(seq, dtype=torch.int64, device=device)
+    pos = torch.arange(seq, device=device) if positions is None else positions.to(device).long()
+    if seq > 1 and bool((pos[1:] < pos[:-1]).any()):
+        raise ValueError("positions decrease along the sequence; pass the temporal M-RoPE ids (tokens.rope_positions)")
+    n = int(pos[-1] - pos[0]) + 1 if seq else 0
+    attn_sum = torch.zeros(n_heads, n, dtype=torch.float64, device=device)
+    logit_sum = torch.zeros(n_heads, n, dtype=torch.float64, device=device)
+    sq_sum = torch.zeros(n_heads, n, dtype=torch.float64, device=device)
+    uniform_sum = torch.zeros(n, dtype=torch.float64, device=device)
+    count = torch.zeros(n, dtype=torch.int64, device=device)
     queries = query_mask.nonzero().squeeze(-1)  # only selected query rows are scored
     chunk = chunk_size or auto_chunk_size(n_heads, seq)
     for start in range(0, len(queries), chunk):
         qi = queries[start:start + chunk]  # (C,)
         n_keys = int(qi[-1]) + 1  # keys after the last query of the chunk are masked anyway
         logits = (q[:, qi] @ k[:, :n_keys].transpose(1, 2)) * scaling  # (H, C, n_keys)
-        dist = qi[:, None] - torch.arange(n_keys, device=device)[None, :]  # (C, n_keys)
-        causal = dist >= 0
+        causal = qi[:, None] >= torch.arange(n_keys, device=device)[None, :]  # (C, n_keys)
+        dist = pos[qi][:, None] - pos[:n_keys][None, :]  # (C, n_keys) position difference
         weights = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)  # exact: full row
         counted = causal & key_mask[None, :n_keys]  # (C, n_keys)
         idx = dist[counted]  # (n_pairs,)
         # Sum the chunk in fp32 (at most C values per distance), accumulate across chunks in fp64:
         # no fp64 copy of the (H, pairs) values is ever made.
-        attn_sum += torch.zeros(n_heads, seq, device=device).index_add_(1, idx, weights[:, counted]).double()
-        logit_sum += torch.zeros(n_heads, seq, device=device).index_add_(1, idx, logits[:, counted]).double()
+        attn_sum += torch.zeros(n_heads, n, device=device).index_add_(1, idx, weights[:, counted]).double()
+        picked = logits[:, counted]
+        logit_sum += torch.zeros(n_heads, n, device=device).index_add_(1, idx, picked).double()
+        sq_sum += torch.zeros(n_heads, n, device=device).index_add_(1, idx, picked.square()).double()
         uniform = (1.0 / (qi + 1).double())[:, None].expand(-1, n_keys)  # padding is gone: i+1 causal keys
         uniform_sum.index_add_(0, idx, uniform[counted])
-        count += torch.bincount(idx, minlength=seq)
-    return attn_sum, logit_sum, uniform_sum, count
+        count += torch.bincount(idx, minlength=n)
+    return attn_sum, logit_sum, sq_sum, uniform_sum, count
 
 
 def _grow(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -87,12 +106,15 @@ def _grow(t: torch.Tensor, n: int) -> torch.Tensor:
 class DistanceProfile:
     """Accumulates per-layer distance sums over sequences of any length; `to_dataset()` at the end."""
 
-    def __init__(self, chunk_size: int | None = None):
-        self.chunk_size = chunk_size
-        self.sums: dict[int, list[torch.Tensor]] = {}  # layer -> [attention_sum, logit_sum, uniform_sum, pair_count]
+    def __init__(self, chunk_size: int | None = None, units: str = "positions"):
+        self.chunk_size, self.units = chunk_size, units
+        # layer -> [attention_sum, logit_sum, logit_sq_sum, uniform_sum, pair_count]
+        self.sums: dict[int, list[torch.Tensor]] = {}
 
-    def update(self, layer: int, q_rot, k_rot, scaling: float, real_mask, query_mask=None, key_mask=None) -> None:
-        """q_rot (B, H, S, D), k_rot (B, H_kv, S, D); masks (B, S) bool (real = not padding)."""
+    def update(self, layer: int, q_rot, k_rot, scaling: float, real_mask, query_mask=None, key_mask=None,
+               positions=None) -> None:
+        """q_rot (B, H, S, D), k_rot (B, H_kv, S, D); masks (B, S) bool (real = not padding);
+        positions (B, S) int (the temporal M-RoPE ids) or None for token-index distance."""
         for b in range(q_rot.shape[0]):
             pos = real_mask[b].nonzero().squeeze(-1).to(q_rot.device)  # drop padding (left or anywhere)
             sums = distance_sums(
@@ -100,6 +122,7 @@ class DistanceProfile:
                 None if query_mask is None else query_mask[b].to(pos.device)[pos],
                 None if key_mask is None else key_mask[b].to(pos.device)[pos],
                 self.chunk_size,
+                None if positions is None else positions[b].to(pos.device)[pos],
             )
             old = self.sums.get(layer)
             if old is None:
@@ -115,23 +138,35 @@ class DistanceProfile:
         n = max(self.sums[i][-1].shape[-1] for i in layers)
         attn = torch.stack([_grow(self.sums[i][0], n) for i in layers])  # (L, H, dist)
         logit = torch.stack([_grow(self.sums[i][1], n) for i in layers])
-        uniform, count = (_grow(t, n) for t in self.sums[layers[0]][2:])  # same pairs in every layer
-        return profile_dataset(attn, logit, uniform, count, layers)
+        sq = torch.stack([_grow(self.sums[i][2], n) for i in layers])
+        uniform, count = (_grow(t, n) for t in self.sums[layers[0]][3:])  # same pairs in every layer
+        return profile_dataset(attn, logit, uniform, count, layers, logit_sq_sum=sq, units=self.units)
 
 
-def profile_dataset(attention_sum, logit_sum, uniform_sum, pair_count, layers) -> xr.Dataset:
-    """Means from sums: attention_sum/logit_sum (L, H, dist), uniform_sum and pair_count (dist,).
-    NaN where a distance has no pair."""
+DISTANCE_UNITS = {"positions": "query - key temporal M-RoPE position id",
+                  "tokens": "query token index - key token index (ablation: not what RoPE rotates by)"}
+
+
+def profile_dataset(attention_sum, logit_sum, uniform_sum, pair_count, layers, logit_sq_sum=None,
+                    units: str = "positions") -> xr.Dataset:
+    """Means from sums: attention_sum/logit_sum/logit_sq_sum (L, H, dist), uniform_sum and
+    pair_count (dist,). NaN where a distance has no pair."""
+    if units not in DISTANCE_UNITS:
+        raise ValueError(f"distance units {units!r} not in {list(DISTANCE_UNITS)}")
     denom = pair_count.double().clamp(min=1)
     empty = pair_count == 0
     attention = (attention_sum / denom).masked_fill(empty, float("nan"))
     logit = (logit_sum / denom).masked_fill(empty, float("nan"))
     uniform = (uniform_sum / denom).masked_fill(empty, float("nan"))
+    if logit_sq_sum is None:
+        var = torch.full_like(logit, float("nan"))
+    else:
+        var = (logit_sq_sum / denom - logit.square()).clamp(min=0).masked_fill(empty, float("nan"))
     coords = {
         "layer": ("layer", list(layers), {"long_name": "text decoder layer"}),
         "head": ("head", list(range(attention.shape[1])), {"long_name": "query head"}),
         "distance": ("distance", list(range(attention.shape[2])),
-                     {"units": "tokens", "long_name": "query index - key index"}),
+                     {"units": units, "long_name": DISTANCE_UNITS[units]}),
     }
     return xr.Dataset(
         {
@@ -139,6 +174,8 @@ def profile_dataset(attention_sum, logit_sum, uniform_sum, pair_count, layers) -
                           {"long_name": "mean attention weight", "units": "1"}),
             "logit": (("layer", "head", "distance"), logit.numpy(),
                       {"long_name": "mean attention logit (q.k * scaling)", "units": "1"}),
+            "logit_var": (("layer", "head", "distance"), var.numpy(),
+                          {"long_name": "variance of the logit over the pairs at this distance", "units": "1"}),
             "uniform": (("distance",), uniform.numpy(),
                         {"long_name": "mean weight of a uniform causal head", "units": "1"}),
             "pair_count": (("distance",), pair_count.numpy(),

@@ -1,20 +1,26 @@
-"""Key activation vs haystack size (the paper's Figure 4), per layer and head.
+"""What the answer query reads from the haystack, per head and haystack, vs haystack size (Figure 4).
 
-The statistic. For one haystack, head h of a layer:
-    key_activation_raw[h] = mean over image tokens j of  q_rot[h, a] . k_rot[g(h), j] * scaling
-where a is the answer position (the last prompt token, whose next-token logits give yes/no) and
-g(h) the KV head that query head h reads (GQA). It is the pre-softmax response of the haystack's
-keys to the question, as the attention kernel computes it, averaged over the image keys; it is
-then averaged over the samples of a haystack size.
-Why this and not a key norm alone: RoPE is a rotation, so ||k_rot|| = ||k|| carries no position
-at all; the decay the paper describes ("frequency leakage" making keys far from the question
-respond weakly) only shows in q . k, where the rotation by the query-key distance enters. The plain
-mean L2 norm of post-RoPE image keys is kept beside it as `key_norm` (per KV head).
+Per haystack, layer and query head h, at the answer position a (the last prompt token, whose
+next-token logits give yes/no), with l_j = q_rot[h, a] . k_rot[g(h), j] * scaling the logits over
+all causal real keys j and w_j their softmax (exactly the model's attention row):
 
-Normalisation. `key_activation` = min-max of the raw values over all heads and haystack sizes of
-one layer (of one model), so it lies in [0, 1] like the paper's plot while keeping heads and sizes
-comparable: a head that loses most of its response shows as 0.8 -> 0.2, a stable one stays flat.
-(Per-head min-max would stretch every curve over the full [0, 1] and hide how much it decays.)
+    needle_mass    sum of w_j over the needle image's tokens          (what retrieval needs)
+    image_mass     sum of w_j over all image tokens
+    needle_margin  mean l_j over the needle's tokens - mean l_j over the distractor images' tokens
+                   (logit units; NaN at haystack size 1, which has no distractor)
+    locality       -100 x least-squares slope of l_j on the key's position distance a - p_j, over
+                   image keys: logit drop per 100 positions (> 0: prefers near keys)
+    attn_entropy   -sum w_j log w_j (nats) of the row;  sink_mass: w_j on the first SINK_TOKENS real
+                   tokens and every <|vision_start|>;  logit_scale: std of l_j over the row
+    q_norm, k_norm mean ||q_rot|| over the real tokens (per head) and ||k_rot|| (per KV head)
+    key_activation_raw  mean l_j over image tokens (the old Figure 4 statistic, an ablation: a
+                   perfect retrieval head with needle +5 and distractors 0 falls as 5/N with size)
+
+Everything is stored per haystack (dim `sample`), so intervals are bootstrap intervals over
+haystacks (laid_analysis.intervals); masses and margins are in absolute units (no per-model
+normalisation), so checkpoints can be put on one axis. Position-head classes come from locality
+at the largest analysed size: "local" where its mean >= `local_threshold` (default 1 logit per 100
+positions), with its interval and whether the interval excludes the threshold (head_class_certain).
 """
 
 from __future__ import annotations
@@ -25,86 +31,146 @@ import numpy as np
 import torch
 import xarray as xr
 
+from laid_analysis.intervals import bootstrap_mean
+from laid_analysis.tokens import image_spans
 
-class KeyActivation:
-    """Accumulates the per-head statistic per (layer, haystack size) over samples."""
+SINK_TOKENS = 4
+DEFAULT_LOCAL_THRESHOLD = 1.0
+HEAD_VARS = ("needle_mass", "image_mass", "needle_margin", "locality", "attn_entropy", "sink_mass", "logit_scale",
+             "q_norm", "key_activation_raw")
+KV_VARS = ("k_norm",)
+INTERVAL_VARS = ("needle_mass", "image_mass", "needle_margin", "locality")
+ATTRS = {
+    "needle_mass": ("answer query's attention mass on the needle image", "1"),
+    "image_mass": ("answer query's attention mass on all images", "1"),
+    "needle_margin": ("mean needle-token logit - mean distractor-token logit", "logit"),
+    "locality": ("logit drop per 100 positions of key distance (image keys)", "logit / 100 positions"),
+    "attn_entropy": ("entropy of the answer query's attention row", "nats"),
+    "sink_mass": (f"attention mass on the first {SINK_TOKENS} tokens and <|vision_start|> tokens", "1"),
+    "logit_scale": ("std of the answer query's logits over its keys", "logit"),
+    "q_norm": ("mean ||q_rot|| over real tokens", "1"),
+    "k_norm": ("mean ||k_rot|| over real tokens", "1"),
+    "key_activation_raw": ("ABLATION: mean answer-query logit over image keys (dilutes with size)", "logit"),
+}
 
-    def __init__(self):
-        # (layer, size) -> [sum of per-sample activation (H,), sum of key norm (H_kv,), n samples]
-        self.sums: dict[tuple[int, int], list] = defaultdict(lambda: [0.0, 0.0, 0])
 
-    def update(self, layer: int, size: int, q_rot, k_rot, scaling: float, image_mask, answer_pos) -> None:
-        """q_rot (B, H, S, D), k_rot (B, H_kv, S, D), image_mask (B, S) bool, answer_pos (B,) index."""
+class AnswerStats:
+    """Per (layer, haystack size): a list of per-haystack statistics (see the module docstring)."""
+
+    def __init__(self, image_token_id: int, vision_start_id: int | None = None):
+        self.image_id, self.start_id = image_token_id, vision_start_id
+        self.rows: dict[tuple[int, int], list[dict]] = defaultdict(list)
+
+    def update(self, layer: int, size: int, q_rot, k_rot, scaling: float, input_ids, real_mask, positions,
+               needles) -> None:
+        """q_rot (B, H, S, D), k_rot (B, H_kv, S, D), input_ids/real_mask (B, S), positions (B, S)
+        temporal ids, needles: per row the needle image index (None if unknown)."""
         n_heads, n_kv = q_rot.shape[1], k_rot.shape[1]
         for b in range(q_rot.shape[0]):
-            img = image_mask[b].to(k_rot.device)
-            if not bool(img.any()):
-                raise ValueError("key activation needs image tokens; this haystack has none")
-            q = q_rot[b, :, int(answer_pos[b])].float()  # (H, D)
-            k = k_rot[b][:, img].float()  # (H_kv, N, D)
-            k_for_q = k.repeat_interleave(n_heads // n_kv, dim=0)  # (H, N, D)
-            act = torch.einsum("hd,hnd->hn", q, k_for_q).mean(-1) * scaling  # (H,)
-            acc = self.sums[(layer, size)]
-            acc[0] = acc[0] + act.double().cpu()
-            acc[1] = acc[1] + k.norm(dim=-1).mean(-1).double().cpu()  # (H_kv,)
-            acc[2] += 1
+            keep = real_mask[b].nonzero().squeeze(-1).to(q_rot.device)
+            ids = input_ids[b].to(keep.device)[keep]
+            pos = positions[b].to(keep.device)[keep].double()
+            q, k = q_rot[b][:, keep].float(), k_rot[b][:, keep].float()  # (H, S, D), (H_kv, S, D)
+            k_h = k.repeat_interleave(n_heads // n_kv, dim=0)
+            logits = torch.einsum("hd,hsd->hs", q[:, -1], k_h) * scaling  # (H, S): the answer row
+            w = torch.softmax(logits, dim=-1)
+            image = ids == self.image_id
+            if not bool(image.any()):
+                raise ValueError("answer statistics need image tokens; this haystack has none")
+            row = {"image_mass": w[:, image].sum(-1), "key_activation_raw": logits[:, image].mean(-1),
+                   "attn_entropy": -(w * torch.log(w.clamp_min(1e-30))).sum(-1), "logit_scale": logits.std(-1),
+                   "q_norm": q.norm(dim=-1).mean(-1), "k_norm": k.norm(dim=-1).mean(-1)}
+            sink = torch.zeros_like(image)
+            sink[:SINK_TOKENS] = True
+            if self.start_id is not None:
+                sink |= ids == self.start_id
+            row["sink_mass"] = w[:, sink].sum(-1)
+            spans = image_spans(ids.cpu(), self.image_id)
+            nan = torch.full((n_heads,), float("nan"), device=q.device)
+            needle = needles[b] if needles is not None else None
+            if needle is not None and 0 <= needle < len(spans):
+                s, e = spans[needle]
+                in_needle = torch.zeros_like(image)
+                in_needle[s:e] = True
+                row["needle_mass"] = w[:, in_needle].sum(-1)
+                distract = image & ~in_needle
+                row["needle_margin"] = (logits[:, in_needle].mean(-1) - logits[:, distract].mean(-1)
+                                        if bool(distract.any()) else nan)
+            else:
+                row["needle_mass"], row["needle_margin"] = nan, nan
+            dist = (pos[-1] - pos[image]).float()  # (N_img,)
+            dc = dist - dist.mean()
+            denom = (dc * dc).sum()
+            row["locality"] = (-100 * (logits[:, image] - logits[:, image].mean(-1, keepdim=True)) @ dc / denom
+                               if float(denom) > 0 else nan)
+            self.rows[(layer, size)].append({k: v.double().cpu().numpy() for k, v in row.items()})
 
-    def to_dataset(self) -> xr.Dataset:
-        if not self.sums:
-            raise ValueError("no key activations accumulated: run the model on at least one haystack first")
-        layers = sorted({l for l, _ in self.sums})
-        sizes = sorted({s for _, s in self.sums})
-        some = next(iter(self.sums.values()))
-        n_heads, n_kv = len(some[0]), len(some[1])
-        raw = np.full((len(layers), n_heads, len(sizes)), np.nan)
-        knorm = np.full((len(layers), n_kv, len(sizes)), np.nan)
-        n = np.zeros(len(sizes), dtype=np.int64)
-        for (layer, size), (act, kn, count) in self.sums.items():
+    def to_dataset(self, local_threshold: float = DEFAULT_LOCAL_THRESHOLD) -> xr.Dataset:
+        if not self.rows:
+            raise ValueError("no answer statistics accumulated: run the model on at least one haystack first")
+        layers = sorted({l for l, _ in self.rows})
+        sizes = sorted({s for _, s in self.rows})
+        n_samples = max(len(v) for v in self.rows.values())
+        some = next(iter(self.rows.values()))[0]
+        n_heads, n_kv = len(some["q_norm"]), len(some["k_norm"])
+        data = {v: np.full((len(layers), n_heads if v in HEAD_VARS else n_kv, len(sizes), n_samples), np.nan)
+                for v in HEAD_VARS + KV_VARS}
+        counts = np.zeros(len(sizes), dtype=np.int64)
+        for (layer, size), rows in self.rows.items():
             li, si = layers.index(layer), sizes.index(size)
-            raw[li, :, si] = (act / count).numpy()
-            knorm[li, :, si] = (kn / count).numpy()
-            n[si] = count
-        return key_activation_dataset(raw, knorm, n, layers, sizes)
+            counts[si] = len(rows)
+            for j, row in enumerate(rows):
+                for v in data:
+                    data[v][li, :, si, j] = row[v]
+        return answer_dataset(data, counts, layers, sizes, local_threshold)
 
 
-def normalize_per_layer(raw: np.ndarray) -> np.ndarray:
-    """Min-max over (head, haystack_size) within each layer of raw (L, H, N) -> [0, 1]."""
-    lo = np.nanmin(raw, axis=(1, 2), keepdims=True)
-    span = np.nanmax(raw, axis=(1, 2), keepdims=True) - lo
-    return np.where(span > 0, (raw - lo) / np.where(span > 0, span, 1.0), 0.5)
+def answer_dataset(data: dict[str, np.ndarray], counts, layers, sizes, local_threshold: float = DEFAULT_LOCAL_THRESHOLD) -> xr.Dataset:
+    """Per-haystack variables, their bootstrap means/intervals, the old key_activation, head classes."""
+    coords = {
+        "layer": ("layer", list(layers), {"long_name": "text decoder layer"}),
+        "head": ("head", np.arange(data["q_norm"].shape[1]), {"long_name": "query head"}),
+        "kv_head": ("kv_head", np.arange(data["k_norm"].shape[1]), {"long_name": "key/value head"}),
+        "haystack_size": ("haystack_size", list(sizes), {"units": "images", "long_name": "haystack size"}),
+        "sample": ("sample", np.arange(data["q_norm"].shape[-1]), {"long_name": "haystack index at this size"}),
+    }
+    ds = xr.Dataset(coords=coords)
+    for v, x in data.items():
+        dims = ("layer", "kv_head" if v in KV_VARS else "head", "haystack_size", "sample")
+        name, units = ATTRS[v]
+        ds[v] = (dims, x, {"long_name": name, "units": units})
+    for v in INTERVAL_VARS:
+        mean, lo, hi = bootstrap_mean(ds[v])
+        ds[f"{v}_mean"], ds[f"{v}_lo"], ds[f"{v}_hi"] = mean, lo, hi
+    ds["n_samples"] = (("haystack_size",), np.asarray(counts), {"long_name": "haystacks analysed", "units": "samples"})
+    raw = ds["key_activation_raw"].mean("sample")
+    lo, hi = raw.min(("head", "haystack_size")), raw.max(("head", "haystack_size"))
+    ds["key_activation"] = ((raw - lo) / (hi - lo).where(hi > lo)).fillna(0.5).assign_attrs(
+        long_name="ABLATION: key_activation_raw min-max normalised per layer (the old Figure 4)", units="1")
+    return ds.merge(position_head_classes(ds, local_threshold))
 
 
-def key_activation_dataset(raw, key_norm, n_samples, layers, sizes) -> xr.Dataset:
-    return xr.Dataset(
-        {
-            "key_activation": (("layer", "head", "haystack_size"), normalize_per_layer(raw), {
-                "long_name": "normalized key activation", "units": "1",
-                "description": "key_activation_raw min-max normalised over heads and sizes within each layer",
-            }),
-            "key_activation_raw": (("layer", "head", "haystack_size"), raw, {
-                "long_name": "mean answer-query . image-key logit", "units": "1",
-                "description": "mean over image tokens j of q_rot[answer] . k_rot[j] * scaling, mean over samples",
-            }),
-            "key_norm": (("layer", "kv_head", "haystack_size"), key_norm, {
-                "long_name": "mean L2 norm of image keys", "units": "1",
-                "description": "mean over image tokens of ||k_rot|| (= ||k||: RoPE is a rotation)",
-            }),
-            "n_samples": (("haystack_size",), n_samples, {"long_name": "haystacks averaged", "units": "samples"}),
-        },
-        coords={
-            "layer": ("layer", list(layers), {"long_name": "text decoder layer"}),
-            "head": ("head", list(range(raw.shape[1])), {"long_name": "query head"}),
-            "kv_head": ("kv_head", list(range(key_norm.shape[1])), {"long_name": "key/value head"}),
-            "haystack_size": ("haystack_size", list(sizes), {"units": "images", "long_name": "haystack size"}),
-        },
-    )
+def position_head_classes(ds: xr.Dataset, threshold: float = DEFAULT_LOCAL_THRESHOLD) -> xr.Dataset:
+    """head_class (local/global) from locality at the largest haystack size, with its interval."""
+    at = ds.isel(haystack_size=-1)
+    mean, lo, hi = at["locality_mean"], at["locality_lo"], at["locality_hi"]
+    rule = f"local if mean locality at the largest size ({int(at['haystack_size'])} images) >= {threshold} logit/100 positions"
+    return xr.Dataset({
+        "head_locality": mean.drop_vars("haystack_size").assign_attrs(units="logit / 100 positions", long_name="locality at the largest size"),
+        "head_locality_lo": lo.drop_vars("haystack_size").assign_attrs(units="logit / 100 positions"),
+        "head_locality_hi": hi.drop_vars("haystack_size").assign_attrs(units="logit / 100 positions"),
+        "head_class": xr.where(mean >= threshold, "local", "global").astype(str).drop_vars("haystack_size").assign_attrs(
+            long_name="position head class", rule=rule, threshold=threshold),
+        "head_class_certain": ((lo > threshold) | (hi < threshold)).drop_vars("haystack_size").assign_attrs(
+            long_name="the locality interval excludes the threshold"),
+    })
 
 
 def stack_models(datasets: dict[str, xr.Dataset], variables=("key_activation",)) -> xr.Dataset:
     """Concatenate per-model datasets along a new `model` dim (outer join: missing heads are NaN)."""
     parts = []
     for name, ds in datasets.items():
-        part = ds[list(variables)]
+        part = ds[[v for v in variables if v in ds]]
         part = part.assign_coords({d: np.arange(n) for d, n in part.sizes.items() if d not in part.indexes})
         parts.append(part.expand_dims(model=[name]))
     return xr.concat(parts, dim="model", join="outer")

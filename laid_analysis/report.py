@@ -1,6 +1,7 @@
 """Figures (matplotlib, Agg) and a small HTML page for one `laid diagnose` run.
 
-Heads are coloured by class as in the paper's Figure 4: local position heads blue, global orange.
+Heads are coloured by class as in the paper's Figure 4: local position heads blue, global orange
+(key_activation.position_head_classes). Bands are 95% percentile bootstrap intervals over haystacks.
 Models with many layers show at most four of them (evenly spaced, the last always included).
 """
 
@@ -49,55 +50,86 @@ def _head_colour(ds: xr.Dataset, layer: int, head: int) -> str:
     return CLASS_COLOURS.get(str(ds["head_class"].sel(layer=layer, head=head).values), "grey")
 
 
-def plot_key_activation(models: dict[str, xr.Dataset], path: Path) -> Path:
-    """Rows: models; columns: shown layers; one line per head vs haystack size (log x)."""
-    rows = list(models.items())
-    n_cols = max(len(shown_layers(ds["layer"].values)) for _, ds in rows)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(3.2 * n_cols, 2.6 * len(rows)), squeeze=False, sharey=True)
-    for r, (name, ds) in enumerate(rows):
-        for c, layer in enumerate(shown_layers(ds["layer"].values)):
+def plot_key_activation(models: dict[str, xr.Dataset], path: Path, layer: int | None = None) -> Path:
+    """Figure 4 without dilution. Rows: needle mass, image mass, needle margin; columns: models
+    (one shared y range per row); one line per head vs haystack size with its bootstrap interval."""
+    rows = (("needle_mass", "attention mass on needle"), ("image_mass", "attention mass on all images"),
+            ("needle_margin", "needle - distractor logit"))
+    names = list(models)
+    fig, axes = plt.subplots(len(rows), len(names), figsize=(3.4 * len(names), 2.5 * len(rows)), squeeze=False, sharey="row")
+    for c, name in enumerate(names):
+        ds = models[name]
+        lay = int(ds["layer"].values[-1]) if layer is None else layer
+        for r, (var, label) in enumerate(rows):
             ax = axes[r, c]
             for head in ds["head"].values:
-                ka = ds["key_activation"].sel(layer=layer, head=head)
-                ax.plot(ka["haystack_size"], ka, marker="o", ms=3, lw=1, color=_head_colour(ds, layer, head), alpha=0.8)
+                sel = {"layer": lay, "head": head}
+                x = ds["haystack_size"].values
+                colour = _head_colour(ds, lay, head)
+                ax.plot(x, ds[f"{var}_mean"].sel(sel), marker="o", ms=3, lw=1, color=colour)
+                ax.fill_between(x, ds[f"{var}_lo"].sel(sel), ds[f"{var}_hi"].sel(sel), color=colour, alpha=0.15)
             ax.set_xscale("log")
             ax.set_xticks(ds["haystack_size"].values)
             ax.xaxis.set_major_formatter(ScalarFormatter())
-            ax.set_title(f"{name} layer {layer}", fontsize=9)
-            if r == len(rows) - 1:
-                ax.set_xlabel("haystack size (images)")
-        axes[r, 0].set_ylabel("normalized key activation")
-        for c in range(len(shown_layers(ds["layer"].values)), n_cols):
-            axes[r, c].axis("off")
-    fig.suptitle("Key activation vs haystack size (blue: local heads, orange: global)", fontsize=10, y=1.02)
+            if r == 0:
+                ax.set_title(f"{name} layer {lay}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+        axes[-1, c].set_xlabel("haystack size (images)")
+    fig.suptitle("Answer query vs haystack size (blue: local heads, orange: global; bands: 95% bootstrap over haystacks)",
+                 fontsize=10, y=1.02)
+    return save_figure(fig, path)
+
+
+def plot_health(models: dict[str, xr.Dataset], path: Path) -> Path:
+    """Health vs haystack size, last analysed layer, head means over haystacks: columns are
+    attn_entropy, sink_mass, logit_scale, q_norm; one line per (model, head)."""
+    cols = ("attn_entropy", "sink_mass", "logit_scale", "q_norm")
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.3 * len(cols), 2.8), squeeze=False)
+    for m, (name, ds) in enumerate(models.items()):
+        lay = int(ds["layer"].values[-1])
+        for c, var in enumerate(cols):
+            v = ds[var].sel(layer=lay).mean("sample")
+            for h in v["head"].values:
+                axes[0, c].plot(v["haystack_size"], v.sel(head=h), color=f"C{m}", lw=1, alpha=0.7,
+                                label=f"{name} L{lay}" if h == 0 else None)
+            axes[0, c].set(xscale="log", title=f"{var} ({ds[var].attrs.get('units', '')})", xlabel="haystack size (images)")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Head health at the answer query (mean over haystacks)", fontsize=10, y=1.04)
     return save_figure(fig, path)
 
 
 def plot_distance_profiles(ds: xr.Dataset, path: Path, name: str = "") -> Path:
-    """Per shown layer: attention vs distance (log-log), logit vs distance, logit power spectrum."""
+    """Per shown layer: attention vs position distance (log-log), measured mean logit with the pair
+    spectrum's reconstruction (dashed), and |a_p| per rotary pair at its frequency."""
     layers = shown_layers(ds["layer"].values)
     fig, axes = plt.subplots(len(layers), 3, figsize=(11, 2.6 * len(layers)), squeeze=False)
     d = ds["distance"].values
+    units = ds["distance"].attrs.get("units", "tokens")
     for r, layer in enumerate(layers):
         for head in ds["head"].values:
             colour = _head_colour(ds, layer, head)
             axes[r, 0].plot(d[1:], ds["attention"].sel(layer=layer, head=head).values[1:], lw=0.8, color=colour, alpha=0.7)
             axes[r, 1].plot(d, ds["logit"].sel(layer=layer, head=head).values, lw=0.8, color=colour, alpha=0.7)
-            p = ds["power"].sel(layer=layer, head=head)
-            axes[r, 2].plot(p["freq_distance"].values[1:], p.values[1:], lw=0.8, color=colour, alpha=0.7)
+            if "rope_profile" in ds:
+                axes[r, 1].plot(d, ds["rope_profile"].sel(layer=layer, head=head).values, lw=0.8, ls="--", color=colour)
+            if "pair_coef_abs" in ds:
+                a = ds["pair_coef_abs"].sel(layer=layer, head=head)
+                axes[r, 2].plot(a["rope_freq"].values, a.values, marker=".", lw=0.8, color=colour, alpha=0.8)
         if "uniform" in ds:
             axes[r, 0].plot(d[1:], ds["uniform"].values[1:], "k--", lw=1, label="uniform head")
             axes[r, 0].legend(fontsize=7)
         axes[r, 0].set(xscale="log", yscale="log", ylabel=f"layer {layer}")
-        axes[r, 2].set(xscale="log", yscale="log")
-        if "low_freq_cutoff" in ds.attrs:
-            axes[r, 2].axvline(ds.attrs["low_freq_cutoff"], color="k", ls=":", lw=1)
+        if "rope_freq" in ds.coords:
+            for f in ds["rope_freq"].values:  # each rotary pair's frequency
+                axes[r, 2].axvline(f, color="0.85", lw=0.5, zorder=0)
+        axes[r, 2].set(xscale="log")
     axes[0, 0].set_title("mean attention weight")
-    axes[0, 1].set_title("mean attention logit")
-    axes[0, 2].set_title("power of logit profile (dotted: low-freq cutoff)")
-    axes[-1, 0].set_xlabel("distance (tokens)")
-    axes[-1, 1].set_xlabel("distance (tokens)")
-    axes[-1, 2].set_xlabel("frequency (cycles/token)")
+    axes[0, 1].set_title("mean logit (dashed: sum_p Re a_p e^(i theta_p d))")
+    axes[0, 2].set_title("|a_p| per rotary pair (grey: pair frequencies)")
+    axes[-1, 0].set_xlabel(f"distance ({units})")
+    axes[-1, 1].set_xlabel(f"distance ({units})")
+    axes[-1, 2].set_xlabel("rotary pair frequency (cycles/position)")
     fig.suptitle(f"{name}: attention vs query-key distance", fontsize=10, y=1.02)
     return save_figure(fig, path)
 
@@ -115,19 +147,26 @@ def plot_rope_usage(ds: xr.Dataset, path: Path, name: str = "") -> Path:
 
 
 def plot_head_weights(hw: xr.Dataset, path: Path) -> Path:
+    """Every layer pair: signed w_q and w_k with each cell's value printed (3 significant digits)
+    and each student row's share of its row's |w| in the row label."""
     pairs = hw["layer_pair"].values
-    fig, axes = plt.subplots(2, len(pairs), figsize=(3.6 * len(pairs), 6), squeeze=False)
+    fig, axes = plt.subplots(2, len(pairs), figsize=(4.2 * len(pairs), 7), squeeze=False)
     for c, lp in enumerate(pairs):
         for r, var in enumerate(("w_q", "w_k")):
             w = hw[var].sel(layer_pair=lp).values
             lim = float(np.abs(w).max()) or 1.0
             im = axes[r, c].imshow(w, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+            if w.size <= 400:
+                for (i, j), v in np.ndenumerate(w):
+                    axes[r, c].text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=6)
+            top = np.abs(w).max(1) / np.maximum(np.abs(w).sum(1), 1e-30)
+            axes[r, c].set_yticks(range(w.shape[0]), [f"{i} ({t:.0%})" for i, t in enumerate(top)], fontsize=6)
             label = f"pair {lp}"
             if "student_layer" in hw.coords:
                 label = f"student {int(hw['student_layer'].sel(layer_pair=lp))} <- teacher {int(hw['teacher_layer'].sel(layer_pair=lp))}"
-            axes[r, c].set(title=f"{var}: {label}", xlabel="teacher head", ylabel="student head")
+            axes[r, c].set(title=f"{var}: {label}", xlabel="teacher head", ylabel="student head (top |w| share)")
             fig.colorbar(im, ax=axes[r, c], fraction=0.046)
-    fig.suptitle("LAid head-mixing weights", fontsize=10, y=1.02)
+    fig.suptitle("LAid head-mixing weights, as saved (signed)", fontsize=10, y=1.02)
     return save_figure(fig, path)
 
 
@@ -143,25 +182,56 @@ def plot_rope_gain(hw: xr.Dataset, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def plot_comparison(student: xr.Dataset, teacher: xr.Dataset, comparison: xr.Dataset, path: Path) -> Path:
-    """Head-averaged normalised low-frequency spectra of paired layers, student vs teacher."""
-    layers = shown_layers(comparison["layer"].values)
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3), squeeze=False)
-    n = int(comparison.attrs["n_distance"])
-    from laid_analysis.spectra import power_spectrum
+def plot_comparison(student: xr.Dataset, comparison: xr.Dataset, path: Path) -> Path:
+    """Per shown student layer: Re a_p of each student head (solid) and its virtual teacher head
+    (dashed) against the rotary pair frequency, signed and unnormalised; titles give the fidelities."""
+    from laid_analysis.pair_spectrum import complex_coef
 
+    layers = shown_layers(comparison["layer"].values)
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.8 * len(layers), 3), squeeze=False)
     for c, layer in enumerate(layers):
-        t_layer = int(comparison["teacher_layer"].sel(layer=layer))
-        for ds, lay, label, colour in ((student, layer, "student", "tab:purple"), (teacher, t_layer, "teacher", "tab:gray")):
-            p = power_spectrum(ds["logit"].sel(layer=lay).isel(distance=slice(0, n)))
-            p = (p / p.where(p["freq_distance"] > 0).sum("freq_distance")).mean("head")
-            axes[0, c].plot(p["freq_distance"].values[1:], p.values[1:], color=colour, label=f"{label} L{lay}")
-        axes[0, c].axvline(comparison.attrs["low_freq_cutoff"], color="k", ls=":", lw=1)
-        axes[0, c].set(xscale="log", yscale="log", xlabel="frequency (cycles/token)",
-                       title=f"preservation {float(comparison['layer_preservation'].sel(layer=layer)):.2f}")
-        axes[0, c].legend(fontsize=7)
-    fig.suptitle(f"Low-frequency preservation score {float(comparison['preservation_score']):.3f}", fontsize=10, y=1.02)
+        a_s = complex_coef(student).sel(layer=layer)
+        a_v = complex_coef(comparison, "virtual_coef").sel(layer=layer)
+        f = student["rope_freq"].values
+        for h in comparison["head"].values:
+            axes[0, c].plot(f, np.real(a_s.sel(head=h)), color=f"C{h}", lw=1, label=f"head {h}")
+            axes[0, c].plot(f, np.real(a_v.sel(head=h)), color=f"C{h}", lw=1, ls="--")
+        fid = comparison["spectral_fidelity"].sel(layer=layer).values
+        axes[0, c].set(xscale="log", xlabel="rotary pair frequency (cycles/position)", ylabel="Re a_p (logit)",
+                       title=f"L{layer}<-T{int(comparison['teacher_layer'].sel(layer=layer))} fidelity "
+                             + " ".join(f"{x:.2f}" for x in fid))
+        axes[0, c].legend(fontsize=6)
+    fig.suptitle(f"Student (solid) vs virtual teacher heads (dashed); mean spectral fidelity "
+                 f"{float(comparison['fidelity_score']):.3f}", fontsize=10, y=1.04)
     return save_figure(fig, path)
+
+
+def plot_ablation(abl: xr.Dataset, path: Path) -> Path:
+    """Accuracy change per ablation (bars) with 95% paired bootstrap intervals, one panel per layer."""
+    layers = abl["layer"].values
+    fig, axes = plt.subplots(1, len(layers), figsize=(max(4.0, 0.5 * abl.sizes["ablation"]) * len(layers), 3), squeeze=False)
+    for c, layer in enumerate(layers):
+        a = abl.sel(layer=layer)
+        x = np.arange(a.sizes["ablation"])
+        mean = a["accuracy_change"].values
+        err = np.stack([mean - a["accuracy_change_lo"].values, a["accuracy_change_hi"].values - mean])
+        colours = ["0.6" if k == "none" else ("tab:blue" if k == "head" else "tab:green") for k in a["ablation_kind"].values]
+        axes[0, c].bar(x, mean, yerr=err, color=colours, capsize=2)
+        axes[0, c].set_xticks(x, a["ablation"].values, rotation=60, fontsize=7)
+        axes[0, c].axhline(0, color="k", lw=0.8)
+        axes[0, c].set(ylabel="accuracy change", title=f"layer {int(layer)}: intact accuracy {float(a['accuracy'].sel(ablation='none')):.2f}")
+    fig.suptitle(f"{abl.attrs.get('model_name', '')}: ablations on {abl.sizes['minimal_pair']} minimal pairs "
+                 f"(size {abl.attrs.get('haystack_size', '?')}; bars: 95% paired bootstrap over pairs)", fontsize=10, y=1.04)
+    return save_figure(fig, path)
+
+
+def ablation_table(abl: xr.Dataset) -> str:
+    rows = [[int(l), str(a), f"{float(abl['accuracy'].sel(layer=l, ablation=a)):.3f}",
+             f"{float(abl['accuracy_change'].sel(layer=l, ablation=a)):+.3f} [{float(abl['accuracy_change_lo'].sel(layer=l, ablation=a)):+.3f}, "
+             f"{float(abl['accuracy_change_hi'].sel(layer=l, ablation=a)):+.3f}]",
+             f"{float(abl['pair_accuracy'].sel(layer=l, ablation=a)):.3f}", f"{float(abl['margin_change'].sel(layer=l, ablation=a)):+.3g}"]
+            for l in abl["layer"].values for a in abl["ablation"].values]
+    return table(rows, ["layer", "ablation", "accuracy", "change [95% bootstrap]", "both right", "margin change (logit)"])
 
 
 def table(rows: list[list], header: list[str]) -> str:
@@ -175,9 +245,13 @@ def head_table(ds: xr.Dataset) -> str:
     for layer in ds["layer"].values:
         for head in ds["head"].values:
             sel = ds.sel(layer=layer, head=head)
-            rows.append([int(layer), int(head), str(sel["head_class"].values), f"{float(sel['mean_distance_ratio']):.2f}",
-                         f"{float(sel['low_freq_fraction']):.2f}", f"{float(sel['rope_mean_period']):.3g}"])
-    return table(rows, ["layer", "head", "class", "mean distance / uniform", "low-freq fraction", "RoPE mean period"])
+            rows.append([int(layer), int(head), str(sel["head_class"].values),
+                         f"{float(sel['head_locality']):.3g} [{float(sel['head_locality_lo']):.3g}, {float(sel['head_locality_hi']):.3g}]",
+                         f"{float(sel['needle_mass_mean'].isel(haystack_size=-1)):.3g}",
+                         f"{float(sel['sink_mass'].isel(haystack_size=-1).mean()):.3g}",
+                         f"{float(sel['rope_mean_period']):.3g}"])
+    return table(rows, ["layer", "head", "class", "locality (logit/100 pos) [95% bootstrap]", "needle mass (largest size)",
+                        "sink mass (largest size)", "RoPE mean period"])
 
 
 def write_report(out_dir: Path, title: str, figures: list[Path], sections: list[tuple[str, str]]) -> Path:

@@ -1,7 +1,8 @@
 """Which RoPE frequencies each head uses: energy of q and k in each 2-D rotary pair.
 
 Qwen2.5-VL rotates dims (p, p + D/2) together (the rotate_half layout) at angle position * inv_freq[p],
-so pair p is a 2-D subspace turning at inv_freq[p] / 2pi cycles per token. M-RoPE splits the
+so pair p is a 2-D subspace turning at inv_freq[p] / 2pi cycles per position (M-RoPE position id,
+not token index: an image's tokens share one temporal id). M-RoPE splits the
 D/2 pairs into sections (mrope_section, e.g. [16, 24, 24] for the real models, [4, 6, 6] for the
 toy ones): section i rotates with the temporal, height or width position id (axis i % 3). For
 text tokens the three ids are equal; inside an image, height/width pairs follow the patch grid.
@@ -44,8 +45,8 @@ def rotary_pair_coords(inv_freq: np.ndarray, axis) -> xr.Dataset:
     freq = inv_freq / (2 * math.pi)
     return xr.Dataset(coords={
         "rotary_pair": ("rotary_pair", np.arange(len(inv_freq)), {"long_name": "rotary pair (dims p, p + D/2)"}),
-        "rope_freq": ("rotary_pair", freq, {"units": "cycles/token", "long_name": "pair rotation frequency"}),
-        "rope_period": ("rotary_pair", 1.0 / freq, {"units": "tokens", "long_name": "pair rotation period"}),
+        "rope_freq": ("rotary_pair", freq, {"units": "cycles/position", "long_name": "pair rotation frequency"}),
+        "rope_period": ("rotary_pair", 1.0 / freq, {"units": "positions", "long_name": "pair rotation period"}),
         "rope_axis": ("rotary_pair", np.asarray(axis, dtype=str), {"long_name": "M-RoPE position axis"}),
     })
 
@@ -103,5 +104,5 @@ def rope_usage_dataset(q_norm: np.ndarray, k_norm: np.ndarray, layers, pairs: xr
     # Usage-weighted mean period in log space: one number per head for "how slow are its pairs".
     log_period = np.log(pairs["rope_period"].values)
     ds["rope_mean_period"] = (("layer", "head"), np.exp((usage * log_period).sum(-1)), {
-        "units": "tokens", "long_name": "usage-weighted geometric mean rotary period"})
+        "units": "positions", "long_name": "usage-weighted geometric mean rotary period"})
     return ds

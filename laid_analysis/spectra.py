@@ -1,8 +1,15 @@
-"""Spectra of the distance profiles, local/global head labels, and the low-frequency
-preservation score of a student against its teacher.
+"""ABLATION: FFT spectra of the distance profiles, the attention-reach classes, and the
+low-frequency preservation score of a student against its teacher.
+
+Kept to show what the exact per-pair spectrum (pair_spectrum.py) replaces: the periodogram below
+is undetrended, unwindowed and ignores pair counts (the far end of a profile is its noisiest
+part), and the preservation score normalises spectra to distributions, so it cannot tell a good
+student from a bad one: on planted profiles (tests/test_analysis_scores.py) a noisier exact copy
+scores low, while a steeper decay or a sign-flipped profile scores high. Do not read these as
+results; the position-head classes live in key_activation.position_head_classes.
 
 Power spectrum. Of each head's mean-logit distance profile logit(d), d = 0..n-1 (distance.py):
-    power(f) = |rfft(x - mean(x))|^2 / n,   f = k / n cycles per token (coordinate freq_distance)
+    power(f) = |rfft(x - mean(x))|^2 / n,   f = k / n cycles per distance unit (freq_distance)
 Why the logit profile: it is linear in q . k, so under RoPE it is a sum over rotary pairs of
 cosine-like terms at each pair's frequency: its spectrum shows which rotary frequencies shape the
 head's positional response (compare rope_usage). The attention weights are a softmax of it:
@@ -64,7 +71,9 @@ def power_spectrum(profile: xr.DataArray, dim: str = "distance") -> xr.DataArray
     freq = scipy.fft.rfftfreq(n, d=1.0)
     dims = x.dims[:-1] + ("freq_distance",)
     coords = {d: x.coords[d] for d in x.dims[:-1] if d in x.coords}
-    coords["freq_distance"] = ("freq_distance", freq, {"units": "cycles/token", "long_name": "frequency over distance"})
+    unit = {"positions": "cycles/position", "tokens": "cycles/token"}.get(str(x[dim].attrs.get("units", "")), "cycles/token") \
+        if dim in x.coords else "cycles/token"
+    coords["freq_distance"] = ("freq_distance", freq, {"units": unit, "long_name": "frequency over distance"})
     return xr.DataArray(power, dims=dims, coords=coords, name="power",
                         attrs={"long_name": "power of the mean-logit distance profile", "units": "1",
                                "n_distance": n})
@@ -94,17 +103,19 @@ def classify_heads(profile: xr.Dataset, global_threshold: float = DEFAULT_GLOBAL
     uniform_d = float((d * uniform * n).sum() / (uniform * n).sum())
     ratio = mean_d / uniform_d if uniform_d > 0 else mean_d * np.nan
     labels = xr.where(ratio >= global_threshold, "global", "local").astype(str)
+    units = str(profile["distance"].attrs.get("units", "tokens"))
     return xr.Dataset({
-        "mean_distance": mean_d.assign_attrs(units="tokens", long_name="attention-weighted mean distance"),
+        "mean_distance": mean_d.assign_attrs(units=units, long_name="attention-weighted mean distance"),
         "mean_distance_ratio": ratio.assign_attrs(units="1", long_name="mean distance / uniform head's"),
-        "head_class": labels.assign_attrs(
-            long_name="position head class", rule=f"global if mean_distance_ratio >= {global_threshold} else local"),
+        "reach_class": labels.assign_attrs(
+            long_name="ABLATION: reach class over all queries (the old head_class)",
+            rule=f"global if mean_distance_ratio >= {global_threshold} else local"),
     })
 
 
 def spectra_dataset(profile: xr.Dataset, cycles: float = DEFAULT_LOW_FREQ_CYCLES,
                     global_threshold: float = DEFAULT_GLOBAL_THRESHOLD) -> xr.Dataset:
-    """power(layer, head, freq_distance), low_freq_fraction(layer, head) and the head classes."""
+    """ABLATION: power(layer, head, freq_distance), low_freq_fraction(layer, head), reach classes."""
     power = power_spectrum(profile["logit"])
     cutoff = low_freq_cutoff(power.attrs["n_distance"], cycles)
     ds = xr.Dataset({"power": power, "low_freq_fraction": low_freq_fraction(power, cutoff)})

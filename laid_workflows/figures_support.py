@@ -159,6 +159,74 @@ def load_head_weights(run_dir: Path, student: str, method: str = "laid", param: 
     return load(path)
 
 
+def load_sample_results(run_dir: Path, student: str, method: str, param: str = "methods") -> list[xr.Dataset]:
+    """Per-question results correct(haystack_size, sample) of one (student, method), one per
+    training seed: distill/<student>__<method>[__seed<k>]/eval.nc for a trained method (the seeds
+    the comparison lists in its `seeds` attr), else the comparison's own
+    compare/eval/<student>__<method>.nc or the shared eval/<student>__<method>.nc."""
+    from laid.eval.results import load_result
+    from laid.methods import TRAINED_METHODS
+
+    layout = RunLayout(run_dir)
+    if method in TRAINED_METHODS:
+        seeds = [0]
+        if layout.comparison.is_file():
+            with xr.open_dataset(layout.comparison) as cmp:
+                seeds = [int(k) for k in np.atleast_1d(cmp.attrs.get("seeds", [0]))]
+        paths = [layout.trained_eval(student, method, k) for k in seeds]
+        if all(p.is_file() for p in paths):
+            return [load_result(p) for p in paths]
+        missing = next(p for p in paths if not p.is_file())
+    else:
+        for path in (layout.compare_eval(student, method), layout.eval_result(student, method)):
+            if path.is_file():
+                return [load_result(path)]
+        missing = layout.compare_eval(student, method)
+    raise MissingResultsError(f"parameter {param}: no per-question results for {student} {method} at {missing}; "
+                              f"{RESULT_HINTS['compare']}")
+
+
+def paired_differences(run_dir: Path, student: str, methods: Sequence[str], sizes: Sequence[int], reference: str = "base",
+                       param: str = "methods") -> xr.Dataset:
+    """accuracy(method) - accuracy(reference) per (diff_method, haystack_size), paired on the same
+    questions (laid.eval.paired.paired_difference at each size: questions resampled together,
+    training seeds independently): difference, difference_lo/_hi (95% percentile bootstrap),
+    n_questions, n_seeds. Results on other questions are refused (laid.eval.paired.stack_seeds)."""
+    from laid.eval.paired import paired_difference, stack_seeds
+
+    ref_runs = load_sample_results(run_dir, student, reference, param)
+    out = []
+    for m in methods:
+        runs = load_sample_results(run_dir, student, m, param)
+        common = [int(n) for n in sizes if all(int(n) in r["haystack_size"].values for r in runs + ref_runs)]
+        try:
+            a, b = stack_seeds(runs, common), stack_seeds(ref_runs, common)
+            stack_seeds([runs[0], ref_runs[0]], common)  # the two methods on the same questions
+        except ValueError as e:
+            raise ValueError(f"parameter {param}: {student} {m} and {reference} were not evaluated on the same questions "
+                             f"({e}); re-run `laid compare` so both use the same data and seed") from None
+        rows = [paired_difference(a, b, [n]) for n in common]
+        coords = {"haystack_size": common}
+        out.append(xr.Dataset({
+            "difference": ("haystack_size", [r.value for r in rows]),
+            "difference_lo": ("haystack_size", [r.ci_low for r in rows]),
+            "difference_hi": ("haystack_size", [r.ci_high for r in rows]),
+            "n_questions": ("haystack_size", [r.n_questions for r in rows]),
+        }, coords=coords).expand_dims(diff_method=[m]).assign_coords(n_seeds=("diff_method", [len(runs)])))
+    ds = xr.concat(out, dim="diff_method", join="outer") if out else xr.Dataset()
+    for v in ("difference", "difference_lo", "difference_hi"):
+        ds[v].attrs.update(units="1", long_name=f"accuracy - {reference} accuracy, same questions",
+                           interval="95% percentile bootstrap, questions paired, training seeds resampled (laid.eval.paired)")
+    return ds
+
+
+def row_shares(w: xr.DataArray) -> xr.DataArray:
+    """|w| / sum over the last dim (the teacher heads) of |w|: each teacher head's share of a row."""
+    mag = np.abs(w)
+    total = mag.sum(w.dims[-1])
+    return (mag / total.where(total > 0)).assign_attrs(units="1", long_name="share of the row's sum |w|")
+
+
 def pick_layer(da: xr.DataArray, layer: int, param: str, dim: str = "layer") -> xr.DataArray:
     """da at one layer: a negative `layer` counts from the end of those stored (-1: the last one);
     a non-negative one is the layer's label (analyses may store a subset of layers, e.g. [2, 3])."""

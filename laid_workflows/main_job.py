@@ -49,8 +49,18 @@ class MainConfig:
     # of the whole comparison, not a measurement.
     quick_compare_config: str = "configs/experiments/compare_full.yaml"
     analysis_sizes: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 100, 150])
-    analysis_max_samples: int = 8
+    analysis_max_samples: int = 32  # haystacks per size for the answer statistics (Figure 4 intervals)
+    analysis_profile_samples: int = 8  # of those, how many feed the O(S^2) distance profile and pair spectrum
+    analysis_batch_size: int = 4  # haystacks per forward in the analysis (batching halves its CPU cost per haystack)
     figures_dir: str = "figures"
+
+    def __post_init__(self):
+        for name in ("analysis_max_samples", "analysis_profile_samples", "analysis_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.analysis_profile_samples > self.analysis_max_samples:
+            raise ValueError(f"analysis_profile_samples ({self.analysis_profile_samples}) must not exceed "
+                             f"analysis_max_samples ({self.analysis_max_samples}): the profile uses a subset of those haystacks")
 
     @classmethod
     def load(cls, path: str | Path) -> "MainConfig":
@@ -122,21 +132,36 @@ def _stage_compare(cfg: MainConfig, log) -> None:
     run_comparison(ccfg, cfg.run)
 
 
-# Checkpoints analysed: the teacher is the reference of every student folder (its analysis is
-# written there as reference.nc); each student before (base) and after KD and LAid.
+# Checkpoints analysed: the teacher once in its own folder (analysis/<teacher>__base, all layers),
+# reused as the reference of every student folder (written there as reference.nc at the paired
+# layers); each student before (base) and after KD and LAid; then one side-by-side report in
+# analysis/checkpoints/.
 ANALYSED_METHODS = ("base", "kd", "laid")
 
 
 def _stage_analysis(cfg: MainConfig, log) -> None:
+    from laid_analysis.analyse import AnalysisSettings
+    from laid_analysis.checkpoints import compare_checkpoints
     from laid_analysis.diagnose import diagnose
 
     run = cfg.layout
     teacher = run.zoo_model(cfg.teacher)
+    sizes = None if cfg.quick else cfg.analysis_sizes
+    settings = lambda: AnalysisSettings(profile_max_samples=cfg.analysis_profile_samples,  # noqa: E731
+                                        batch_size=cfg.analysis_batch_size)
+    # The teacher once, all layers: every student's comparison reuses it (same haystacks, same settings).
+    t_label = run_label(cfg.teacher, "base")
+    t_out = run.analysis(t_label)
+    if not (t_out / "report.html").is_file():
+        diagnose(teacher, run.test_data, run.data, sizes, t_out, max_samples=cfg.analysis_max_samples,
+                 label=t_label, settings=settings())
+    folders = {t_label: t_out}
     for student in cfg.students:
         for method in ANALYSED_METHODS:
             label = run_label(student, method)
             out = run.analysis(label)
             if (out / "report.html").is_file():
+                folders[label] = out
                 continue
             model_dir = run.zoo_model(student) if method == "base" else run.export(student, method)
             if not (model_dir / "config.json").is_file():
@@ -144,10 +169,13 @@ def _stage_analysis(cfg: MainConfig, log) -> None:
                 continue
             hw = run.head_weights(student, method)
             diagnose(
-                model_dir, run.test_data, run.data, None if cfg.quick else cfg.analysis_sizes, out,
-                reference=teacher, head_weights=hw if hw.is_file() else None,
-                max_samples=cfg.analysis_max_samples, label=label, reference_label=f"{cfg.teacher}__base",
+                model_dir, run.test_data, run.data, sizes, out,
+                reference=teacher, head_weights=hw if hw.is_file() else None, settings=settings(),
+                max_samples=cfg.analysis_max_samples, label=label, reference_label=t_label,
+                reference_analysis=t_out / "diagnostics.nc",
             )
+            folders[label] = out
+    compare_checkpoints(folders, run.analysis("checkpoints"), teacher=t_label)
 
 
 def _stage_figures(cfg: MainConfig, log) -> None:

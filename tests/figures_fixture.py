@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 
 from laid.eval.results import SampleResult, build_result, write_result
-from laid.methods import ALL_METHODS
+from laid.methods import ALL_METHODS, TRAINED_METHODS as TRAINED
 from laid_workflows.tables import build_comparison
 
 SIZES = [1, 2, 5, 10, 20]
@@ -33,8 +33,11 @@ N_CORRECT = {
     ("tiny-7b", "laid"): [10, 10, 9, 8, 7],
     ("tiny-7b", "kd"): [10, 9, 8, 7, 6],
 }
-FREQ_DISTANCE = np.linspace(0.0, 0.5, 9)  # cycles per token
+FREQ_DISTANCE = np.linspace(0.0, 0.5, 9)  # cycles per position (ablation FFT view)
 N_DISTANCE = 16
+N_PAIRS = 8
+ROPE_FREQ = 100.0 ** (-np.arange(N_PAIRS) / N_PAIRS) / (2 * np.pi)  # cycles per position
+RANK = {"base": 0, "kd": 1, "laid": 2}
 
 
 def eval_dataset(model: str, variant: str, n_correct=None, n_samples: int = N_SAMPLES) -> xr.Dataset:
@@ -57,14 +60,18 @@ def comparison_correct(s: int, m: int, size: int) -> int:
     return int(round(20 * (0.55 + 0.04 * m - 0.02 * s - 0.01 * np.log(size))))
 
 
-def comparison_dataset() -> xr.Dataset:
-    """compare/comparison.nc through the real producer (laid_workflows.tables.build_comparison)."""
-    evals = {
+def comparison_evals() -> dict[tuple[str, str], xr.Dataset]:
+    """The evaluations the comparison is built from: comparison_correct(s, m, size) right of 20."""
+    return {
         (student, method): eval_dataset(student, method, [comparison_correct(s, m, n) for n in SIZES], 20)
         for s, student in enumerate(STUDENTS)
         for m, method in enumerate(METHODS)
     }
-    return build_comparison(evals, eval_dataset(TEACHER, "base"), STUDENTS, METHODS, {"teacher": TEACHER, "threshold": 0.6})
+
+
+def comparison_dataset() -> xr.Dataset:
+    """compare/comparison.nc through the real producer (laid_workflows.tables.build_comparison)."""
+    return build_comparison(comparison_evals(), eval_dataset(TEACHER, "base"), STUDENTS, METHODS, {"teacher": TEACHER, "threshold": 0.6})
 
 
 def key_activation(label: str, layer: int, head: int, size: int) -> float:
@@ -74,6 +81,31 @@ def key_activation(label: str, layer: int, head: int, size: int) -> float:
         return 0.7 - 0.02 * size / 5 - 0.01 * head if head % 2 == 0 else 0.5 + 0.01 * size / 5 + 0.01 * head + 0.01 * layer
     slope = 0.03 if method == "base" else 0.005
     return 0.8 - slope * size - 0.01 * head + 0.001 * layer
+
+
+def needle_mass(label: str, layer: int, head: int, size: int) -> float:
+    """Attention mass on the needle: the teacher holds, base students lose it, LAid less so."""
+    model, method = label.split("__")
+    rate = 0.01 if model == TEACHER else {"base": 0.1, "kd": 0.05, "laid": 0.02}[method]
+    return 0.5 / (1 + rate * size) + 0.01 * head + 0.001 * layer
+
+
+def needle_margin(label: str, layer: int, head: int, size: int) -> float:
+    model, method = label.split("__")
+    slope = 0.05 if model == TEACHER else {"base": 0.5, "kd": 0.3, "laid": 0.1}[method]
+    return float("nan") if size == 1 else 2.0 - slope * np.log(size) + 0.01 * head
+
+
+def locality(label: str, layer: int, head: int) -> float:
+    """Position-head score (logit drop per 100 positions): teacher even heads local, odd global."""
+    if label.split("__")[0] == TEACHER:
+        return 2.0 + 0.1 * layer if head % 2 == 0 else 0.2 + 0.01 * head
+    return 0.5 + 0.3 * head
+
+
+def pair_coef(label: str, layer: int, head: int, pair: int) -> complex:
+    rank = 3 if label.split("__")[0] == TEACHER else RANK[label.split("__")[1]]
+    return complex((1 + rank) * 0.1 * np.exp(-pair / 4) * (1 + 0.1 * head), 0.05 * np.sin(pair + layer))
 
 
 def analysis_dataset(label: str, layers=None) -> xr.Dataset:
@@ -87,19 +119,37 @@ def analysis_dataset(label: str, layers=None) -> xr.Dataset:
     power = np.exp(-FREQ_DISTANCE[None, None, :] * (10.0 - 2 * rank)) * (1 + 0.1 * np.arange(heads))[None, :, None]
     power = np.broadcast_to(power, (len(L), heads, FREQ_DISTANCE.size)).copy()
     attention = np.array([[1.0 / (1 + dist * (0.5 + 0.1 * h + 0.05 * l)) for h in H] for l in L])
-    is_teacher = model == TEACHER
+    mass = np.array([[[needle_mass(label, l, h, n) for n in SIZES] for h in H] for l in L])
+    margin = np.array([[[needle_margin(label, l, h, n) for n in SIZES] for h in H] for l in L])
+    loc = np.array([[locality(label, l, h) for h in H] for l in L])
+    coef = np.array([[[pair_coef(label, l, h, p) for p in range(N_PAIRS)] for h in H] for l in L])
+    theta = 2 * np.pi * ROPE_FREQ
+    rope_profile = np.real(coef[..., None] * np.exp(1j * theta[:, None] * dist[None, :])).sum(-2)
+    s3 = ("layer", "head", "haystack_size")
     return xr.Dataset(
         {
+            "needle_mass_mean": (s3, mass), "needle_mass_lo": (s3, mass - 0.05), "needle_mass_hi": (s3, mass + 0.05),
+            "image_mass_mean": (s3, np.minimum(mass + 0.3, 1.0)), "image_mass_lo": (s3, np.minimum(mass + 0.25, 1.0)),
+            "image_mass_hi": (s3, np.minimum(mass + 0.35, 1.0)),
+            "needle_margin_mean": (s3, margin), "needle_margin_lo": (s3, margin - 0.2), "needle_margin_hi": (s3, margin + 0.2),
+            "head_locality": (("layer", "head"), loc), "head_locality_lo": (("layer", "head"), loc - 0.3),
+            "head_locality_hi": (("layer", "head"), loc + 0.3),
+            "head_class": (("layer", "head"), np.where(loc >= 1.0, "local", "global"),
+                           {"rule": "local if mean locality at the largest size (20 images) >= 1.0 logit/100 positions", "threshold": 1.0}),
+            "pair_coef_re": (("layer", "head", "rotary_pair"), coef.real), "pair_coef_im": (("layer", "head", "rotary_pair"), coef.imag),
+            "pair_coef_abs": (("layer", "head", "rotary_pair"), np.abs(coef)),
+            "rope_profile": (("layer", "head", "distance"), rope_profile),
             "key_activation": (("layer", "head", "haystack_size"),
                                np.array([[[key_activation(label, l, h, n) for n in SIZES] for h in H] for l in L])),
             "attention": (("layer", "head", "distance"), attention),
             "logit": (("layer", "head", "distance"), np.log(attention)),
             "power": (("layer", "head", "freq_distance"), power),
             "low_freq_fraction": (("layer", "head"), low_freq),
-            "head_class": (("layer", "head"), np.array([["global" if is_teacher and h % 2 else "local" for h in H] for l in L])),
-            "rope_usage": (("layer", "head", "rotary_pair"), np.ones((len(L), heads, 16)) / 16),
+            "rope_usage": (("layer", "head", "rotary_pair"), np.ones((len(L), heads, N_PAIRS)) / N_PAIRS),
         },  # fmt: skip
-        coords={"layer": L, "head": list(H), "haystack_size": SIZES, "distance": dist, "freq_distance": FREQ_DISTANCE},
+        coords={"layer": L, "head": list(H), "haystack_size": SIZES, "freq_distance": FREQ_DISTANCE,
+                "distance": ("distance", dist, {"units": "positions"}), "rotary_pair": range(N_PAIRS),
+                "rope_freq": ("rotary_pair", ROPE_FREQ, {"units": "cycles/position"})},
         attrs={"model_name": label, "low_freq_cutoff": 0.25, "n_layers_total": n_layers},
     )
 
@@ -108,18 +158,34 @@ def preservation(label: str, layer: int, head: int) -> float:
     return 0.5 + 0.1 * {"base": 0, "kd": 1, "laid": 2}[label.split("__")[1]] + 0.01 * head + 0.001 * layer
 
 
+def fidelity(label: str, layer: int, head: int) -> float:
+    return 0.2 + 0.3 * RANK[label.split("__")[1]] - 0.02 * head + 0.001 * layer
+
+
+def virtual_coef(label: str, layer: int, head: int, pair: int) -> complex:
+    return complex(0.4 * np.exp(-pair / 4) * (1 + 0.1 * head), -0.03 * pair)
+
+
 def preservation_dataset(label: str) -> xr.Dataset:
-    """comparison.nc of `laid diagnose --reference` (laid_analysis.spectra.low_freq_preservation)."""
+    """comparison.nc of `laid diagnose --reference` (pair_spectrum.compare_spectra, with the ablation
+    spectra.low_freq_preservation beside it)."""
     n_layers, heads, _ = SHAPES[label.split("__")[0]]
     pres = np.array([[preservation(label, l, h) for h in range(heads)] for l in range(n_layers)])
+    fid = np.array([[fidelity(label, l, h) for h in range(heads)] for l in range(n_layers)])
+    vc = np.array([[[virtual_coef(label, l, h, p) for p in range(N_PAIRS)] for h in range(heads)] for l in range(n_layers)])
     return xr.Dataset(
         {
             "preservation": (("layer", "head"), pres),
             "layer_preservation": ("layer", pres.mean(1)),
             "low_freq_ratio": ("layer", pres.mean(1) * 0.9),
             "preservation_score": ((), pres.mean()),
+            "spectral_fidelity": (("layer", "head"), fid), "profile_fidelity": (("layer", "head"), fid - 0.1),
+            "fidelity_score": ((), fid.mean()), "profile_score": ((), fid.mean() - 0.1),
+            "virtual_coef_re": (("layer", "head", "rotary_pair"), vc.real),
+            "virtual_coef_im": (("layer", "head", "rotary_pair"), vc.imag),
         },
-        coords={"layer": range(n_layers), "head": range(heads), "teacher_layer": ("layer", [1, 2, 3][-n_layers:])},
+        coords={"layer": range(n_layers), "head": range(heads), "teacher_layer": ("layer", [1, 2, 3][-n_layers:]),
+                "rotary_pair": range(N_PAIRS)},
         attrs={"student": label, "teacher": f"{TEACHER}__base"},
     )
 
@@ -149,6 +215,12 @@ def build_run(root: Path) -> Path:
         (run / "zoo" / model).mkdir(parents=True, exist_ok=True)
     (run / "compare").mkdir(parents=True, exist_ok=True)
     comparison_dataset().to_netcdf(run / "compare" / "comparison.nc")
+    # Per-question results behind the comparison, where `laid compare` keeps them (Figure 3's paired differences).
+    for (student, method), ds in comparison_evals().items():
+        if method in TRAINED:
+            write_result(ds, run / "distill" / f"{student}__{method}" / "eval.nc")
+        else:
+            write_result(ds, run / "compare" / "eval" / f"{student}__{method}.nc")
     # As `laid diagnose <student> --reference <teacher>` writes them: the teacher's analysis (at the
     # paired layers only) is each student folder's reference.nc; the teacher has no folder of its own.
     for label in STUDENT_LABELS:

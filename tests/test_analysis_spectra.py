@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from laid_analysis.distance import profile_dataset
 from laid_analysis.head_weights import head_weight_summary, load_head_weights
-from laid_analysis.key_activation import normalize_per_layer, stack_models
+from laid_analysis.key_activation import AnswerStats, stack_models
 from laid_analysis.rope_usage import rope_usage_dataset, rotary_pair_coords
 from laid_analysis.spectra import (classify_heads, default_layer_map, low_freq_fraction, low_freq_preservation,
                                    power_spectrum, spectra_dataset)
@@ -58,7 +59,7 @@ def test_head_classes_from_attention_reach():
     spread = np.full(n, 1.0 / n)  # like a uniform head
     prof = _profile(np.zeros((1, 2, n)), np.stack([local, spread])[None])
     cls = classify_heads(prof, global_threshold=0.5)
-    assert cls["head_class"].values.tolist() == [["local", "global"]]
+    assert cls["reach_class"].values.tolist() == [["local", "global"]]
     assert float(cls["mean_distance_ratio"].sel(layer=0, head=1)) == pytest.approx(1.0)
     assert float(cls["mean_distance_ratio"].sel(layer=0, head=0)) < 0.1
 
@@ -97,22 +98,65 @@ def test_spectra_dataset_is_plot_ready():
     n = 64
     prof = _profile(np.cos(2 * np.pi * np.arange(n) / 8)[None, None, :].repeat(3, axis=1))
     ds = spectra_dataset(prof)
-    assert set(ds.data_vars) >= {"power", "low_freq_fraction", "head_class", "mean_distance_ratio"}
+    assert set(ds.data_vars) >= {"power", "low_freq_fraction", "reach_class", "mean_distance_ratio"}
     assert ds["power"].sel(head=1).dims == ("layer", "freq_distance")
     assert ds.attrs["low_freq_cutoff"] == pytest.approx(8 / n)
 
 
-def test_key_activation_normalisation_keeps_relative_decay():
-    raw = np.array([[[2.0, 1.0, 0.0], [2.0, 1.9, 1.8]]])  # (layer, head, size): head 0 decays, head 1 stable
-    norm = normalize_per_layer(raw)
-    assert norm.min() == 0.0 and norm.max() == 1.0
-    assert norm[0, 1, 0] - norm[0, 1, 2] == pytest.approx(0.1)  # a stable head stays flat after normalising
-    assert normalize_per_layer(np.ones((1, 2, 3))).tolist() == np.full((1, 2, 3), 0.5).tolist()
-    a = xr.Dataset({"key_activation": (("layer", "head", "haystack_size"), norm)}, coords={"haystack_size": [1, 5, 10]})
-    b = a.isel(head=[0])
-    both = stack_models({"teacher": a, "student": b})
-    assert both["key_activation"].dims == ("model", "layer", "head", "haystack_size")
-    assert np.isnan(both["key_activation"].sel(model="student", head=1)).all()
+IMG, START = 7, 5  # image-pad and vision-start token ids of the synthetic haystacks
+
+
+def _haystack(n_images, needle, tokens_per_image=4, prefix=4, suffix=3, local_slope=0.0, needle_logit=5.0):
+    """One synthetic haystack for AnswerStats: ids, positions and q/k such that the answer query's
+    logit is needle_logit on the needle's tokens, 0 on the others, minus local_slope per position
+    of distance (head 1) or not (head 0). Returns (q (1, 2, S, 2), k (1, 1, S, 2), ids, pos)."""
+    ids, pos, p = [1] * prefix, list(range(prefix)), prefix
+    for _ in range(n_images):
+        ids += [START] + [IMG] * tokens_per_image
+        pos += [p] + [p + 1] * tokens_per_image  # one temporal id per image, as M-RoPE gives
+        p += 3
+    ids += [2] * suffix
+    pos += list(range(p, p + suffix))
+    S = len(ids)
+    ids_t, pos_t = torch.tensor(ids)[None], torch.tensor(pos)[None]
+    spans = [(prefix + i * (tokens_per_image + 1) + 1, prefix + (i + 1) * (tokens_per_image + 1)) for i in range(n_images)]
+    # k dim 0: needle indicator; k dim 1: position. q at the answer row reads them.
+    k = torch.zeros(1, 1, S, 2)
+    s, e = spans[needle]
+    k[0, 0, s:e, 0] = needle_logit
+    k[0, 0, :, 1] = pos_t[0].float()
+    q = torch.zeros(1, 2, S, 2)
+    q[0, :, -1, 0] = 1.0
+    q[0, 1, -1, 1] = local_slope  # logit + slope * key position = const - slope * distance
+    return q, k, ids_t, pos_t
+
+
+def test_needle_margin_and_mass_do_not_dilute_but_the_old_statistic_does():
+    rng = np.random.default_rng(0)
+    sizes = (1, 5, 20, 150)
+    stats = AnswerStats(IMG, START)
+    for n in sizes:
+        for j in range(3):
+            needle = int(rng.integers(n))
+            q, k, ids, pos = _haystack(n, needle, local_slope=0.05)
+            stats.update(0, n, q, k, 1.0, ids, torch.ones_like(ids, dtype=torch.bool), pos, [needle])
+    ds = stats.to_dataset(local_threshold=1.0)
+    old = ds["key_activation_raw"].sel(layer=0, head=0).mean("sample")
+    np.testing.assert_allclose(old.values, [5.0, 1.0, 0.25, 5 / 150], rtol=1e-5)  # 5/N: dilution
+    margin = ds["needle_margin_mean"].sel(layer=0, head=0)
+    assert np.isnan(margin.sel(haystack_size=1)) and np.allclose(margin.sel(haystack_size=[5, 20, 150]), 5.0)
+    mass = ds["needle_mass_mean"].sel(layer=0, head=0).values
+    assert mass[0] > mass[-1] > 0.1  # softmax mass: falls only as the distractors' total weight grows
+    # Head 1 prefers near keys: positive locality with an interval; head 0 none -> classes.
+    assert float(ds["head_locality"].sel(layer=0, head=1)) == pytest.approx(5.0, rel=0.2)
+    assert abs(float(ds["head_locality"].sel(layer=0, head=0))) < 0.5
+    assert ds["head_class"].sel(layer=0).values.tolist() == ["global", "local"]
+    assert ds["head_locality_lo"].sel(layer=0, head=1) <= ds["head_locality"].sel(layer=0, head=1) <= ds["head_locality_hi"].sel(layer=0, head=1)
+    # Health: a row's mass sums to <= 1, the sink holds the prefix and <|vision_start|> mass.
+    assert (ds["sink_mass"] + ds["image_mass"] <= 1 + 1e-6).all() and (ds["attn_entropy"] > 0).all()
+    both = stack_models({"a": ds, "b": ds.isel(head=[0])}, ("needle_mass_mean",))
+    assert both["needle_mass_mean"].dims == ("model", "layer", "head", "haystack_size")
+    assert np.isnan(both["needle_mass_mean"].sel(model="b", head=1)).all()
 
 
 def test_rope_pairs_follow_mrope_sections(random_zoo):
@@ -123,7 +167,7 @@ def test_rope_pairs_follow_mrope_sections(random_zoo):
     pairs = rotary_pairs(model)
     assert pairs.sizes["rotary_pair"] == 16  # head_dim 32
     assert pairs["rope_axis"].values.tolist() == ["temporal"] * 4 + ["height"] * 6 + ["width"] * 6
-    np.testing.assert_allclose(pairs["rope_freq"].values[0], 1 / (2 * np.pi))  # inv_freq[0] = 1 rad/token
+    np.testing.assert_allclose(pairs["rope_freq"].values[0], 1 / (2 * np.pi))  # inv_freq[0] = 1 rad/position
     assert np.all(np.diff(pairs["rope_freq"].values) < 0)
     q = np.ones((1, 2, 16)); k = np.ones((1, 1, 16)); k[0, 0, 3] = 3.0
     usage = rope_usage_dataset(q, k, [0], rotary_pair_coords(np.geomspace(1, 1e-6, 16), ["temporal"] * 16))

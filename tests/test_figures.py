@@ -102,27 +102,46 @@ def test_fig3_data_equals_comparison(executed):
     laid = fx.METHODS.index("laid")
     assert float(data.accuracy.sel({"student": "tiny-7b", "method": "laid", "haystack_size": 5})) == fx.comparison_correct(0, laid, 5) / 20
     assert float(data.paper_accuracy.sel(paper_method="kd", paper_haystack_size=100)) == pytest.approx(0.6150)
+    # Paired differences vs base on the same questions, from the per-question eval files, with intervals.
+    assert list(data.diff_method.values) == ["kd", "laid"]
+    for si, s in enumerate(fx.STUDENTS):
+        for m in ("kd", "laid"):
+            mi, bi = fx.METHODS.index(m), fx.METHODS.index("base")
+            expected = [(fx.comparison_correct(si, mi, n) - fx.comparison_correct(si, bi, n)) / 20 for n in fx.SIZES]
+            got = data.difference.sel(student=s, diff_method=m)
+            np.testing.assert_allclose(got.values, expected)
+            assert (data.difference_lo.sel(student=s, diff_method=m) <= got + 1e-12).all()
+            assert (data.difference_hi.sel(student=s, diff_method=m) >= got - 1e-12).all()
+    assert (data.n_questions == 20).all() and "paired" in data.attrs["difference_interval"]
 
 
-def test_fig4_data_equals_key_activations(executed):
+def test_fig4_data_equals_answer_statistics(executed):
     data = figure_data(executed, "fig4_key_activations")
     assert data.attrs["student_layer"] == 2 and data.attrs["teacher_layer"] == 3  # last layers by default
-    for var, label in (("student_before", "tiny-7b__base"), ("student_after", "tiny-7b__laid")):
-        expected = [[fx.key_activation(label, 2, h, n) for n in fx.SIZES] for h in range(4)]
-        np.testing.assert_allclose(data[var].values, expected)
-    # The teacher comes from the reference.nc beside student_before's diagnostics.
-    expected = [[fx.key_activation("tiny-32b__base", 3, h, n) for n in fx.SIZES] for h in range(8)]
-    np.testing.assert_allclose(data.teacher.values, expected)
-    assert list(data.teacher_head_class.values) == ["local", "global"] * 4
+    assert list(data.checkpoint.values) == ["student_before", "student_after", "teacher"]
+    assert "bootstrap" in data.attrs["interval"] and "1.0" in data.attrs["head_class_rule"]
+    for ck, label, layer, heads in (("student_before", "tiny-7b__base", 2, 4), ("student_after", "tiny-7b__laid", 2, 4),
+                                    ("teacher", "tiny-32b__base", 3, 8)):  # teacher from the reference.nc beside student_before's
+        d = data.sel(checkpoint=ck)
+        np.testing.assert_allclose(d.needle_mass_mean.isel(head=slice(0, heads)).values,
+                                   [[fx.needle_mass(label, layer, h, n) for n in fx.SIZES] for h in range(heads)])
+        np.testing.assert_allclose(d.needle_margin_mean.isel(head=slice(0, heads)).values,
+                                   [[fx.needle_margin(label, layer, h, n) for n in fx.SIZES] for h in range(heads)])
+        np.testing.assert_allclose(d.head_locality.isel(head=slice(0, heads)).values, [fx.locality(label, layer, h) for h in range(heads)])
+        assert np.isnan(d.needle_mass_mean.isel(head=slice(heads, None))).all()  # fewer heads: NaN, not made up
+    assert list(data.head_class.sel(checkpoint="teacher").values) == ["local", "global"] * 4
 
 
 def test_head_weights_data_equals_distill_file(executed):
     data = figure_data(executed, "head_weights")
-    expected = fx.head_weights_dataset("tiny-7b").isel(layer_pair=-1)  # the last aligned pair by default
+    expected = fx.head_weights_dataset("tiny-7b")  # every aligned layer pair by default
     np.testing.assert_array_equal(data.w_q.values, expected.w_q.values)
     np.testing.assert_array_equal(data.w_k.values, expected.w_k.values)
-    assert data.w_q.dims == ("student_head", "teacher_head") and data.w_q.shape == (4, 8)
-    assert data.attrs["pair"] == "student layer 2 <- teacher layer 3"
+    assert data.w_q.dims == ("layer_pair", "student_head", "teacher_head") and data.w_q.shape == (2, 4, 8)
+    np.testing.assert_allclose(data.w_q_share.sum("teacher_head"), 1.0)
+    w = expected.w_q.values[1, 0]
+    np.testing.assert_allclose(data.w_q_share.values[1, 0], np.abs(w) / np.abs(w).sum())
+    assert list(data.attrs["pairs"]) == ["student layer 1 <- teacher layer 2", "student layer 2 <- teacher layer 3"]
     html = (executed["figures"] / "head_weights.html").read_text()
     assert "student layer 1 \\u003c- teacher layer 2" in html  # the other pair, behind the dropdown (JSON-escaped "<")
 
@@ -130,20 +149,25 @@ def test_head_weights_data_equals_distill_file(executed):
 def test_spectra_data_equals_analysis(executed):
     data = figure_data(executed, "spectra")
     assert list(data.checkpoint.values) == ["teacher", "base", "kd", "laid"]
+    assert data.attrs["distance_units"] == "positions" and data.rope_freq.attrs["units"] == "cycles/position"
     # Students at their last layer (2); the teacher at the layer comparison.nc pairs with it (3).
     expected = {"teacher": fx.analysis_dataset("tiny-32b__base", layers=[1, 2, 3]).sel(layer=3)}
     expected.update({n: fx.analysis_dataset(f"tiny-7b__{n}").sel(layer=2) for n in ("base", "kd", "laid")})
     for name, a in expected.items():
         assert int(data.layer_index.sel(checkpoint=name)) == int(a.layer)
-        assert float(data.low_freq_fraction.sel(checkpoint=name)) == pytest.approx(float(a.low_freq_fraction.mean("head")))
         np.testing.assert_allclose(data.profile.sel(checkpoint=name).values, a.logit.mean("head").values)
-        power = a.power.mean("head").where(a.freq_distance > 0)
-        np.testing.assert_allclose(data.power_norm.sel(checkpoint=name).values, (power / power.sum()).values)
+        np.testing.assert_allclose(data.coef_re.sel(checkpoint=name).values, a.pair_coef_re.mean("head").values)
+        np.testing.assert_allclose(data.rope_profile.sel(checkpoint=name).values, a.rope_profile.mean("head").values)
     for name in ("base", "kd", "laid"):
         label = f"tiny-7b__{name}"
+        fid = [fx.fidelity(label, 2, h) for h in range(4)]
+        assert float(data.fidelity.sel(checkpoint=name)) == pytest.approx(np.mean(fid))
+        assert float(data.fidelity_min.sel(checkpoint=name)) == pytest.approx(min(fid))
+        np.testing.assert_allclose(data.virtual_coef_re.sel(checkpoint=name).values,
+                                   np.mean([[fx.virtual_coef(label, 2, h, p).real for p in range(fx.N_PAIRS)] for h in range(4)], 0))
         assert float(data.preservation.sel(checkpoint=name)) == pytest.approx(np.mean([fx.preservation(label, 2, h) for h in range(4)]))
-        assert float(data.preservation_score.sel(checkpoint=name)) == pytest.approx(float(fx.preservation_dataset(label).preservation_score))
-    assert np.isnan(float(data.preservation.sel(checkpoint="teacher")))
+    assert np.isnan(float(data.fidelity.sel(checkpoint="teacher")))
+    assert "ABLATION" in data.attrs["preservation"]
 
 
 def test_tables_data_and_markdown(executed):
@@ -240,11 +264,14 @@ def test_fig4_and_spectra_read_real_laid_diagnose_outputs(tmp_path, random_zoo):
     diag = xr.load_dataset(run / "analysis" / "tiny-7b__base" / "diagnostics.nc")
     ref = xr.load_dataset(run / "analysis" / "tiny-7b__base" / "reference.nc")
     fig4 = xr.load_dataset(tmp_path / "figs" / "data" / "fig4_key_activations.nc")
-    np.testing.assert_array_equal(fig4.student_before.values, diag.key_activation.isel(layer=-1).values)
-    np.testing.assert_array_equal(fig4.teacher.values, ref.key_activation.isel(layer=-1).values)
+    n_s = diag.sizes["head"]
+    np.testing.assert_array_equal(fig4.needle_mass_mean.sel(checkpoint="student_before").isel(head=slice(0, n_s)).values,
+                                  diag.needle_mass_mean.isel(layer=-1).values)
+    np.testing.assert_array_equal(fig4.needle_margin_lo.sel(checkpoint="teacher").values, ref.needle_margin_lo.isel(layer=-1).values)
     assert fig4.attrs["teacher_layer"] == int(ref.layer[-1]) == 3  # last student layer pairs with the last teacher layer
     spectra = xr.load_dataset(tmp_path / "figs" / "data" / "spectra.nc")
     comparison = xr.load_dataset(run / "analysis" / "tiny-7b__base" / "comparison.nc")
+    assert float(spectra.fidelity.sel(checkpoint="laid")) == pytest.approx(float(comparison.spectral_fidelity.isel(layer=-1).mean()))
     assert float(spectra.preservation_score.sel(checkpoint="laid")) == pytest.approx(float(comparison.preservation_score))
-    assert float(spectra.preservation.sel(checkpoint="laid")) == pytest.approx(float(comparison.layer_preservation.isel(layer=-1)))
-    assert float(spectra.low_freq_fraction.sel(checkpoint="teacher")) == pytest.approx(float(ref.low_freq_fraction.isel(layer=-1).mean()))
+    np.testing.assert_allclose(spectra.coef_re.sel(checkpoint="teacher").values, ref.pair_coef_re.isel(layer=-1).mean("head").values)
+    assert spectra.attrs["distance_units"] == "positions"

@@ -101,3 +101,27 @@ def test_writers(tmp_path):
     df = pd.DataFrame({"1": [0.5, np.nan]}, index=pd.MultiIndex.from_tuples([("7B", "base"), ("7B", "laid")], names=["model", "method"]))
     assert fs.markdown_table(df).splitlines() == ["| model | method | 1 |", "|---|---|---|", "| 7B | base | 0.50 |", "| 7B | laid |  |"]
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files behind
+
+
+def test_paired_differences_pair_questions_and_refuse_different_ones(tmp_path):
+    run = fx.build_run(tmp_path / "run")
+    d = fs.paired_differences(run, "tiny-7b", ["laid"], fx.SIZES)
+    laid, base = fx.METHODS.index("laid"), fx.METHODS.index("base")
+    expected = [(fx.comparison_correct(0, laid, n) - fx.comparison_correct(0, base, n)) / 20 for n in fx.SIZES]
+    np.testing.assert_allclose(d.difference.sel(diff_method="laid").values, expected)
+    assert (d.difference_lo <= d.difference + 1e-12).all() and (d.difference_hi >= d.difference - 1e-12).all()
+    # Results on other questions (another needle position) are refused, not silently compared.
+    other = fx.eval_dataset("tiny-7b", "laid", [fx.comparison_correct(0, laid, n) for n in fx.SIZES], 20)
+    other["needle_index"] = other["needle_index"] + 1
+    other.to_netcdf(run / "distill" / "tiny-7b__laid" / "eval.nc")
+    with pytest.raises(ValueError, match="same questions"):
+        fs.paired_differences(run, "tiny-7b", ["laid"], fx.SIZES)
+    with pytest.raises(fs.MissingResultsError, match="no per-question results for tiny-7b base"):
+        fs.paired_differences(tmp_path, "tiny-7b", ["yarn"], fx.SIZES)
+
+
+def test_row_shares():
+    w = xr.DataArray([[0.5, -0.5, 0.0], [0.0, 0.0, 0.0]], dims=("student_head", "teacher_head"))
+    share = fs.row_shares(w)
+    np.testing.assert_allclose(share.values[0], [0.5, 0.5, 0.0])
+    assert np.isnan(share.values[1]).all()
