@@ -20,7 +20,7 @@ ALL_METHODS: tuple[str, ...] = ("base", "yarn", "selfextend", "sft-lora", "kd", 
 
 # Rows of the paper's tables (base first: the reference row of each student).
 TABLE1_METHODS: tuple[str, ...] = ("base", "yarn", "selfextend", "sft-lora", "kd", "laid")
-TABLE3_METHODS: tuple[str, ...] = ("base", "laid-no-kl", "laid-no-laid", "laid")
+TABLE3_METHODS: tuple[str, ...] = ("base", "laid-paper", "laid-no-kl", "laid-no-laid", "laid")
 
 LABELS: dict[str, str] = {
     "base": "/", "yarn": "YaRN", "selfextend": "SelfExtend", "sft-lora": "SFT(LoRA)", "kd": "KD",

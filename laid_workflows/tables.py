@@ -103,21 +103,10 @@ def _fmt_gain(g: float) -> str:
     return "-" if math.isnan(g) else f"{g:+.1f}%"
 
 
-def _marks(values: np.ndarray) -> list[str]:
-    """'**' for the best, '<u>' for the second best of a column (the paper's markers)."""
-    marks = [""] * len(values)
-    finite = [(v, k) for k, v in enumerate(values) if not math.isnan(v)]
-    ranked = sorted({v for v, _ in finite}, reverse=True)
-    for v, k in finite:
-        if len(ranked) > 1 and v == ranked[0]:
-            marks[k] = "best"
-        elif len(ranked) > 1 and v == ranked[1]:
-            marks[k] = "second"
-    return marks
-
-
-def _cell(text: str, mark: str) -> str:
-    return f"**{text}**" if mark == "best" else f"<u>{text}</u>" if mark == "second" else text
+def _cell(text: str) -> str:
+    """Per-size tables mark nothing: a best-of-column marker on unpaired point estimates would claim
+    differences no interval supports (the headline table bolds what its paired intervals do)."""
+    return text
 
 
 def _table(ds: xr.Dataset, methods: tuple[str, ...], teacher_row: bool) -> list[str]:
@@ -134,18 +123,16 @@ def _table(ds: xr.Dataset, methods: tuple[str, ...], teacher_row: bool) -> list[
     for student in ds["student"].values:
         sub = ds.sel({"student": student, "method": methods})
         acc = sub["accuracy"].values  # (M, N)
-        marks = [_marks(acc[:, n]) for n in range(len(sizes))]
         g_s, g_l = sub["gain_short"].values, sub["gain_long"].values
-        ms, ml = _marks(np.where(np.array(methods) == "base", np.nan, g_s)), _marks(np.where(np.array(methods) == "base", np.nan, g_l))
         for k, method in enumerate(methods):
-            cells = [_cell("-" if math.isnan(acc[k, n]) else f"{100 * acc[k, n]:.2f}", marks[n][k]) for n in range(len(sizes))]
+            cells = [_cell("-" if math.isnan(acc[k, n]) else f"{100 * acc[k, n]:.2f}") for n in range(len(sizes))]
             base = method == "base"
             w = sub.sel({"method": method})
             window = _fmt_window(float(w["effective_window"]), bool(w["effective_window_censored"]), bool(w["effective_window_below_range"]))
             ratio = float(w["window_ratio"])
             row = [str(student) if k == 0 else "", LABELS.get(method, method)] + cells + [
-                "-" if base else _cell(_fmt_gain(g_s[k]), ms[k]),
-                "-" if base else _cell(_fmt_gain(g_l[k]), ml[k]),
+                "-" if base else _cell(_fmt_gain(g_s[k])),
+                "-" if base else _cell(_fmt_gain(g_l[k])),
                 window,
                 "-" if base or math.isnan(ratio) else f"{ratio:.2f}x",
             ]
@@ -192,6 +179,7 @@ def comparison_markdown(ds: xr.Dataset) -> str:
         "",
         f"Sizes {SHORT_WINDOW[0]}-{SHORT_WINDOW[1]} are the short window and {LONG_WINDOW[0]}-{LONG_WINDOW[1]} the long "
         f"window of the gains (mean relative change over base, %). Effective window: largest size with accuracy >= "
-        f"{thr} (log-size interpolation). **Bold** = best, <u>underline</u> = second per student and column.",
+        f"{thr} (log-size interpolation). Point estimates without intervals: no cell is marked better than another; "
+        f"which differences hold is in the headline table's paired intervals.",
     ]
     return "\n".join(parts) + "\n"
