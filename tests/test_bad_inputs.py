@@ -13,28 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from vhs_helpers import copy_real_vhs
 
 from laid.eval.protocol import official_dir
 from laid_workflows.cli import main
 
-FIXTURE = Path(__file__).parent / "data" / "vhs_real"
 SINGLE3 = Path("single_needle/VHs_large/visual_haystack_3.json")
 EARLIER = b"the earlier result, which a failed run must leave alone\n"
 
 
 @pytest.fixture()
 def world(tmp_path):
-    root = tmp_path / "vhs"
-    shutil.copytree(FIXTURE, root)
-    images = tmp_path / "coco"
-    rng = np.random.default_rng(0)
-    for f in root.rglob("*.json"):
-        for entry in json.loads(f.read_text()):
-            for rel in entry["pos_image"] + entry["neg_image"]:
-                p = images / rel
-                if not p.exists():
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)).save(p, "JPEG")
+    root, images = copy_real_vhs(tmp_path)
     out = tmp_path / "results" / "run.nc"
     out.parent.mkdir()
     out.write_bytes(EARLIER)

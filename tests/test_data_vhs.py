@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
+from vhs_helpers import copy_real_vhs
 
 from laid_workflows.cli import main as laid_main
 from laid.data.questions import multi_needle_question, single_needle_question
@@ -25,24 +24,13 @@ from laid.data.vhs import (
     vhs_rel_path,
 )
 
-FIXTURE = Path(__file__).parent / "data" / "vhs_real"
 SINGLE3 = "single_needle/VHs_large/visual_haystack_3.json"
 
 
 @pytest.fixture()
 def real(tmp_path) -> tuple[Path, Path]:
     """(split root with the fixture files, image root with a tiny JPEG for every referenced path)."""
-    root = tmp_path / "vhs"
-    shutil.copytree(FIXTURE, root)
-    image_root = tmp_path / "coco"
-    rng = np.random.default_rng(0)
-    for f in root.rglob("*.json"):
-        for entry in json.loads(f.read_text()):
-            for rel in entry["pos_image"] + entry["neg_image"]:
-                p = image_root / rel
-                if not p.exists():
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(p, "JPEG")
+    root, image_root = copy_real_vhs(tmp_path, (20, 30))
     return root, image_root
 
 

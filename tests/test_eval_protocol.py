@@ -9,12 +9,11 @@ with `neg[:p] + pos + neg[p:]` for p in range(0, N, max(N // 10, 1)).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from vhs_helpers import copy_real_vhs
 
 from laid.data.vhs import VHsEntry, arrange_images, find_vhs_files, needle_positions
 from laid.eval.metrics import WORD_RULES, is_compliant, reference_correct, reply_words
@@ -23,7 +22,6 @@ from laid.eval.results import accuracy_by_needle_position, load_result
 from laid.model.prompting import VHS_INSTRUCTION, build_messages
 from laid_workflows.cli import main
 
-FIXTURE = Path(__file__).parent / "data" / "vhs_real"
 
 # (reply, word tokens by the official rule, correct if truth is yes, correct if truth is no).
 # Hand-computed: word_tokenize = Punkt sentences, then the Treebank tokenizer per sentence, which
@@ -117,17 +115,7 @@ def test_prompt_is_the_official_one():
 @pytest.fixture()
 def real(tmp_path) -> tuple[Path, Path]:
     """(real-format VHs root, image root with a small image for every referenced path)."""
-    root = tmp_path / "vhs"
-    shutil.copytree(FIXTURE, root)
-    image_root = tmp_path / "coco"
-    rng = np.random.default_rng(0)
-    for f in root.rglob("*.json"):
-        for entry in json.loads(f.read_text()):
-            for rel in entry["pos_image"] + entry["neg_image"]:
-                p = image_root / rel
-                if not p.exists():
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)).save(p, "JPEG")
+    root, image_root = copy_real_vhs(tmp_path)
     return root, image_root
 
 
