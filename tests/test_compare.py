@@ -75,7 +75,7 @@ def test_shipped_comparison_configs_load():
     full = load_compare_config(REPO / "configs" / "experiments" / "compare_full.yaml")
     assert set(full.methods) == set(ALL_METHODS) - set(INFERENCE_VARIANTS)
     assert set(full.variants) == set(INFERENCE_VARIANTS)
-    assert full.method_overrides["laid-paper"] == {"alignment": "paper"}
+    assert full.method_overrides["laid-paper"] == {"alignment": "paper", "attn_grad": "full"}
     with pytest.raises(ValueError, match="unknown comparison entries"):
         CompareConfig(methods=["laid", "magic"], distill_configs={"tiny-7b": "x", "tiny-3b": "y"})
 

@@ -20,6 +20,7 @@ def test_paper_defaults():
     assert (cfg.per_device_batch_size, cfg.grad_accum, cfg.max_response_len, cfg.lora.rank) == (1, 8, 512, 8)
     assert cfg.layer_pairs is None and cfg.layer_map == "last"  # = the last layer of each model, as 27 <-> 63
     assert (cfg.alignment, cfg.attention_target, cfg.attn_distance) == ("cosine", "teacher_heads", "mrope")
+    assert cfg.attn_grad == "direction"
 
 
 def test_yaml_roundtrip_and_overrides(tmp_path):
@@ -47,6 +48,7 @@ def test_yaml_roundtrip_and_overrides(tmp_path):
         ("layer_pairs: [[0, 0]]\nlayer_map: proportional\n", "both set"),
         ("norm_warn_fraction: 1.5\n", "norm_warn_fraction must be in (0, 1]"),
         ("attn_mix_power: 0\n", "attn_mix_power must be in (0, 100]"),
+        ("attn_grad: radial\n", "attn_grad 'radial' is not one of"),
     ],
 )
 def test_bad_configs_fail_with_the_key_named(tmp_path, text, message):

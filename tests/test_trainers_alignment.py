@@ -291,3 +291,45 @@ def test_a_flat_mix_target_pulls_the_student_gain_down_a_sharp_one_does_not(powe
         loss(tq[:, :1] * gain, tk, tq, tk, mix=mix).backward()
         opt.step()
     assert (gain.item() < 0.9) == shrinks
+
+
+def test_direction_only_keeps_the_value_and_projects_the_gradient_off_each_vector():
+    from trainers.losses.attention_matching import direction_only
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, 5, D, generator=g, requires_grad=True)
+    y = direction_only(x)
+    assert torch.allclose(y, x)
+    (y * torch.randn(y.shape, generator=g)).sum().backward()
+    radial = (x.grad * x).sum(-1)  # (B, H, S): the gradient's component along each vector
+    assert radial.abs().max().item() < 1e-5 and x.grad.abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("direction, shrinks", [(False, True), (True, False)])
+def test_a_direction_only_attention_matching_cannot_flatten_the_student_by_shrinking(optimizer, direction, shrinks):
+    """The planted flattening problem: the student's query head starts as a copy of teacher head 0
+    and the target is the flat energy-share mix of two heads that attend to different keys. With
+    plain gradients (`attn_grad: full`, the ablation) the loss is lowered by shrinking the query
+    (norm < 0.9x); with direction-only gradients (the default) the norm holds and the loss still
+    falls, by turning the query instead."""
+    g = torch.Generator().manual_seed(4)
+    s = 16
+    tk = torch.randn(1, 1, s, D, generator=g) * 2
+    tq = torch.randn(1, 2, s, D, generator=g) * 2
+    mix = attention_mix(effective_weight(torch.tensor([[1.0, 0.9]]), "unit"))
+    q = tq[:, :1].clone().requires_grad_(True)
+    loss = AttentionMatchingLoss(DistanceWeighting(alpha_end=0.0), chunk_size=8, direction_only=direction)
+    opt = torch.optim.SGD([q], lr=2.0) if optimizer == "sgd" else torch.optim.Adam([q], lr=5e-2)
+    n0, values = q.detach().norm().item(), []
+    for _ in range(60):
+        opt.zero_grad()
+        value = loss(q, tk, tq, tk, mix=mix)
+        value.backward()
+        opt.step()
+        values.append(value.item())
+    ratio = q.detach().norm().item() / n0
+    assert values[-1] < 0.9 * values[0]  # the student learns either way
+    assert (ratio < 0.9) == shrinks, ratio
+    if direction:
+        assert ratio > 0.97

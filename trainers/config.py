@@ -41,6 +41,7 @@ LAYER_MAPS = ("last", "proportional")  # trainers.pairing.map_layers
 ALIGNMENTS = ("cosine", "paper")  # trainers.losses.qk_alignment
 ATTENTION_TARGETS = ("teacher_heads", "mixed_qk")  # trainers.losses.attention_matching
 ATTN_DISTANCES = ("mrope", "token")
+ATTN_GRADS = ("direction", "full")  # trainers.losses.attention_matching.direction_only
 
 
 @dataclass
@@ -120,6 +121,11 @@ class DistillConfig:
     # Distance of the progressive weighting: "mrope" = max-axis M-RoPE position-id difference (what
     # RoPE rotates by); "token" = token-index difference.
     attn_distance: str = "mrope"
+    # What the attention-matching term may change in the student's Q/K: "direction" = only where each
+    # query / key vector points (its gradient is projected orthogonal to every vector, so it cannot
+    # lower the Q/K norms and flatten the student's attention; the norms stay with KL / SFT);
+    # "full" = plain gradients (the ablation: they shrink the aligned layer's Q/K, README).
+    attn_grad: str = "direction"
     # Health telemetry warns (one line, and in the log record) when an aligned layer's student/teacher
     # Q or K norm ratio falls below this fraction of its value at the first logged step.
     norm_warn_fraction: float = 0.9
@@ -189,7 +195,8 @@ class DistillConfig:
             if len(pair) != 2:
                 raise ValueError(f"layer_pairs entries are [student_layer, teacher_layer], got {pair}")
         for name, allowed in (("layer_map", LAYER_MAPS), ("alignment", ALIGNMENTS),
-                              ("attention_target", ATTENTION_TARGETS), ("attn_distance", ATTN_DISTANCES)):
+                              ("attention_target", ATTENTION_TARGETS), ("attn_distance", ATTN_DISTANCES),
+                              ("attn_grad", ATTN_GRADS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {allowed}")
         if self.layer_pairs and self.layer_map != "last":

@@ -122,7 +122,8 @@ class DistillModule(nn.Module):
             s_h, s_kv, _ = text_attention_dims(student.config)
             t_h, t_kv, _ = text_attention_dims(teacher_config)
             self.align.extend(QKAlignmentLoss(s_h, t_h, s_kv, t_kv, form=cfg.alignment) for _ in self.layer_pairs)
-        self.attn_loss = AttentionMatchingLoss(cfg.attention_matching, chunk_size=cfg.attn_chunk_size)
+        self.attn_loss = AttentionMatchingLoss(cfg.attention_matching, chunk_size=cfg.attn_chunk_size,
+                                               direction_only=cfg.attn_grad == "direction")
         self.attention_target, self.attn_distance, self.attn_mix_power = cfg.attention_target, cfg.attn_distance, cfg.attn_mix_power
         self.last_health: dict = {}
         self.kl_loss = KLDistillationLoss(cfg.tau)

@@ -21,9 +21,26 @@ A convex mix of maps that attend to different keys is flatter than each of them,
 KL asks the student to cover every mode, which it can also do by lowering its attention logits
 (its Q/K norms): a property of the target, not a scale artefact (`attn_mix_power` sharpens the
 mix). More generally, while the student attends elsewhere than the target, the forward KL falls
-fastest by flattening the student (mode covering), whatever the target's sharpness. So this term
-can lower the aligned layer's Q/K and RoPE gains; the health telemetry (`trainers.health`: norm
-ratios, attention entropies, gain_product) shows whether it does.
+fastest by flattening the student (mode covering), whatever the target's sharpness. With plain
+gradients this term therefore lowers the aligned layer's Q/K norms and RoPE gains; the
+direction-only gradient below removes that route (it does not make a student that cannot match
+the target attend sharply: it can still turn its queries away from every key, and the health
+telemetry's attention entropies show whether it does).
+
+Direction-only gradients (`direction_only=True`, the recipe's default `attn_grad: direction`): the
+student's q and k enter as  x / |x| * stopgrad(|x|)  per (b, h, token) vector. The value is x, the
+loss is unchanged, but its gradient is projected orthogonal to every vector: this term can turn
+where a query or key points (which key it attends to) and cannot lengthen or shorten it. Without it
+the forward KL's cheapest move while the student attends elsewhere is to shrink its logits, i.e.
+its Q/K norms, and the aligned layer's attention goes flat (measured, README). To first order a
+radial-free gradient g (g . x = 0 for every token) leaves |[W_q | b_q]|_F unchanged (its update
+is sum_t g_t [x_t; 1]^T and <W, g x^T> = g . (W x)), and the RoPE gains' g-weighted total too, so
+the Q/K scale is left to KL / SFT as in KD. This holds for small steps of plain gradient descent;
+it is not a constraint: finite orthogonal steps lengthen vectors (|x + d|^2 = |x|^2 + |d|^2), and
+Adam's per-coordinate scaling is not orthogonal, so norms can still drift either way with large
+steps (measured on the shipped tiny-7b, attention matching alone, Adam at lr 1e-3: Q 0.97x after
+40 steps, 0.87x after 100). The recipe's end-of-run norms are reported by the health telemetry.
+`direction_only=False` is the plain gradient (ablation `attn_grad: full`).
 
 Divergence: the bracket is the generalised (unnormalised) KL, term by term >= 0 and zero iff
 p^s_ij = p^*_ij. With w = 1 it sums to exactly KL(P^* || P^s) (rows sum to 1), the forward
@@ -163,6 +180,12 @@ def _chunk_divergence_fp32(sq, sk, tq, tk, mix, start, key_valid, query_valid, d
     return term.sum()
 
 
+def direction_only(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """x (..., D) with the same value and a gradient orthogonal to each vector x[..., :]."""
+    n = x.norm(dim=-1, keepdim=True)
+    return x / n.clamp(min=eps) * n.detach()
+
+
 def _positions_or_index(positions, b, s, device) -> torch.Tensor:
     """(A, B, S) position ids: the given M-RoPE ids (3, B, S) / (B, S), or the token index."""
     if positions is None:
@@ -182,13 +205,16 @@ class AttentionMatchingLoss(nn.Module):
             mask (B, S) bool valid tokens or None, progress t in [0, 1],
             mix (H, H_t) convex rows or None, positions (3, B, S) M-RoPE ids or None)
     -> scalar: weighted divergence averaged over valid query rows and heads.
+    `direction_only`: the student's Q/K get gradients orthogonal to each vector (module doc).
     With `mix`: target_q (B, H_t, S, D) / target_k (B, H_t_kv, S, D) are the teacher's own heads and
     the target is the convex mix of its attention maps (detached). Without: they are the mixed
     Q/K (B, H, S, D) / (B, H_kv, S, D) of the ablation, and gradients reach them.
     """
 
-    def __init__(self, weighting: DistanceWeighting | None = None, chunk_size: int = 256, use_checkpoint: bool = True):
+    def __init__(self, weighting: DistanceWeighting | None = None, chunk_size: int = 256, use_checkpoint: bool = True,
+                 direction_only: bool = False):
         super().__init__()
+        self.direction_only = direction_only
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.weighting = weighting or DistanceWeighting()
@@ -209,6 +235,8 @@ class AttentionMatchingLoss(nn.Module):
         for name, q, k in (("student", student_q, student_k), ("teacher", target_q, target_k)):
             if q.shape[1] % k.shape[1]:
                 raise ValueError(f"{name}: {q.shape[1]} query heads are not a multiple of {k.shape[1]} KV heads")
+        if self.direction_only:  # gradients turn the student's vectors, never rescale them
+            student_q, student_k = direction_only(student_q), direction_only(student_k)
         mask = torch.ones(b, s, dtype=torch.bool, device=student_q.device) if mask is None else mask.bool()
         pos = _positions_or_index(positions, b, s, student_q.device)  # (A, B, S)
         d_max = max_distance(pos, mask)  # (B,)
