@@ -92,11 +92,16 @@ class RunLayout:
 
     @property
     def comparison(self) -> Path:
-        return self.compare / "comparison.nc"
+        return self.comparison_result("comparison")
 
     @property
     def comparison_md(self) -> Path:
-        return self.compare / "comparison.md"
+        return self.comparison_result("comparison", ".md")
+
+    def comparison_result(self, name: str, suffix: str = ".nc") -> Path:
+        """compare/<name>.nc (.md): "comparison" = the headline rows the main job and figures read;
+        other comparison configs (--full, studies) name their own, so none overwrites another."""
+        return self.compare / f"{name}{suffix}"
 
     def analysis(self, label: str) -> Path:
         return self.root / "analysis" / label

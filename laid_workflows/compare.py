@@ -9,7 +9,9 @@ all evaluated on every test size. Layout under the run folder (docs/CONTRACTS.md
 
     eval/<model>__<variant>.nc              zoo models x inference variants (shared with `laid eval`)
     distill/<student>__<method>/            the run: checkpoints, export/, head_weights.nc, eval.nc
-    compare/comparison.nc, comparison.md    the tables
+    compare/<name>.nc, <name>.md            the tables: `name` of the config; "comparison" (the
+                                            headline) for compare.yaml, comparison_full for --full,
+                                            layer_pairing for the layer-pairing study
 
 Resumable: a result that exists is reused (an eval file is reused only if it was made with the
 same sizes, samples, setting, seed and threshold; otherwise the comparison evaluates into
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,6 +46,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @dataclass
 class CompareConfig:
+    # Results go to compare/<name>.nc and .md: "comparison" is the headline the main job, figures and
+    # summary read; the full tables and studies name their own file so they never overwrite it.
+    name: str = "comparison"
     teacher: str = "tiny-32b"
     students: list[str] = field(default_factory=lambda: ["tiny-7b", "tiny-3b"])
     variants: list[str] = field(default_factory=lambda: list(INFERENCE_VARIANTS))
@@ -64,6 +70,8 @@ class CompareConfig:
         bad += [m for m in self.methods if m not in known]
         if bad:
             raise ValueError(f"unknown comparison entries {bad}; variants: {INFERENCE_VARIANTS}, methods: {known}")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name):
+            raise ValueError(f"name {self.name!r} must be a plain file stem (letters, digits, _ or -): compare/<name>.nc")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
         missing = [s for s in self.students if self.methods and s not in self.distill_configs]
@@ -172,8 +180,8 @@ class Comparison:
                  "timings_s": json.dumps(self.timings), "seeds": list(c.seeds)}  # fmt: skip
         ds = build_comparison(evals, teacher, c.students, order, attrs)
         ds = add_paired_statistics(ds, evals, c.short_sizes, c.long_sizes, c.eval.threshold)
-        write_netcdf(ds, self.layout.comparison)
-        write_text(comparison_markdown(ds), self.layout.comparison_md)
+        write_netcdf(ds, self.layout.comparison_result(c.name))
+        write_text(comparison_markdown(ds), self.layout.comparison_result(c.name, ".md"))
         return ds
 
 
@@ -190,7 +198,7 @@ def _compare(args) -> int:
     if args.quick:
         cfg = quick_config(cfg)
     ds = run_comparison(cfg, args.run_dir, force=args.force, progress=not args.no_progress)
-    print(f"comparison of {list(ds['student'].values)} x {list(ds['method'].values)}: {args.run_dir}/compare/comparison.md")
+    print(f"comparison of {list(ds['student'].values)} x {list(ds['method'].values)}: {RunLayout(args.run_dir).comparison_result(cfg.name, '.md')}")
     return 0
 
 

@@ -124,6 +124,7 @@ def _stage_compare(cfg: MainConfig, log) -> None:
 
     ccfg = load_compare_config(cfg.path(cfg.quick_compare_config if cfg.quick else cfg.compare_config))
     ccfg.teacher, ccfg.students = cfg.teacher, list(cfg.students)
+    ccfg.name = "comparison"  # the run's headline, read by the figures and summary (also in --quick)
     ccfg.distill_configs = {k: str(cfg.path(v)) for k, v in ccfg.distill_configs.items()}
     if cfg.quick:
         ccfg.seeds = [0, 1]

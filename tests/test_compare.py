@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import xarray as xr
+import yaml
 from recipe_helpers import quick_vhs
 
 from laid.eval.results import SampleResult, build_result
@@ -68,6 +69,10 @@ def test_comparison_markdown(table):
     assert "### Table 3: loss ablations" in lines and "w/o L_KL" in md
 
 
+def load_config_yaml(path):
+    return yaml.safe_load(path.read_text())
+
+
 def test_shipped_comparison_configs_load():
     head = load_compare_config(REPO / "configs" / "experiments" / "compare.yaml")
     assert head.students == ["tiny-7b", "tiny-3b"] and head.methods == ["kd", "laid", "laid-paper"]
@@ -76,6 +81,14 @@ def test_shipped_comparison_configs_load():
     assert set(full.methods) == set(ALL_METHODS) - set(INFERENCE_VARIANTS)
     assert set(full.variants) == set(INFERENCE_VARIANTS)
     assert full.method_overrides["laid-paper"] == {"alignment": "paper", "attn_grad": "full"}
+    assert (head.name, full.name) == ("comparison", "comparison_full")
+    pairing = load_compare_config(REPO / "configs" / "experiments" / "layer_pairing.yaml")
+    assert pairing.name == "layer_pairing" and "laid-all-layers" in pairing.methods and len(pairing.seeds) >= 3
+    main_sizes = load_config_yaml(REPO / "configs" / "experiments" / "main.yaml")["eval"]["sizes"]
+    for c in (head, full, pairing):  # run after the main job, each reuses its evaluations
+        assert c.eval.sizes == main_sizes and c.eval.samples_per_size == 100
+    with pytest.raises(ValueError, match="plain file stem"):
+        CompareConfig(name="../x", distill_configs={"tiny-7b": "x", "tiny-3b": "y"})
     with pytest.raises(ValueError, match="unknown comparison entries"):
         CompareConfig(methods=["laid", "magic"], distill_configs={"tiny-7b": "x", "tiny-3b": "y"})
 
@@ -111,6 +124,15 @@ def test_mini_comparison_runs_and_resumes(random_zoo, tmp_path_factory, tmp_path
     ds2 = again.run()
     assert again.timings == {}  # nothing trained or evaluated again
     xr.testing.assert_equal(ds2["accuracy"], ds["accuracy"])
+
+    # Another comparison (a study, --full) in the same run folder reuses the runs and writes its own
+    # file: the headline comparison.nc the figures read is left byte for byte.
+    headline = (run / "compare" / "comparison.nc").read_bytes()
+    cfg.name = "study"
+    study = Comparison(cfg, run, progress=False)
+    study.run()
+    assert study.timings == {} and (run / "compare" / "study.nc").is_file() and (run / "compare" / "study.md").is_file()
+    assert (run / "compare" / "comparison.nc").read_bytes() == headline
 
 
 def test_headline_bolds_only_what_the_paired_interval_supports():
