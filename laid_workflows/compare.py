@@ -198,7 +198,7 @@ def _compare(args) -> int:
     if args.quick:
         cfg = quick_config(cfg)
     ds = run_comparison(cfg, args.run_dir, force=args.force, progress=not args.no_progress)
-    print(f"comparison of {list(ds['student'].values)} x {list(ds['method'].values)}: {RunLayout(args.run_dir).comparison_result(cfg.name, '.md')}")
+    print(f"comparison of {[str(s) for s in ds['student'].values]} x {[str(m) for m in ds['method'].values]}: {RunLayout(args.run_dir).comparison_result(cfg.name, '.md')}")
     return 0
 
 
