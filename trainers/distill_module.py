@@ -126,6 +126,10 @@ class DistillModule(nn.Module):
                                                direction_only=cfg.attn_grad == "direction")
         self.attention_target, self.attn_distance, self.attn_mix_power = cfg.attention_target, cfg.attn_distance, cfg.attn_mix_power
         self.last_health: dict = {}
+        # False under ZeRO-3 / FSDP (set by the recipe): the telemetry then reads activations only (norm
+        # ratios, attention entropies), computed on one process; gradient norms, mixer rows and gains
+        # would need sharded parameters and collectives that the other processes do not join.
+        self.health_params = True
         self.kl_loss = KLDistillationLoss(cfg.tau)
         self.sft_loss = SFTLoss()
 
@@ -215,7 +219,7 @@ class DistillModule(nn.Module):
     def _health(self, terms, rec, teacher: TeacherOutputs, mask) -> dict:
         """Telemetry of this micro-batch (trainers.health); the graph is kept for the backward."""
         qk = [rec.tensors[site_name(ls, site)] for ls in self.student_layers for site in ("q_rot", "k_rot")]
-        out: dict = hl.grad_norms(terms, self.weights, qk)
+        out: dict = hl.grad_norms(terms, self.weights, qk) if self.health_params else {}
         per_layer: dict[str, dict] = {}
         for ls, lt in self.layer_pairs:
             values = hl.layer_health(rec.tensors[site_name(ls, "q_rot")], rec.tensors[site_name(ls, "k_rot")],
@@ -223,6 +227,8 @@ class DistillModule(nn.Module):
             for name, value in values.items():
                 per_layer.setdefault(name, {})[str(ls)] = round(value, 6)
         out.update(per_layer)
+        if not self.health_params:
+            return out
         for align, (ls, _) in zip(self.align, self.layer_pairs):
             for name, value in hl.mixer_health(align.mixer).items():
                 out.setdefault(name, {})[str(ls)] = value

@@ -153,8 +153,10 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
     bar = tqdm(total=total_steps, initial=state.global_step, desc=f"distill {cfg.method}", disable=not (progress and main))
     t0 = time.time()
     sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    inner.health_params = not sharded
     if sharded and main:
-        train_log.note("health telemetry is off under ZeRO-3 / FSDP (it reads unsharded mixers, gains and gradients)")
+        train_log.note("under ZeRO-3 / FSDP the health telemetry logs activations only (Q/K norm ratios, attention "
+                       "entropies): gradient norms, mixer rows and gains live in sharded parameters")
     while state.global_step < total_steps:
         if state.position.step >= steps_per_epoch:
             state.position = DataPosition(state.position.epoch + 1, 0)
@@ -163,9 +165,9 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
         sums = None
         log_now = (state.global_step + 1) % cfg.log_every == 0 or state.global_step + 1 == total_steps
         for n_micro, ids in enumerate(micro):
-            # telemetry: last micro-batch, main process; not under ZeRO-3 / FSDP, where its extra autograd.grad
-            # and parameter reads would run sharded collectives on one process only (a hang)
-            health = main and log_now and n_micro == len(micro) - 1 and not sharded
+            # telemetry: last micro-batch, main process; under ZeRO-3 / FSDP activations only (health_params),
+            # since its extra autograd.grad and parameter reads would run sharded collectives on one process (a hang)
+            health = main and log_now and n_micro == len(micro) - 1
             batch = collate(processor, [examples.example(i, state.position.epoch) for i in ids], cfg.max_response_len)
             batch = _move(batch, accelerator.device)
             with accelerator.accumulate(module):
