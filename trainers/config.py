@@ -122,8 +122,9 @@ class DistillConfig:
     # RoPE rotates by); "token" = token-index difference.
     attn_distance: str = "mrope"
     # What the attention-matching term may change in the student's Q/K: "direction" = only where each
-    # query / key vector points (its gradient is projected orthogonal to every vector, so it cannot
-    # lower the Q/K norms and flatten the student's attention; the norms stay with KL / SFT);
+    # query / key vector points (its gradient is projected orthogonal to every vector, so it exerts no
+    # first-order force on the Q/K norms; their scale is left to KL / SFT; not a hard constraint:
+    # trainers.losses.attention_matching);
     # "full" = plain gradients (the ablation: they shrink the aligned layer's Q/K, README).
     attn_grad: str = "direction"
     # Health telemetry warns (one line, and in the log record) when an aligned layer's student/teacher

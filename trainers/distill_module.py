@@ -217,18 +217,24 @@ class DistillModule(nn.Module):
         return terms
 
     def _health(self, terms, rec, teacher: TeacherOutputs, mask) -> dict:
-        """Telemetry of this micro-batch (trainers.health); the graph is kept for the backward."""
-        qk = [rec.tensors[site_name(ls, site)] for ls in self.student_layers for site in ("q_rot", "k_rot")]
-        out: dict = hl.grad_norms(terms, self.weights, qk) if self.health_params else {}
-        per_layer: dict[str, dict] = {}
+        """Telemetry of this micro-batch (trainers.health); the graph is kept for the backward.
+        Activation part always; the parameter part (gradient norms, mixers, gains) if health_params."""
+        out: dict = {}
         for ls, lt in self.layer_pairs:
             values = hl.layer_health(rec.tensors[site_name(ls, "q_rot")], rec.tensors[site_name(ls, "k_rot")],
                                      teacher.q[lt], teacher.k[lt], mask, self.attn_loss.chunk_size)
             for name, value in values.items():
-                per_layer.setdefault(name, {})[str(ls)] = round(value, 6)
-        out.update(per_layer)
+                out.setdefault(name, {})[str(ls)] = round(value, 6)
         if not self.health_params:
             return out
+        qk = [rec.tensors[site_name(ls, site)] for ls in self.student_layers for site in ("q_rot", "k_rot")]
+        out.update(hl.grad_norms(terms, self.weights, qk))
+        for align, (ls, _) in zip(self.align, self.layer_pairs):
+            for name, value in hl.mixer_health(align.mixer).items():
+                out.setdefault(name, {})[str(ls)] = value
+        if self.gain is not None:
+            out.update(hl.gain_summary(self.gain))
+        return out
         for align, (ls, _) in zip(self.align, self.layer_pairs):
             for name, value in hl.mixer_health(align.mixer).items():
                 out.setdefault(name, {})[str(ls)] = value

@@ -3,7 +3,8 @@
 Computed by `DistillModule.forward(..., health=True)` on the main process's last micro-batch of
 every logging step, written into that step's record of train_log.jsonl and, at export, into
 head_weights.nc. Under ZeRO-3 / FSDP only the activation part is computed (norm ratios, attention
-entropies, the norm warning): the gradient norms, mixer rows and gains need sharded parameters. Names are shared with the analysis (issue 14):
+entropies, the norm warning): the gradient norms, mixer rows and gains need sharded parameters.
+Names are shared with the analysis (issue 14):
 
     <term>_loss          value of a loss term (laid, attn, kl, sft, total), averaged over micro-batches
     <term>_grad_norm     L2 norm of d(lambda_term * term) / d(student post-RoPE Q and K at the aligned

@@ -30,7 +30,8 @@ telemetry's attention entropies show whether it does).
 Direction-only gradients (`direction_only=True`, the recipe's default `attn_grad: direction`): the
 student's q and k enter as  x / |x| * stopgrad(|x|)  per (b, h, token) vector. The value is x, the
 loss is unchanged, but its gradient is projected orthogonal to every vector: this term can turn
-where a query or key points (which key it attends to) and cannot lengthen or shorten it. Without it
+where a query or key points (which key it attends to), with no component that lengthens or
+shortens it. Without it
 the forward KL's cheapest move while the student attends elsewhere is to shrink its logits, i.e.
 its Q/K norms, and the aligned layer's attention goes flat (measured, README). To first order a
 radial-free gradient g (g . x = 0 for every token) leaves |[W_q | b_q]|_F unchanged (its update
@@ -235,7 +236,7 @@ class AttentionMatchingLoss(nn.Module):
         for name, q, k in (("student", student_q, student_k), ("teacher", target_q, target_k)):
             if q.shape[1] % k.shape[1]:
                 raise ValueError(f"{name}: {q.shape[1]} query heads are not a multiple of {k.shape[1]} KV heads")
-        if self.direction_only:  # gradients turn the student's vectors, never rescale them
+        if self.direction_only:  # gradients turn the student's vectors, with no component along them
             student_q, student_k = direction_only(student_q), direction_only(student_k)
         mask = torch.ones(b, s, dtype=torch.bool, device=student_q.device) if mask is None else mask.bool()
         pos = _positions_or_index(positions, b, s, student_q.device)  # (A, B, S)
