@@ -235,9 +235,3 @@ class DistillModule(nn.Module):
         if self.gain is not None:
             out.update(hl.gain_summary(self.gain))
         return out
-        for align, (ls, _) in zip(self.align, self.layer_pairs):
-            for name, value in hl.mixer_health(align.mixer).items():
-                out.setdefault(name, {})[str(ls)] = value
-        if self.gain is not None:
-            out.update(hl.gain_summary(self.gain))
-        return out
