@@ -18,6 +18,7 @@ TERMS = {
     "laid-no-kl": {"laid", "attn", "sft"},
     "laid-no-laid": {"attn", "kl", "sft"},
     "kd": {"kl", "sft"},
+    "sft": {"sft"},
     "sft-lora": {"sft"},
 }
 
@@ -44,6 +45,8 @@ def test_one_step_changes_the_student(method, random_zoo, vhs, tmp_path):
     assert not any(k.startswith("visual.") for k in changed)  # vision tower frozen (freeze_vision)
     if method == "sft-lora":  # adapters on the language model's linear layers only
         assert all(k.endswith(".weight") and "_proj" in k for k in changed)
+    if method == "sft":  # full fine-tuning: norms and embeddings train too, not only projections
+        assert any("_proj" not in k for k in changed)
     row = [r for r in read_log(tmp_path / method / "train_log.jsonl") if "note" not in r][0]
     logged = {k[: -len("_loss")] for k in row if k.endswith("_loss")}
     assert logged == TERMS[method] | {"total"}
@@ -51,7 +54,7 @@ def test_one_step_changes_the_student(method, random_zoo, vhs, tmp_path):
     head = tmp_path / method / "head_weights.nc"
     assert head.is_file() == method.startswith("laid")
     assert (export / "distill_config.yaml").is_file() and (export / "train_log.jsonl").is_file()
-    if method != "sft-lora":  # health telemetry at the aligned layer (2 <- 3), also for KD
+    if method not in ("sft-lora", "sft"):  # health telemetry at the aligned layer (2 <- 3), also for KD
         assert set(row["q_norm_ratio"]) == set(row["k_norm_ratio"]) == set(row["attn_entropy"]) == {"2"}
         assert {f"{t}_grad_norm" for t in TERMS[method]} <= set(row)
         assert all(row[f"{t}_grad_norm"] > 0 for t in TERMS[method])

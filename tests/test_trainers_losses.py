@@ -161,6 +161,31 @@ def test_attention_matching_with_uniform_weights_is_the_attention_kl():
     assert loss.item() == pytest.approx(kl.mean().item(), rel=1e-5)
 
 
+def test_attention_matching_query_rows_average_over_the_selected_rows_only():
+    # Planted: the student's queries equal the teacher's on the last rows (the "question"), keys are
+    # shared, earlier rows differ. Matching the question rows must see a perfect student; matching
+    # all rows must not; the restricted loss is the mean attention KL over exactly those rows, and
+    # rows left out get no gradient.
+    b, h, s, d = 1, 2, 9, 4
+    g = torch.Generator().manual_seed(4)
+    tq, tk = torch.randn(b, h, s, d, generator=g), torch.randn(b, h, s, d, generator=g)
+    rows = torch.arange(s)[None] >= 5  # (B, S)
+    sq = torch.where(rows[:, None, :, None], tq, torch.randn(b, h, s, d, generator=g)).requires_grad_(True)
+    loss_fn = AttentionMatchingLoss(DistanceWeighting(alpha_start=0, alpha_end=0), chunk_size=4)
+    restricted = loss_fn(sq, tk, tq, tk, query_mask=rows)
+    assert restricted.item() == pytest.approx(0.0, abs=1e-6)
+    assert loss_fn(sq, tk, tq, tk).item() > 1e-2
+    other = torch.randn(b, h, s, d, generator=g)
+    causal = torch.ones(s, s, dtype=torch.bool).tril()
+    logp = torch.log_softmax((tq @ tk.mT / 2).masked_fill(~causal, float("-inf")), -1)
+    logq = torch.log_softmax((other @ tk.mT / 2).masked_fill(~causal, float("-inf")), -1)
+    kl = F.kl_div(logq, logp, log_target=True, reduction="none").nan_to_num(0).sum(-1)  # (B, H, S)
+    assert loss_fn(other, tk, tq, tk, query_mask=rows).item() == pytest.approx(kl[..., 5:].mean().item(), rel=1e-5)
+    sq2 = other.clone().requires_grad_(True)
+    loss_fn(sq2, tk, tq, tk, query_mask=rows).backward()
+    assert sq2.grad[:, :, :5].abs().max() == 0 and sq2.grad[:, :, 5:].abs().max() > 0
+
+
 def test_attention_matching_mixed_qk_ablation_zero_at_target_and_grads_reach_mixers():
     # The ablation target (softmax of mixed Q/K, mix=None): gradients reach the mixers through it.
     sq, sk, tq, tk = qk_tensors(hs=4, hs_kv=2, ht=8, ht_kv=4)

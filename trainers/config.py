@@ -33,11 +33,14 @@ METHOD_TERMS: dict[str, tuple[str, ...]] = {
     "laid-no-kl": ("laid", "attn", "sft"),
     "laid-no-laid": ("attn", "kl", "sft"),
     "kd": ("kl", "sft"),
+    "sft": ("sft",),  # full fine-tuning on the labels, no teacher: what the task alone teaches
     "sft-lora": ("sft",),
 }
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 MIXER_INITS = ("overlap", "least_squares")
-LAYER_MAPS = ("last", "proportional")  # trainers.pairing.map_layers
+LAYER_MAPS = ("last", "proportional", "diagnosed")  # trainers.pairing.map_layers, trainers.layer_choice
+ATTN_ROWS = ("all", "text", "question")  # laid.model.token_masks
+DIAGNOSIS_ROWS = ("question", "answer")  # trainers.layer_choice
 ALIGNMENTS = ("cosine", "paper")  # trainers.losses.qk_alignment
 ATTENTION_TARGETS = ("teacher_heads", "mixed_qk")  # trainers.losses.attention_matching
 ATTN_DISTANCES = ("mrope", "token")
@@ -104,8 +107,22 @@ class DistillConfig:
     layer_pairs: list[list[int]] | None = None
     # Layers aligned when layer_pairs is null: "last" = the last layer of each (the paper's 27 <-> 63);
     # "proportional" = every student layer i <- teacher layer round(i (L_t - 1) / (L_s - 1)), first to
-    # first and last to last (the toy teacher's binding circuit sits at layer 0). trainers.pairing.
+    # first and last to last (trainers.pairing); "diagnosed" = the teacher layers whose heads put the
+    # most attention on the needle at long haystacks, read from `teacher_diagnosis`, each paired with
+    # the student layer at the same depth fraction (trainers.layer_choice; `laid plan` prints the evidence).
     layer_map: str = "last"
+    # diagnostics.nc of the teacher written by `laid diagnose` (or its folder): the evidence of
+    # layer_map: diagnosed. Comparisons and the study fill it in from their run folder.
+    teacher_diagnosis: str = ""
+    diagnosed_layers: int = 1  # how many teacher layers layer_map: diagnosed pairs (the best first)
+    # Which rows' needle mass ranks the layers: "question" (every token after the images) | "answer"
+    # (the answer row only: the ablation, blind to heads that read from a question word).
+    diagnosis_rows: str = "question"
+    # Query rows of the attention matching (keys are always every valid token): "all"; "text" =
+    # every non-image token; "question" = the tokens after the last image (instruction, question,
+    # answer). A retrieval head reads the haystack from the question; image rows mostly attend
+    # within and between images, and matching them asks the student to copy the teacher's visual mixing.
+    attn_rows: str = "all"
     # Q/K alignment form: "cosine" = per-head scale-free (1 - cosine of each head's Q/K block, unit-row
     # mixers: cannot be won by shrinking); "paper" = Eq. 7 literally (squared error, free mixers),
     # the degenerate ablation. trainers.losses.qk_alignment explains both.
@@ -144,10 +161,17 @@ class DistillConfig:
     lr_aux: float = 1e-4  # head mixers and RoPE gains ("weight coefficients" in the paper)
     weight_decay: float = 0.0  # student params only; never on mixers/gains (decay towards 0 is meaningless for a gain)
     warmup_ratio: float = 0.05
+    warmup_steps: int | None = None  # absolute warmup steps; overrides warmup_ratio when set (transformers' convention)
     lr_schedule: str = "cosine"
     max_grad_norm: float = 1.0
     epochs: int = 10
-    max_steps: int | None = None  # optimizer steps; caps epochs (toy runs)
+    # Optimizer steps of the run. When set it overrides `epochs` (transformers' Trainer convention):
+    # the data loops over further epochs, reshuffled, until max_steps; null = epochs x steps per epoch.
+    max_steps: int | None = None
+    # Extra exports written during training at these optimizer steps (<output_dir>/budgets/step-XXXXXXXX/,
+    # gains folded like the final export): evaluating them gives accuracy against training budget from
+    # one run (`laid study`); meaningful with a schedule that does not decay towards them (constant).
+    export_steps: list[int] = field(default_factory=list)
     per_device_batch_size: int = 1
     grad_accum: int = 8
     max_response_len: int = 512  # answer tokens kept per example (VHs answers are one word)
@@ -188,6 +212,12 @@ class DistillConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or null, got {self.max_steps}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0 or null, got {self.warmup_steps}")
+        if any(int(s) < 1 for s in self.export_steps):
+            raise ValueError(f"export_steps must be optimizer steps >= 1, got {self.export_steps}")
+        if self.diagnosed_layers < 1:
+            raise ValueError(f"diagnosed_layers must be >= 1, got {self.diagnosed_layers}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.tau <= 0:
@@ -197,7 +227,8 @@ class DistillConfig:
                 raise ValueError(f"layer_pairs entries are [student_layer, teacher_layer], got {pair}")
         for name, allowed in (("layer_map", LAYER_MAPS), ("alignment", ALIGNMENTS),
                               ("attention_target", ATTENTION_TARGETS), ("attn_distance", ATTN_DISTANCES),
-                              ("attn_grad", ATTN_GRADS)):
+                              ("attn_grad", ATTN_GRADS), ("attn_rows", ATTN_ROWS),
+                              ("diagnosis_rows", DIAGNOSIS_ROWS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {allowed}")
         if self.layer_pairs and self.layer_map != "last":

@@ -11,7 +11,8 @@ Per micro-batch (teacher and student see the very same input tensors):
     terms: laid = sum over pairs of the Q/K alignment (QKAlignmentLoss; `alignment`: cosine | paper)
            attn = sum over pairs of the progressive distance-weighted attention matching against
                   the teacher's own per-head attention, mixed with the detached convex weights
-                  of W_Q (`attention_target`), distances from the batch's M-RoPE position ids
+                  of W_Q (`attention_target`), distances from the batch's M-RoPE position ids,
+                  over the query rows `attn_rows` selects (all, text or question tokens)
            kl   = tau^2 KL(teacher || student) on answer positions (shared vocabulary ids)
            sft  = cross-entropy on answer tokens
     total = sum_t lambda_t * term_t  (terms the method does not use are not computed)
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from laid.model.hooks import record_qk, site_name
+from laid.model.token_masks import select
 from trainers import health as hl
 from trainers.config import DistillConfig
 from trainers.head_mixer import attention_mix
@@ -125,6 +127,7 @@ class DistillModule(nn.Module):
         self.attn_loss = AttentionMatchingLoss(cfg.attention_matching, chunk_size=cfg.attn_chunk_size,
                                                direction_only=cfg.attn_grad == "direction")
         self.attention_target, self.attn_distance, self.attn_mix_power = cfg.attention_target, cfg.attn_distance, cfg.attn_mix_power
+        self.attn_rows = cfg.attn_rows
         self.last_health: dict = {}
         # False under ZeRO-3 / FSDP (set by the recipe): the telemetry then reads activations only (norm
         # ratios, attention entropies), computed on one process; gradient norms, mixer rows and gains
@@ -193,6 +196,7 @@ class DistillModule(nn.Module):
         mask = batch["attention_mask"].bool()  # (B, S) valid (non-padding) tokens
         if len(self.align) > 0:
             positions = rope_positions(self.student, batch) if w["attn"] > 0 and self.attn_distance == "mrope" else None
+            rows = None if self.attn_rows == "all" else select(batch, self.attn_rows, self.student.config.image_token_id)
             laid, attn = [], []
             for align, (ls, lt) in zip(self.align, self.layer_pairs):
                 sq, sk = rec.tensors[site_name(ls, "q_rot")], rec.tensors[site_name(ls, "k_rot")]
@@ -203,9 +207,9 @@ class DistillModule(nn.Module):
                     laid.append(sum(align.terms(sq, sk, mq, mk, mask)))
                 if w["attn"] > 0 and self.attention_target == "teacher_heads":
                     mix = attention_mix(align.mixer.q.effective(), head_energy(tq, mask), self.attn_mix_power)  # (Hs, Ht), detached
-                    attn.append(self.attn_loss(sq, sk, tq, tk, mask, progress, mix=mix, positions=positions))
+                    attn.append(self.attn_loss(sq, sk, tq, tk, mask, progress, mix=mix, positions=positions, query_mask=rows))
                 elif w["attn"] > 0:
-                    attn.append(self.attn_loss(sq, sk, mq, mk, mask, progress, positions=positions))
+                    attn.append(self.attn_loss(sq, sk, mq, mk, mask, progress, positions=positions, query_mask=rows))
             # Eq. 7 sums over the aligned (layer, head) pairs; so do we over layer pairs.
             if laid:
                 terms["laid"] = torch.stack(laid).sum()

@@ -40,7 +40,13 @@ from trainers.engines import plain_model_loading
 from trainers.students import apply_lora
 
 EXPORT_DIR = "export"
+BUDGETS_DIR = "budgets"
 HEAD_WEIGHTS = "head_weights.nc"
+
+
+def budget_export_dir(out: str | Path, step: int) -> Path:
+    """<out>/budgets/step-XXXXXXXX: the export written after `step` optimizer steps (`export_steps`)."""
+    return Path(out) / BUDGETS_DIR / f"step-{step:08d}"
 
 
 def _subdict(state: dict, prefix: str) -> dict:
@@ -113,10 +119,15 @@ def build_export_model(state: dict, cfg: DistillConfig, gain_layers: list[int] |
     return student.eval()
 
 
-def export_run(accelerator, module, cfg: DistillConfig, processor, pairs, out: str | Path) -> Path:
-    """Write <out>/export and <out>/head_weights.nc from the prepared DistillModule (collective)."""
+def export_run(accelerator, module, cfg: DistillConfig, processor, pairs, out: str | Path,
+               export_dir: str | Path | None = None) -> Path:
+    """Write <out>/export and <out>/head_weights.nc from the prepared DistillModule (collective).
+
+    With `export_dir` (a budget export, trainers.recipe.export_budget) the folder goes there and
+    <out>/head_weights.nc is left to the final export."""
     out = Path(out)
-    export_dir = out / EXPORT_DIR
+    final = export_dir is None
+    export_dir = out / EXPORT_DIR if final else Path(export_dir)
     state = accelerator.get_state_dict(module)  # full, unwrapped; gathered under sharding
     if accelerator.is_main_process:
         inner = accelerator.unwrap_model(module)
@@ -142,6 +153,7 @@ def export_run(accelerator, module, cfg: DistillConfig, processor, pairs, out: s
         if ds is not None:
             ds = add_health(ds, state, pairs, rows, gain_layers, read_log(log_path))
             write_result(ds, export_dir / HEAD_WEIGHTS)
-            write_result(ds, out / HEAD_WEIGHTS)
+            if final:
+                write_result(ds, out / HEAD_WEIGHTS)
     accelerator.wait_for_everyone()
     return export_dir

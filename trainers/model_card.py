@@ -23,6 +23,7 @@ _LAID = ("long-window anchoring distillation: query/key alignment to the teacher
          "progressive distance-weighted attention matching, KL to the teacher and a learnable RoPE response gain")
 METHOD_TEXT = {
     "sft-lora": "supervised fine-tuning with LoRA adapters (merged into the weights), no teacher",
+    "sft": "full supervised fine-tuning on the labels alone, no teacher",
     "kd": "knowledge distillation from the teacher's output distribution (KL)",
     "laid": _LAID,
     "laid-no-kl": _LAID + ", without the KL term (ablation)",

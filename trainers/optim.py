@@ -4,7 +4,7 @@ AdamW with two parameter groups, as the paper: the student's trainable parameter
 (1e-5) with weight decay, and the head mixers + RoPE gains ("weight coefficients") at lr_aux (1e-4)
 without weight decay (decay would pull mixing weights and gains towards 0, which means nothing
 for them). Both groups share one schedule: linear warmup over ceil(warmup_ratio * total) steps
-(paper: 0.05), then cosine or linear decay to 0, or constant (laid.schedule.lr_factor).
+(paper: 0.05; or `warmup_steps`), then cosine or linear decay to 0, or constant (laid.schedule.lr_factor).
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ def build_optimizer(module: nn.Module, cfg: DistillConfig) -> torch.optim.Optimi
 
 
 def warmup_steps(cfg: DistillConfig, total_steps: int) -> int:
+    """`cfg.warmup_steps` when set (capped at the run), else ceil(warmup_ratio x total_steps)."""
+    if cfg.warmup_steps is not None:
+        return min(cfg.warmup_steps, total_steps)
     return math.ceil(cfg.warmup_ratio * total_steps)
 
 

@@ -37,7 +37,7 @@ from trainers.data import DataPosition, TrainingExamples, collate, load_train_en
 from trainers.distill_module import DistillModule, tail_length, teacher_forward
 from trainers.engines import fill_deepspeed_config, make_accelerator, plain_model_loading, prepare_teacher  # noqa: F401 (re-exported)
 from trainers.optim import build_optimizer, build_scheduler
-from trainers.pairing import check_pair
+from trainers.pairing import Diagnosis, check_pair
 from trainers.students import build_student, load_teacher
 from trainers.trainlog import TrainLog, Tracking, eval_metrics
 
@@ -72,7 +72,8 @@ def check_finite(accelerator: Accelerator, terms: dict[str, torch.Tensor], step:
 
 
 def _check_resume_compatible(saved: dict, cfg: DistillConfig) -> None:
-    keys = ("method", "teacher_dir", "student_dir", "per_device_batch_size", "grad_accum", "seed", "layer_pairs", "layer_map", "alignment")
+    keys = ("method", "teacher_dir", "student_dir", "per_device_batch_size", "grad_accum", "seed", "layer_pairs", "layer_map",
+            "alignment", "attn_rows")
     diff = [k for k in keys if k in saved and saved[k] != cfg.to_dict()[k]]
     if diff:
         raise ValueError(f"cannot resume: the checkpoint was made with different {diff}; use the original config")
@@ -101,14 +102,16 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
     steps_per_epoch = examples.steps_per_epoch(global_batch)
     if steps_per_epoch < 1:
         raise ValueError(f"{len(examples)} training examples < one global batch of {global_batch}; lower the batch size")
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+    total_steps = run_steps(cfg, steps_per_epoch)
+    late = [s for s in cfg.export_steps if s > total_steps]
+    if late:
+        raise ValueError(f"export_steps {late} lie beyond the run's {total_steps} optimizer steps; raise max_steps or drop them")
 
     # From config files, before any weight is loaded: a pair that cannot work fails here, clearly.
     # (config-only meta-device models: never under ZeRO-3's collective init)
     with plain_model_loading():
-        pairs = check_pair(cfg.teacher_dir, cfg.student_dir, cfg.layer_pairs, cfg.layer_map).layer_pairs if cfg.uses_teacher else []
+        pairing = check_pair(cfg.teacher_dir, cfg.student_dir, cfg.layer_pairs, cfg.layer_map, Diagnosis.of(cfg)) if cfg.uses_teacher else None
+    pairs = pairing.layer_pairs if pairing is not None else []
     teacher = load_teacher(cfg) if cfg.uses_teacher else None
     # Read before prepare_teacher: a DeepSpeed engine's `.config` is the DeepSpeed dict.
     teacher_config = teacher.config if teacher is not None else None
@@ -141,6 +144,8 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
     from trainers.trainlog import read_log
 
     monitor = NormMonitor.from_log(read_log(train_log.path) if main else [], cfg.norm_warn_fraction)
+    if main and pairing is not None and pairing.choice is not None and state.global_step == 0:
+        train_log.note(" | ".join(pairing.choice.describe()[:1] + [f"pairs {pairs}"]))
     if main and cfg.weights()["kl"] > 0:
         note = _vocab_note(inner.student.config, teacher_config)
         if note:  # the KL loss also logs it once through `logging`
@@ -197,6 +202,8 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
                             **{f"lr_{k}": v for k, v in lrs.items()}, elapsed_s=round(time.time() - t0, 3))
         bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
+        if state.global_step in cfg.export_steps and state.global_step < total_steps:
+            export_budget(accelerator, module, cfg, processor, pairs, out, state.global_step)
         if cfg.save_every and state.global_step % cfg.save_every == 0 and state.global_step < total_steps:
             last_ckpt = save_checkpoint(accelerator, out, state, cfg.keep_last)
     bar.close()
@@ -206,6 +213,8 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
     from trainers.export import export_run
 
     export = export_run(accelerator, module, cfg, processor, pairs, out)
+    if total_steps in cfg.export_steps:
+        export_budget(accelerator, module, cfg, processor, pairs, out, total_steps)
     if cfg.eval.enabled and main:
         from trainers.model_card import write_model_card
 
@@ -253,10 +262,25 @@ def _vocab_note(student_config, teacher_config) -> str | None:
     return shared_vocab_note(student_config.get_text_config().vocab_size, teacher_config.get_text_config().vocab_size)
 
 
+def run_steps(cfg: DistillConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of a run: `max_steps` when set (it overrides `epochs`, as in transformers'
+    Trainer; the data then loops over more epochs), else epochs x steps per epoch."""
+    return cfg.max_steps if cfg.max_steps is not None else steps_per_epoch * cfg.epochs
+
+
 def steps_per_run(cfg: DistillConfig, n_examples: int, num_processes: int = 1) -> int:
     """Optimizer steps a run of `cfg` makes on `n_examples` (for planning toy budgets)."""
-    per_epoch = n_examples // (cfg.per_device_batch_size * cfg.grad_accum * num_processes)
-    total = per_epoch * cfg.epochs
-    return min(total, cfg.max_steps) if cfg.max_steps is not None else total
+    return run_steps(cfg, n_examples // (cfg.per_device_batch_size * cfg.grad_accum * num_processes))
+
+
+def export_budget(accelerator, module, cfg: DistillConfig, processor, pairs, out: Path, step: int) -> Path:
+    """The model as it stands after `step` optimizer steps, exported like the final one to
+    <out>/budgets/step-XXXXXXXX/ (atomically; an existing one is kept, e.g. after a resume)."""
+    from trainers.export import budget_export_dir, export_run
+
+    target = budget_export_dir(out, step)
+    if (target / "config.json").is_file():
+        return target
+    return export_run(accelerator, module, cfg, processor, pairs, out, export_dir=target)
 
 

@@ -160,13 +160,15 @@ def _chunk_divergence(*args):
         return _chunk_divergence_fp32(*args)
 
 
-def _chunk_divergence_fp32(sq, sk, tq, tk, mix, start, key_valid, query_valid, distance, d_max, weighting, progress):
+def _chunk_divergence_fp32(sq, sk, tq, tk, mix, start, key_valid, query_valid, query_rows, distance, d_max, weighting,
+                           progress):
     """Weighted divergence summed over one query chunk.
 
     sq (B, H, c, D) student queries of rows [start, start + c), sk (B, H_kv, S, D) keys 0 .. S-1
     (only keys a causal row of the chunk can see); tq / tk the teacher's (raw heads with `mix`,
     else already-mixed targets shaped like sq / sk); key_valid (B, S) bool; query_valid (B, c)
-    bool; distance (B, c, S); d_max (B,). Returns a 0-d tensor (sum).
+    bool; query_rows (B, c) bool, the valid rows that count (attn_rows); distance (B, c, S); d_max
+    (B,). Returns a 0-d tensor (sum).
     """
     c, s = sq.shape[2], sk.shape[2]
     scale = sq.shape[-1] ** -0.5
@@ -177,7 +179,7 @@ def _chunk_divergence_fp32(sq, sk, tq, tk, mix, start, key_valid, query_valid, d
     cross = torch.where(p > 0, p * (p.clamp(min=1e-38).log() - log_q), torch.zeros((), device=p.device))
     term = cross - p + q  # (B, H, c, S), >= 0
     w = weighting.weights(distance[:, None], d_max[:, None, None, None], progress)  # (B, 1, c, S)
-    term = torch.where(allowed & query_valid[:, None, :, None], w * term, torch.zeros((), device=term.device))
+    term = torch.where(allowed & query_rows[:, None, :, None], w * term, torch.zeros((), device=term.device))
     return term.sum()
 
 
@@ -204,8 +206,10 @@ class AttentionMatchingLoss(nn.Module):
 
     forward(student_q (B, H, S, D), student_k (B, H_kv, S, D), target_q, target_k,
             mask (B, S) bool valid tokens or None, progress t in [0, 1],
-            mix (H, H_t) convex rows or None, positions (3, B, S) M-RoPE ids or None)
-    -> scalar: weighted divergence averaged over valid query rows and heads.
+            mix (H, H_t) convex rows or None, positions (3, B, S) M-RoPE ids or None,
+            query_mask (B, S) bool query rows that are matched or None = every valid row)
+    -> scalar: weighted divergence averaged over the matched query rows and heads (keys: every
+    valid token). `query_mask` restricts the rows (the recipe's `attn_rows`: text or question rows).
     `direction_only`: the student's Q/K get gradients orthogonal to each vector (module doc).
     With `mix`: target_q (B, H_t, S, D) / target_k (B, H_t_kv, S, D) are the teacher's own heads and
     the target is the convex mix of its attention maps (detached). Without: they are the mixed
@@ -222,7 +226,8 @@ class AttentionMatchingLoss(nn.Module):
         self.chunk_size = chunk_size
         self.use_checkpoint = use_checkpoint
 
-    def forward(self, student_q, student_k, target_q, target_k, mask=None, progress: float = 0.0, mix=None, positions=None) -> torch.Tensor:
+    def forward(self, student_q, student_k, target_q, target_k, mask=None, progress: float = 0.0, mix=None, positions=None,
+                query_mask=None) -> torch.Tensor:
         b, h, s, _ = student_q.shape
         if mix is None and (student_q.shape != target_q.shape or student_k.shape != target_k.shape):
             raise ValueError(
@@ -239,9 +244,9 @@ class AttentionMatchingLoss(nn.Module):
         if self.direction_only:  # gradients turn the student's vectors, with no component along them
             student_q, student_k = direction_only(student_q), direction_only(student_k)
         mask = torch.ones(b, s, dtype=torch.bool, device=student_q.device) if mask is None else mask.bool()
+        rows = mask if query_mask is None else mask & query_mask.to(mask.device).bool()  # (B, S) matched rows
         pos = _positions_or_index(positions, b, s, student_q.device)  # (A, B, S)
         d_max = max_distance(pos, mask)  # (B,)
-        n_valid = mask.sum(-1)  # (B,)
         total = student_q.new_zeros((), dtype=torch.float32)
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (student_q, student_k, target_q, target_k))
         for start in range(0, s, self.chunk_size):
@@ -250,14 +255,14 @@ class AttentionMatchingLoss(nn.Module):
             distance = pair_distance(pos[:, :, start:stop], pos[:, :, :stop])  # (B, c, stop)
             args = (
                 student_q[:, :, start:stop], student_k[:, :, :stop], target_q[:, :, start:stop], target_k[:, :, :stop],
-                mix, start, mask[:, :stop], mask[:, start:stop], distance, d_max, self.weighting, float(progress),
+                mix, start, mask[:, :stop], mask[:, start:stop], rows[:, start:stop], distance, d_max, self.weighting,
+                float(progress),
             )
             if grad and self.use_checkpoint:
                 total = total + checkpoint(_chunk_divergence, *args, use_reentrant=False)
             else:
                 total = total + _chunk_divergence(*args)
-        rows = (n_valid.sum() * h).clamp(min=1)
-        return total / rows
+        return total / (rows.sum() * h).clamp(min=1)
 
 
 @torch.no_grad()
