@@ -15,6 +15,12 @@ all causal real keys j and w_j their softmax (exactly the model's attention row)
     q_norm, k_norm mean ||q_rot|| over the real tokens (per head) and ||k_rot|| (per KV head)
     key_activation_raw  mean l_j over image tokens (the old Figure 4 statistic, an ablation: a
                    perfect retrieval head with needle +5 and distractors 0 falls as 5/N with size)
+    needle_mass_question  the largest needle mass over the *question rows* (every real token after
+                   the last image: instruction, question words, answer position), each row its own
+                   causal softmax; `needle_row_offset` says which row (tokens before the answer
+                   position, 0 = the answer row). A retrieval head that reads the haystack from a
+                   word of the question (the toy teacher's, from the anchor word at layer 0) shows
+                   here and not in needle_mass; `layer_map: diagnosed` picks layers by it.
 
 Everything is stored per haystack (dim `sample`), so intervals are bootstrap intervals over
 haystacks (laid_analysis.intervals); masses and margins are in absolute units (no per-model
@@ -37,9 +43,9 @@ from laid_analysis.tokens import image_spans
 SINK_TOKENS = 4
 DEFAULT_LOCAL_THRESHOLD = 1.0
 HEAD_VARS = ("needle_mass", "image_mass", "needle_margin", "locality", "attn_entropy", "sink_mass", "logit_scale",
-             "q_norm", "key_activation_raw")
+             "q_norm", "key_activation_raw", "needle_mass_question", "needle_row_offset")
 KV_VARS = ("k_norm",)
-INTERVAL_VARS = ("needle_mass", "image_mass", "needle_margin", "locality")
+INTERVAL_VARS = ("needle_mass", "image_mass", "needle_margin", "locality", "needle_mass_question")
 ATTRS = {
     "needle_mass": ("answer query's attention mass on the needle image", "1"),
     "image_mass": ("answer query's attention mass on all images", "1"),
@@ -51,6 +57,8 @@ ATTRS = {
     "q_norm": ("mean ||q_rot|| over real tokens", "1"),
     "k_norm": ("mean ||k_rot|| over real tokens", "1"),
     "key_activation_raw": ("ABLATION: mean answer-query logit over image keys (dilutes with size)", "logit"),
+    "needle_mass_question": ("largest attention mass on the needle image over the question rows", "1"),
+    "needle_row_offset": ("question row of needle_mass_question, in tokens before the answer position", "tokens"),
 }
 
 
@@ -93,11 +101,14 @@ class AnswerStats:
                 in_needle = torch.zeros_like(image)
                 in_needle[s:e] = True
                 row["needle_mass"] = w[:, in_needle].sum(-1)
+                row["needle_mass_question"], row["needle_row_offset"] = _question_needle_mass(
+                    q, k_h, scaling, image, in_needle)
                 distract = image & ~in_needle
                 row["needle_margin"] = (logits[:, in_needle].mean(-1) - logits[:, distract].mean(-1)
                                         if bool(distract.any()) else nan)
             else:
                 row["needle_mass"], row["needle_margin"] = nan, nan
+                row["needle_mass_question"], row["needle_row_offset"] = nan, nan
             dist = (pos[-1] - pos[image]).float()  # (N_img,)
             dc = dist - dist.mean()
             denom = (dc * dc).sum()
@@ -123,6 +134,23 @@ class AnswerStats:
                 for v in data:
                     data[v][li, :, si, j] = row[v]
         return answer_dataset(data, counts, layers, sizes, local_threshold)
+
+
+def _question_needle_mass(q, k_h, scaling: float, image, in_needle) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H,) largest needle mass over the question rows and (H,) that row's offset before the answer.
+
+    q (H, S, D), k_h (H, S, D) one haystack's real tokens (keys repeated to the query heads); image,
+    in_needle (S,) bool. Question rows: every token after the last image token, each attending
+    causally (row i sees keys <= i)."""
+    s = q.shape[1]
+    first = int(image.nonzero().max()) + 1  # first question row
+    rows = torch.arange(first, s, device=q.device)  # (R,)
+    logits = torch.einsum("hrd,hsd->hrs", q[:, first:], k_h) * scaling  # (H, R, S)
+    causal = torch.arange(s, device=q.device)[None, :] <= rows[:, None]  # (R, S)
+    w = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
+    mass = w[..., in_needle].sum(-1)  # (H, R)
+    best, arg = mass.max(-1)
+    return best, (s - 1 - rows[arg]).double()
 
 
 def answer_dataset(data: dict[str, np.ndarray], counts, layers, sizes, local_threshold: float = DEFAULT_LOCAL_THRESHOLD) -> xr.Dataset:

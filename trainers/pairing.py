@@ -11,7 +11,8 @@ files when present), builds both models on the meta device to count parameters, 
   would not be comparable;
 - valid layer pairs (student layer, teacher layer), student layers distinct: explicit pairs, or a
   named map (`map_layers`): "last" (default, the last layer of each: the paper's 27 <-> 63 for
-  7B <- 32B, 35 <- 63 for 3B) or "proportional" (every student layer, spread over the teacher's);
+  7B <- 32B, 35 <- 63 for 3B) or "proportional" (every student layer, spread over the teacher's),
+  or "diagnosed" (where the teacher's diagnosis finds it reading the needle: trainers.layer_choice);
 - the same image processing and vision token layout (patch size, merge size, temporal patch size,
   normalisation, pixel bounds, special token ids): the student and the teacher must turn one batch
   into the same token sequence, so token i is the same token in both;
@@ -30,6 +31,7 @@ import torch
 from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
 from laid.model.loading import check_model_dir
+from trainers.layer_choice import LayerChoice, choose_layers
 from trainers.losses.distillation import shared_vocab_note
 
 
@@ -146,7 +148,7 @@ def parse_layer_pairs(spec: str | list | None) -> list[tuple[int, int]] | None:
     return [(int(s), int(t)) for s, t in spec]
 
 
-LAYER_MAPS = ("last", "proportional")
+LAYER_MAPS = ("last", "proportional", "diagnosed")
 
 
 def map_layers(layer_map: str, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
@@ -160,6 +162,8 @@ def map_layers(layer_map: str, n_student: int, n_teacher: int) -> list[tuple[int
     """
     if layer_map not in LAYER_MAPS:
         raise PairingError(f"layer_map {layer_map!r} is not one of {LAYER_MAPS}")
+    if layer_map == "diagnosed":
+        raise PairingError("layer_map diagnosed needs the teacher's diagnosis (trainers.layer_choice): pass it to check_pair")
     if layer_map == "last" or n_student == 1:
         return [(n_student - 1, n_teacher - 1)]
     return [(i, int(i * (n_teacher - 1) / (n_student - 1) + 0.5)) for i in range(n_student)]
@@ -176,6 +180,7 @@ class Pairing:
     vocab_note: str  # one line: how the KL treats the vocabularies
     notes: list[str]  # what was (not) checked
     layer_map: str = "last"  # how layer_pairs were chosen: "explicit" or a named map (map_layers)
+    choice: LayerChoice | None = None  # the evidence behind layer_map: diagnosed
 
     @property
     def n_laid_params(self) -> int:
@@ -224,10 +229,26 @@ def _check_tokenizers(teacher: ModelShape, student: ModelShape, shared: int, pro
         notes.append(f"tokenizers agree on all shared ids; every token id (max {top}) is below {shared}")
 
 
-def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=None, layer_map: str = "last") -> Pairing:
+@dataclass(frozen=True)
+class Diagnosis:
+    """Where `layer_map: diagnosed` reads the teacher's diagnosis, and how (trainers.layer_choice)."""
+
+    path: str = ""  # diagnostics.nc of the teacher (or its folder); "" = none given
+    n_layers: int = 1
+    rows: str = "question"
+
+    @classmethod
+    def of(cls, cfg) -> "Diagnosis":
+        """From a DistillConfig (teacher_diagnosis, diagnosed_layers, diagnosis_rows)."""
+        return cls(cfg.teacher_diagnosis, cfg.diagnosed_layers, cfg.diagnosis_rows)
+
+
+def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=None, layer_map: str = "last",
+               diagnosis: Diagnosis | None = None) -> Pairing:
     """Check that the pair can be distilled; raise PairingError listing every reason it cannot.
 
-    layer_pairs: explicit pairs (list or "27:63,..."), or None to use the named `layer_map`.
+    layer_pairs: explicit pairs (list or "27:63,..."), or None to use the named `layer_map`;
+    `diagnosis` is read when layer_map is "diagnosed".
     """
     teacher, student = read_shape(teacher_dir), read_shape(student_dir)
     problems: list[str] = []
@@ -241,7 +262,14 @@ def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=Non
     explicit = parse_layer_pairs(layer_pairs)
     if explicit is not None and layer_map != "last":
         problems.append(f"both layer pairs {explicit} and layer_map {layer_map!r} given: choose one")
-    if explicit is None:
+    choice = None
+    if explicit is None and layer_map == "diagnosed":
+        if diagnosis is None or not diagnosis.path:
+            raise PairingError("layer_map: diagnosed needs teacher_diagnosis: run `laid diagnose` on the teacher and give its "
+                               "diagnostics.nc (or use layer_map: last / proportional)")
+        choice = choose_layers(diagnosis.path, diagnosis.n_layers, diagnosis.rows, expect_layers=teacher.n_layers)
+        explicit = choice.pairs(student.n_layers, teacher.n_layers)
+    elif explicit is None:
         explicit = map_layers(layer_map, student.n_layers, teacher.n_layers)
     pairs = _resolve_pairs(explicit, student.n_layers, teacher.n_layers, problems)
     _compare("vision patching", teacher.vision, student.vision, _VISION_KEYS, problems)
@@ -264,4 +292,5 @@ def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=Non
         vocab_note=shared_vocab_note(student.vocab_size, teacher.vocab_size) or f"same vocabulary ({shared}): KL over all ids",
         notes=notes,
         layer_map="explicit" if parse_layer_pairs(layer_pairs) is not None else layer_map,
+        choice=choice,
     )

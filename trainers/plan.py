@@ -1,6 +1,7 @@
 """`laid plan`: check a teacher/student pair from config files and print the distillation plan.
 
-    laid plan --teacher DIR --student DIR [--layer-pairs 27:63,13:31 | --layer-map proportional] [--gpus N] [--seq-len N]
+    laid plan --teacher DIR --student DIR [--layer-pairs 27:63,13:31 | --layer-map proportional
+              | --layer-map diagnosed --teacher-diagnosis DIR] [--gpus N] [--seq-len N]
 
 The plan lists the layer pairs, the mixer shapes, the RoPE gain shape, the vocabulary handling
 and an estimate of GPU memory per device. Nothing is loaded but config.json (models are built on
@@ -48,7 +49,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainers.pairing import Pairing, check_pair
+from trainers.layer_choice import DIAGNOSIS_ROWS
+from trainers.pairing import LAYER_MAPS, Diagnosis, Pairing, check_pair
 
 GiB = 1024**3
 SHARDINGS = ("zero3", "fsdp2", "none")
@@ -87,6 +89,7 @@ class Plan:
             f"         {s.n_layers} layers, hidden {s.hidden_size}, {s.n_heads} heads / {s.n_kv_heads} KV, head_dim {s.head_dim}, vocab {s.vocab_size}, {_count(s.n_params)} params",
             f"RoPE     {t.rope['rope_type']}, theta {t.rope['rope_theta']:g}, mrope_section {t.rope['mrope_section']} (same in both)",
             f"layer pairs (student <- teacher; {p.layer_map}): " + ", ".join(f"{a} <- {b}" for a, b in p.layer_pairs),
+            *(p.choice.describe() if p.choice is not None else []),
             f"mixers per pair: W_Q {p.q_mixer_shape[0]}x{p.q_mixer_shape[1]}, W_K {p.k_mixer_shape[0]}x{p.k_mixer_shape[1]}",
             f"RoPE gains: q {gq}, k {gk} on " + (f"all {s.n_layers} student layers" if self.gain_layers == list(range(s.n_layers)) else f"student layers {self.gain_layers}"),
             f"vocabulary: {p.vocab_note}",
@@ -163,7 +166,7 @@ def host_ram(p: Pairing, n_gpus: int, sharding: str = "zero3", precision: str = 
 def plan(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=None, n_gpus: int = 1, seq_len: int = 8192,
          batch_size: int = 1, max_response: int = 512, chunk_size: int = 256, sharding: str = "zero3",
          gradient_checkpointing: bool = True, gain_layers: list[int] | None = None, layer_map: str = "last",
-         precision: str = "bf16", freeze_vision: bool = True) -> Plan:
+         precision: str = "bf16", freeze_vision: bool = True, diagnosis: Diagnosis | None = None) -> Plan:
     """Check the pair (PairingError on failure) and estimate memory.
 
     gain_layers None = the student layers of the layer pairs (the recipe's default for RoPE gains).
@@ -176,7 +179,7 @@ def plan(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=None, n_g
         raise ValueError(f"sharding must be one of {SHARDINGS}, got {sharding!r}")
     if precision not in ("bf16", "fp32"):
         raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
-    p = check_pair(teacher_dir, student_dir, layer_pairs, layer_map)
+    p = check_pair(teacher_dir, student_dir, layer_pairs, layer_map, diagnosis)
     gains = sorted(gain_layers) if gain_layers is not None else sorted(s for s, _ in p.layer_pairs)
     mem = estimate_memory(p, n_gpus, seq_len, batch_size, max_response, chunk_size, sharding, gradient_checkpointing,
                           len(gains), precision, freeze_vision)  # fmt: skip
@@ -188,7 +191,8 @@ def _run(args) -> int:
     result = plan(args.teacher, args.student, args.layer_pairs, n_gpus=args.gpus, seq_len=args.seq_len,
                   batch_size=args.batch_size, max_response=args.max_response, chunk_size=args.chunk_size,
                   sharding=args.sharding, gradient_checkpointing=not args.no_gradient_checkpointing,
-                  precision=args.precision, layer_map=args.layer_map)
+                  precision=args.precision, layer_map=args.layer_map,
+                  diagnosis=Diagnosis(args.teacher_diagnosis or "", args.diagnosed_layers, args.diagnosis_rows))
     print(result.format())
     return 0
 
@@ -204,8 +208,13 @@ def register_plan(subparsers) -> None:
     p.add_argument("--teacher", required=True, help="teacher model folder (Hugging Face Qwen2.5-VL)")
     p.add_argument("--student", required=True, help="student model folder")
     p.add_argument("--layer-pairs", default=None, help="STUDENT:TEACHER[,...] layer pairs, negatives from the end (default -1:-1, the last layers)")
-    p.add_argument("--layer-map", choices=("last", "proportional"), default="last",
-                   help="named layer mapping when --layer-pairs is not given: last (default, the paper's) or proportional (every student layer)")
+    p.add_argument("--layer-map", choices=LAYER_MAPS, default="last",
+                   help="named layer mapping when --layer-pairs is not given: last (default, the paper's), proportional "
+                   "(every student layer) or diagnosed (where --teacher-diagnosis finds the teacher reading the needle)")
+    p.add_argument("--teacher-diagnosis", help="diagnostics.nc (or its folder) of `laid diagnose` on the teacher, for --layer-map diagnosed")
+    p.add_argument("--diagnosed-layers", type=int, default=1, help="teacher layers --layer-map diagnosed pairs (default 1)")
+    p.add_argument("--diagnosis-rows", choices=tuple(DIAGNOSIS_ROWS), default="question",
+                   help="rank layers by the needle mass of the question rows (default) or the answer row only (ablation)")
     p.add_argument("--gpus", type=int, default=1, help="number of GPUs the teacher and student are sharded over (default 1)")
     p.add_argument("--seq-len", type=int, default=8192, help="tokens per training sequence (default 8192: 20 images on real Qwen2.5-VL)")
     p.add_argument("--batch-size", type=int, default=1, help="sequences per GPU per micro-step (default 1, as the paper)")
