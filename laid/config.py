@@ -58,6 +58,9 @@ def _check_type(value, hint, where: str):
     if origin is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        args = typing.get_args(hint)
+        if len(args) == 2:  # values checked too (e.g. dict[str, SomeDataclass])
+            return {k: _check_type(v, args[1], f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if hint is Any:
         return value
@@ -107,7 +110,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
     """Set dotted keys in a (nested) config mapping; returns a new mapping."""
-    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
+    data = yaml.safe_load(yaml.safe_dump(data, sort_keys=False))  # deep copy of plain data, key order kept
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
     for key, value in items:
         path = key.split(".") if isinstance(key, str) else key

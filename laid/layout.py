@@ -105,3 +105,30 @@ class RunLayout:
 
     def analysis(self, label: str) -> Path:
         return self.root / "analysis" / label
+
+    def teacher_diagnosis(self, teacher: str) -> Path:
+        """The teacher's `laid diagnose` output (analysis/<teacher>__base/diagnostics.nc): the
+        evidence of layer_map: diagnosed, written once and read by the comparison, study and analysis."""
+        return self.analysis(run_label(teacher, "base")) / "diagnostics.nc"
+
+    # --- learning-curve study (`laid study`) ------------------------------------------------
+    @property
+    def study(self) -> Path:
+        return self.root / "study"
+
+    def study_result(self, name: str, suffix: str = ".nc") -> Path:
+        """study/<name>.nc (.md): one study config's curves and paired statistics."""
+        return self.study / f"{name}{suffix}"
+
+    def study_run(self, student: str, arm: str, seed: int) -> Path:
+        """study/runs/<student>__<arm>__seed<k>: one training run; its budget exports under budgets/."""
+        return self.study / "runs" / f"{run_label(student, arm)}__seed{seed}"
+
+    def study_eval(self, student: str, arm: str, seed: int, step: int) -> Path:
+        return self.study_run(student, arm, seed) / "evals" / f"step-{step:08d}.nc"
+
+    def study_diagnosis(self, student: str, arm: str, seed: int, step: int) -> Path:
+        """Diagnostics of a budget export (step > 0) or of the untrained student (arm "base", step 0)."""
+        if arm == "base":
+            return self.study / "diagnose" / f"{run_label(student, 'base')}.nc"
+        return self.study_run(student, arm, seed) / "diagnose" / f"step-{step:08d}.nc"

@@ -69,6 +69,19 @@ def _analyse_folder(model_dir: Path, entries, settings: AnalysisSettings, label:
     return ds, abl
 
 
+def analyse_checkpoint(model_dir: str | Path, data_root: str | Path, image_root: str | Path, sizes: Iterable[int] | None,
+                       max_samples: int | None, settings: AnalysisSettings | None = None, label: str | None = None,
+                       setting: str = "single_needle", device=None, progress: bool = True) -> xr.Dataset:
+    """The diagnostics Dataset of one checkpoint (what `diagnose` writes as diagnostics.nc), without
+    the report: for callers that need the numbers only (the study diagnoses every budget export)."""
+    model_dir = check_model_dir(model_dir)
+    settings = settings or AnalysisSettings()
+    settings.validate()
+    entries = load_entries(data_root, image_root, setting, sizes, max_samples)
+    ds, _ = _analyse_folder(model_dir, entries, settings, label or model_dir.name, device, None, progress)
+    return ds
+
+
 SAME_SETTINGS = ("queries", "keys", "profile_sizes", "profile_max_samples", "distance_units", "seed", "local_threshold")
 
 

@@ -38,6 +38,7 @@ from laid.io import write_netcdf, write_text
 from laid.layout import RunLayout
 from laid.methods import ALL_METHODS, DERIVED_METHODS, INFERENCE_VARIANTS, TRAINED_METHODS, trained_method
 from laid_workflows.headline import add_paired_statistics
+from laid_workflows.jobs import DEVICES, Job, run_jobs
 from laid_workflows.tables import build_comparison, comparison_markdown
 from trainers.config import load_config as load_distill_config
 
@@ -96,37 +97,45 @@ def quick_config(cfg: CompareConfig) -> CompareConfig:
     return quick
 
 
-class Comparison:
-    """One comparison run over a run folder (see module doc); `run()` returns the Dataset."""
+def shared_eval(layout: RunLayout, settings: EvalSettings, zoo_dir: str, data_dir: str, model: str, variant: str = "base",
+                variant_options: dict | None = None, force: bool = False, progress: bool = True) -> xr.Dataset:
+    """The evaluation of a zoo model in a run folder: eval/<model>__<variant>.nc when it was made
+    with `settings` (the main job's), else compare/eval/... (made now if missing); never overwrites
+    an eval/ result made with other settings. Shared by the comparison and the study."""
+    from laid.eval.run import evaluate
 
-    def __init__(self, cfg: CompareConfig, run_dir: str | Path, force: bool = False, progress: bool = True):
+    shared, own = layout.eval_result(model, variant), layout.compare_eval(model, variant)
+    for path in (shared, own):
+        if path.is_file() and not force:
+            ds = xr.load_dataset(path)
+            if settings.matches(ds):
+                return ds
+    target = shared if not shared.is_file() or force else own
+    data = layout.root / data_dir
+    return evaluate(layout.root / zoo_dir / model, data / "test", data, target, variant=variant,
+                    variant_options=variant_options, progress=progress, model_name=model, **settings.evaluate_kwargs())
+
+
+class Comparison:
+    """One comparison run over a run folder (see module doc); `run()` returns the Dataset.
+
+    Trained entries run as independent jobs in `workers` processes (laid_workflows/jobs.py)."""
+
+    def __init__(self, cfg: CompareConfig, run_dir: str | Path, force: bool = False, progress: bool = True,
+                 workers: int | None = None, device: str = "cpu"):
         self.cfg, self.run_dir, self.force, self.progress = cfg, Path(run_dir), force, progress
+        self.workers, self.device = workers, device
         self.layout = RunLayout(run_dir)
         self.data = self.run_dir / cfg.data_dir
         self.timings: dict[str, float] = {}
 
-    def _evaluate(self, model_dir: Path, out: Path, variant: str, name: str) -> xr.Dataset:
-        from laid.eval.run import evaluate
-
-        t = time.time()
-        ds = evaluate(
-            model_dir, self.data / "test", self.data, out, variant=variant,
-            variant_options=self.cfg.variant_options.get(variant) or None, progress=self.progress, model_name=name,
-            **self.cfg.eval.evaluate_kwargs(),
-        )
-        self.timings[f"eval {name} {variant}"] = round(time.time() - t, 2)
-        return ds
-
     def zoo_eval(self, model: str, variant: str) -> xr.Dataset:
         """eval/<model>__<variant>.nc, reused when compatible (else compare/eval/...)."""
-        shared, own = self.layout.eval_result(model, variant), self.layout.compare_eval(model, variant)
-        for path in (shared, own):
-            if path.is_file() and not self.force:
-                ds = xr.load_dataset(path)
-                if self.cfg.eval.matches(ds):
-                    return ds
-        target = shared if not shared.is_file() or self.force else own
-        return self._evaluate(self.run_dir / self.cfg.zoo_dir / model, target, variant, model)
+        t = time.time()
+        ds = shared_eval(self.layout, self.cfg.eval, self.cfg.zoo_dir, self.cfg.data_dir, model, variant,
+                         self.cfg.variant_options.get(variant) or None, self.force, self.progress)
+        self.timings[f"eval {model} {variant}"] = round(time.time() - t, 2)
+        return ds
 
     def distill_config(self, student: str, method: str, seed: int = 0):
         """The distill config of one comparison entry (a derived entry trains its base method)."""
@@ -139,6 +148,7 @@ class Comparison:
             "seed": seed,
             "data.train_dir": str(self.data / "train"),
             "data.image_root": str(self.data),
+            "teacher_diagnosis": str(self.layout.teacher_diagnosis(c.teacher)),  # read by layer_map: diagnosed only
         }
         overrides.update({k: v for k, v in (c.method_overrides.get(method) or {}).items()})
         path = Path(c.distill_configs[student])
@@ -146,35 +156,41 @@ class Comparison:
             path = REPO / path  # configs/distill/... relative to the repository, wherever we run from
         return load_distill_config(path, overrides)
 
-    def trained_eval(self, student: str, method: str, seed: int = 0) -> xr.Dataset:
-        from trainers.checkpoint import latest_checkpoint
-        from trainers.recipe import distill
+    def _entries(self):
+        return [(s, m, seed) for s in self.cfg.students for m in self.cfg.methods for seed in self.cfg.seeds]
 
-        dcfg = self.distill_config(student, method, seed)
-        run = Path(dcfg.output_dir)
-        result = run / "eval.nc"
-        if result.is_file() and not self.force:
-            ds = xr.load_dataset(result)
-            if self.cfg.eval.matches(ds):
-                return ds
-        if self.force and run.exists():
-            shutil.rmtree(run)  # --force: this comparison recomputes what it owns
-        export = run / "export"
-        if not (export / "config.json").is_file():
-            t = time.time()
-            distill(dcfg, resume=latest_checkpoint(run) is not None, progress=self.progress)
-            self.timings[f"distill {student} {method} seed {seed}"] = round(time.time() - t, 2)
-        return self._evaluate(export, result, "base", f"{student}-{method}" + (f"-seed{seed}" if seed else ""))
+    def training_jobs(self) -> list[Job]:
+        """One job per (student, method, seed) without a current evaluation: train (or resume), export, evaluate."""
+        jobs = []
+        for student, method, seed in self._entries():
+            dcfg = self.distill_config(student, method, seed)
+            run = Path(dcfg.output_dir)
+            result = run / "eval.nc"
+            if result.is_file() and not self.force and self.cfg.eval.matches(xr.load_dataset(result)):
+                continue
+            if self.force and run.exists():
+                shutil.rmtree(run)  # --force: this comparison recomputes what it owns
+            name = f"{student}-{method}" + (f"-seed{seed}" if seed else "")
+            jobs.append(Job(f"{student} {method} seed {seed}", train_and_evaluate, dict(
+                config=dcfg.to_dict(), result=str(result), eval_settings=asdict(self.cfg.eval), data=str(self.data), name=name)))
+        return jobs
 
     def run(self) -> xr.Dataset:
         c = self.cfg
+        if any(self.distill_config(s, m).layer_map == "diagnosed" for s in c.students for m in c.methods):
+            from laid_workflows.diagnosis import ensure_teacher_diagnosis
+
+            ensure_teacher_diagnosis(self.layout, c.teacher, c.zoo_dir)
         teacher = self.zoo_eval(c.teacher, "base")
         evals = {}
         for student in c.students:
             for variant in c.variants:
                 evals[(student, variant)] = self.zoo_eval(student, variant)
-            for method in c.methods:
-                evals[(student, method)] = [self.trained_eval(student, method, seed) for seed in c.seeds]
+        for key, result in run_jobs(self.training_jobs(), self.workers, self.device).items():
+            self.timings[key] = result["seconds"]
+        for student, method, seed in self._entries():
+            ds = xr.load_dataset(Path(self.distill_config(student, method, seed).output_dir) / "eval.nc")
+            evals.setdefault((student, method), []).append(ds)
         order = [m for m in ALL_METHODS if m in c.variants + c.methods]
         attrs = {"teacher": c.teacher, "threshold": c.eval.threshold, "config": json.dumps(asdict(c)),
                  "timings_s": json.dumps(self.timings), "seeds": list(c.seeds)}  # fmt: skip
@@ -185,9 +201,30 @@ class Comparison:
         return ds
 
 
-def run_comparison(cfg: CompareConfig, run_dir: str | Path, force: bool = False, progress: bool = True) -> xr.Dataset:
+def train_and_evaluate(config: dict, result: str, eval_settings: dict, data: str, name: str) -> dict:
+    """Worker job of one trained entry: distil (resuming from a checkpoint if there is one), then
+    evaluate the export into `result` (the run's eval.nc)."""
+    from laid.eval.run import evaluate
+    from trainers.checkpoint import latest_checkpoint
+    from trainers.config import DistillConfig, from_dict
+    from trainers.recipe import distill
+
+    cfg = from_dict(DistillConfig, config)
+    run, t = Path(cfg.output_dir), {}
+    export = run / "export"
+    if not (export / "config.json").is_file():
+        start = time.time()
+        distill(cfg, resume=latest_checkpoint(run) is not None, progress=False)
+        t["train"] = round(time.time() - start, 1)
+    settings = EvalSettings(**eval_settings)
+    evaluate(export, Path(data) / "test", data, result, progress=False, model_name=name, **settings.evaluate_kwargs())
+    return t
+
+
+def run_comparison(cfg: CompareConfig, run_dir: str | Path, force: bool = False, progress: bool = True,
+                   workers: int | None = None, device: str = "cpu") -> xr.Dataset:
     """Run (or resume) the comparison in `run_dir`; returns the comparison Dataset (also written)."""
-    return Comparison(cfg, run_dir, force, progress).run()
+    return Comparison(cfg, run_dir, force, progress, workers, device).run()
 
 
 CONFIGS = {False: REPO / "configs" / "experiments" / "compare.yaml", True: REPO / "configs" / "experiments" / "compare_full.yaml"}
@@ -197,7 +234,8 @@ def _compare(args) -> int:
     cfg = load_compare_config(args.config or CONFIGS[args.full], args.override or [])
     if args.quick:
         cfg = quick_config(cfg)
-    ds = run_comparison(cfg, args.run_dir, force=args.force, progress=not args.no_progress)
+    ds = run_comparison(cfg, args.run_dir, force=args.force, progress=not args.no_progress, workers=args.workers,
+                        device=args.device)
     print(f"comparison of {[str(s) for s in ds['student'].values]} x {[str(m) for m in ds['method'].values]}: {RunLayout(args.run_dir).comparison_result(cfg.name, '.md')}")
     return 0
 
@@ -217,5 +255,7 @@ def register(subparsers) -> None:
     c.add_argument("--force", action="store_true", help="recompute results that already exist")
     c.add_argument("--quick", action="store_true", help="seconds-long smoke run (all test sizes, 4 samples, 2 steps per method)")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    c.add_argument("--workers", type=int, default=None, help="runs trained side by side (default: one per core; 4 on cuda)")
+    c.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default), cuda (a GPU shared by the workers) or auto")
     c.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     c.set_defaults(func=_compare)

@@ -38,19 +38,20 @@ def test_max_steps_overrides_epochs_and_warmup_steps_set_the_ramp(random_zoo, vh
 
 
 def test_budget_exports_equal_runs_of_that_budget(random_zoo, vhs, tmp_path):
-    # One 3-step run with export_steps [1, 3] under a constant schedule: its step-1 export is the
-    # model a 1-step run makes (same seed, same examples), and its step-3 export is its final one.
+    # One 3-step run with export_steps [2, 3] under a constant schedule: its step-2 export is the
+    # model a 2-step run makes (same seed, same examples), and its step-3 export is its final one.
     torch.set_num_threads(1)
-    kw = dict(method="laid", lr_schedule="constant", warmup_steps=0, grad_accum=1)
-    distill(tiny_config(random_zoo, vhs, tmp_path / "long", max_steps=3, export_steps=[1, 3], **kw), progress=False)
-    distill(tiny_config(random_zoo, vhs, tmp_path / "short", max_steps=1, **kw), progress=False)
-    step1, step3 = (load_file(str(budget_export_dir(tmp_path / "long", s) / "model.safetensors")) for s in (1, 3))
+    # The distance-weight ramp is fixed in steps (attn_ramp_steps), so it does not depend on the run's length.
+    kw = dict(method="laid", lr_schedule="constant", warmup_steps=0, grad_accum=1, attn_ramp_steps=2)
+    distill(tiny_config(random_zoo, vhs, tmp_path / "long", max_steps=3, export_steps=[2, 3], **kw), progress=False)
+    distill(tiny_config(random_zoo, vhs, tmp_path / "short", max_steps=2, **kw), progress=False)
+    step2, step3 = (load_file(str(budget_export_dir(tmp_path / "long", s) / "model.safetensors")) for s in (2, 3))
     final = load_file(str(tmp_path / "long" / "export" / "model.safetensors"))
     short = load_file(str(tmp_path / "short" / "export" / "model.safetensors"))
-    assert all(torch.equal(step1[k], short[k]) for k in short)  # gains folded the same way
+    assert all(torch.equal(step2[k], short[k]) for k in short)  # gains folded the same way
     assert all(torch.equal(step3[k], final[k]) for k in final)
-    assert any(not torch.equal(step1[k], step3[k]) for k in final)
-    assert (budget_export_dir(tmp_path / "long", 1) / "head_weights.nc").is_file()
+    assert any(not torch.equal(step2[k], step3[k]) for k in final)
+    assert (budget_export_dir(tmp_path / "long", 2) / "head_weights.nc").is_file()
     with pytest.raises(ValueError, match=r"export_steps \[5\] lie beyond the run's 3"):
         distill(tiny_config(random_zoo, vhs, tmp_path / "bad", max_steps=3, export_steps=[5], **kw), progress=False)
 

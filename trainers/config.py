@@ -151,6 +151,9 @@ class DistillConfig:
     tau: float = 2.0  # KL temperature; the paper does not state it, 2 is the common KD choice
     # Progressive distance weighting of the attention matching (schedule: see its docstring).
     attention_matching: DistanceWeighting = field(default_factory=DistanceWeighting)
+    # Optimizer steps over which that schedule runs (then it holds its end value); null = the whole
+    # run. A fixed ramp makes a budget export of a long run the model a run of that budget makes.
+    attn_ramp_steps: int | None = None
     attn_chunk_size: int = 256  # query rows per chunk: memory linear in sequence length
     # Head mixer start: "overlap" (contiguous averages of teacher heads, trainers.head_mixer) or
     # "least_squares" (the best mix for the untrained student on the first global batch).
@@ -216,6 +219,8 @@ class DistillConfig:
             raise ValueError(f"warmup_steps must be >= 0 or null, got {self.warmup_steps}")
         if any(int(s) < 1 for s in self.export_steps):
             raise ValueError(f"export_steps must be optimizer steps >= 1, got {self.export_steps}")
+        if self.attn_ramp_steps is not None and self.attn_ramp_steps < 1:
+            raise ValueError(f"attn_ramp_steps must be >= 1 or null, got {self.attn_ramp_steps}")
         if self.diagnosed_layers < 1:
             raise ValueError(f"diagnosed_layers must be >= 1, got {self.diagnosed_layers}")
         if not 0 <= self.warmup_ratio < 1:

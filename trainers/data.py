@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from laid.data.vhs import VHsEntry, arrange_haystack, load_images, load_size_range
+from laid.data.vhs import VHsEntry, arrange_haystack, load_size_range
+from laid.model.pixel_cache import SHARED
 from laid.model.prompting import Example, encode_batch
 
 
@@ -87,7 +88,9 @@ class TrainingExamples:
         """Entry `index` with its images shuffled (a new arrangement each epoch)."""
         entry = self.entries[index]
         paths, _ = arrange_haystack(entry, seed=self.seed * 100_003 + int(epoch))
-        return Example(images=load_images(paths), question=entry.question, answer=entry.answer)
+        # Paths, not pixels: collate preprocesses each distinct file once (laid.model.pixel_cache; the
+        # batch is tensor for tensor the processor's), which the toy's 3,000-image pool pays back at once.
+        return Example(images=[str(p) for p in paths], question=entry.question, answer=entry.answer)
 
     def micro_batches(
         self, pos: DataPosition, per_device: int, grad_accum: int, process_index: int = 0, num_processes: int = 1
@@ -112,4 +115,4 @@ def collate(processor, examples: list[Example], max_response_len: int) -> dict:
     examples = [
         Example(ex.images, ex.question, truncate_answer(processor, ex.answer, max_response_len)) for ex in examples
     ]
-    return encode_batch(processor, examples, with_answers=True)
+    return encode_batch(processor, examples, with_answers=True, pixel_cache=SHARED)

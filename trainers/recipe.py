@@ -166,7 +166,8 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
         if state.position.step >= steps_per_epoch:
             state.position = DataPosition(state.position.epoch + 1, 0)
         micro = examples.micro_batches(state.position, cfg.per_device_batch_size, cfg.grad_accum, rank, n_proc)
-        frac = state.global_step / max(1, total_steps - 1)  # training progress for the attention schedule
+        ramp = cfg.attn_ramp_steps or total_steps
+        frac = min(1.0, state.global_step / max(1, ramp - 1))  # training progress for the attention schedule
         sums = None
         log_now = (state.global_step + 1) % cfg.log_every == 0 or state.global_step + 1 == total_steps
         for n_micro, ids in enumerate(micro):

@@ -1,0 +1,96 @@
+"""Independent training / evaluation jobs run side by side in worker processes.
+
+The toy models use a CPU core far better one per process than several threads in one process
+(a 4-layer, 128-wide model: one KD step takes ~0.27 s with 2 threads, ~0.35 s with 1, so two
+1-thread processes do ~1.5x the work of one 2-thread process; bench/distill_speed.md). The
+comparison and the study therefore train their runs in `workers` processes, each with
+cores // workers torch threads. On a GPU machine (`device="cuda"`) several processes share the GPU:
+the tiny models leave it mostly idle, so running runs side by side is what makes a grid fast there.
+
+A job is a top-level function and its keyword arguments (picklable); it writes its results to disk
+and returns a small dict (timings). Jobs are independent: a failure stops the pool and is raised
+in the parent naming the job; finished jobs' files stay, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass
+class Job:
+    key: str  # what the job is, for progress lines and errors (e.g. "tiny-32b-short kd seed 1")
+    fn: Callable[..., dict]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers(device: str) -> int:
+    """One process per core on the CPU; four processes sharing one GPU."""
+    return 4 if device == "cuda" else cores()
+
+
+def _init_worker(threads: int, device: str) -> None:
+    if device == "cpu":  # before anything touches CUDA in this process: train and evaluate on the CPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _timed(job: Job) -> dict:
+    t = time.time()
+    out = job.fn(**job.kwargs) or {}
+    return {**out, "seconds": round(time.time() - t, 1)}
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"device {device!r} is not one of {DEVICES}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is visible here; use --device cpu")
+    return device
+
+
+def run_jobs(jobs: list[Job], workers: int | None = None, device: str = "cpu", log=print) -> dict[str, dict]:
+    """Run `jobs` in `workers` processes (1 = in this process); returns {key: job result + seconds}."""
+    device = check_device(device)
+    if not jobs:
+        return {}
+    workers = max(1, min(workers or default_workers(device), len(jobs)))
+    threads = max(1, cores() // workers)
+    results: dict[str, dict] = {}
+    if workers == 1:
+        for i, job in enumerate(jobs, 1):
+            results[job.key] = _timed(job)
+            log(f"[{i}/{len(jobs)}] {job.key}: {results[job.key]['seconds']:.0f} s")
+        return results
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads, device)) as pool:
+        futures = {pool.submit(_timed, job): job for job in jobs}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for f in done:
+                job = futures[f]
+                if f.exception() is not None:
+                    for other in pending:
+                        other.cancel()
+                    raise RuntimeError(f"{job.key}: {f.exception()}") from f.exception()
+                results[job.key] = f.result()
+                log(f"[{len(results)}/{len(jobs)}] {job.key}: {results[job.key]['seconds']:.0f} s")
+    return results

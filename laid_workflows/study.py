@@ -1,0 +1,296 @@
+"""`laid study`: accuracy against training budget for each method, seed and testbed student.
+
+One training run per (student, arm, seed) under a constant learning rate after a short warmup,
+exported at every budget (`export_steps`): the export after 625 steps of a 2,500-step run is the
+model a 625-step run at that rate would give (tests/test_recipe_budgets.py), except that LAid's
+distance-weight ramp and any decay are set by the longest budget. Every export is evaluated on
+the same questions as the base student and the teacher, so every budget gets paired differences
+against base, KD and SFT at that budget (laid_workflows/study_stats.py). With `diagnose_seeds`
+the exports of those seeds are diagnosed too: the student's best head's needle mass from the
+question rows shows where the mechanism the teacher uses does (not) move.
+
+    laid study --config configs/experiments/testbed.yaml [--run-dir runs/default]
+               [--workers N] [--device cpu|cuda] [--full] [--quick] [--force]
+
+Runs go to <run>/study/runs/<student>__<arm>__seed<k>/ (resumable: checkpoints every
+`save_every` steps, finished exports and evaluations are kept); the tables to study/<name>.nc and
+.md. `--full` gives every arm the study's seeds and budgets (the whole grid: a lent GPU with
+`--device cuda`); the CPU default runs the arms' own smaller grids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from laid.config import load_config
+from laid.eval.settings import EvalSettings
+from laid.io import write_netcdf, write_text
+from laid.layout import RunLayout
+from laid.methods import TRAINED_METHODS, check_method
+from laid_workflows.jobs import DEVICES, Job, run_jobs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Arm:
+    """One line of the curves: a registered trained method with config overrides."""
+
+    method: str  # laid.methods.TRAINED_METHODS
+    overrides: dict[str, Any] = field(default_factory=dict)  # distill config keys (layer_map, attn_rows, ...)
+    seeds: list[int] | None = None  # None = the study's seeds
+    budgets: list[int] | None = None  # None = the study's budgets
+
+
+@dataclass
+class DiagnoseSpec:
+    """Which exports are diagnosed (needle mass from the question rows) and on what haystacks."""
+
+    seeds: list[int] = field(default_factory=lambda: [0])  # [] = none
+    sizes: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    samples: int = 16
+
+
+@dataclass
+class StudyConfig:
+    name: str = "testbed"  # -> study/<name>.nc, .md
+    teacher: str = "tiny-32b"
+    students: list[str] = field(default_factory=lambda: ["tiny-32b-short"])
+    distill_configs: dict[str, str] = field(default_factory=dict)  # {student: configs/distill/*.yaml}
+    arms: dict[str, Arm] = field(default_factory=dict)  # {arm name: Arm}; "kd" and "sft" are the references
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    budgets: list[int] = field(default_factory=lambda: [150, 625, 1250, 2500])  # optimizer steps
+    # Caps a student's budgets (e.g. a second student's curves stop at one epoch on the CPU); --full ignores it.
+    student_budgets: dict[str, list[int]] = field(default_factory=dict)
+    # Distill config keys every arm shares: the schedule that makes budget exports meaningful.
+    training: dict[str, Any] = field(default_factory=lambda: {"lr_schedule": "constant", "warmup_steps": 30})
+    save_every: int = 250  # checkpoint interval (resume)
+    groups: dict[str, list[int]] = field(default_factory=lambda: {
+        "short": [1, 2], "inside": [5, 10, 20], "beyond": [50, 100], "long": [5, 10, 20, 50]})
+    eval: EvalSettings = field(default_factory=lambda: EvalSettings(sizes=[1, 2, 5, 10, 20, 50, 100]))
+    diagnose: DiagnoseSpec = field(default_factory=DiagnoseSpec)
+    zoo_dir: str = "zoo"
+    data_dir: str = "data"
+
+    def __post_init__(self):
+        for name, arm in self.arms.items():
+            check_method(arm.method, TRAINED_METHODS, f"method of arm {name!r}")
+            if arm.budgets is not None and not set(arm.budgets) <= set(self.budgets):
+                raise ValueError(f"arm {name!r}: budgets {arm.budgets} must be among the study's {self.budgets}")
+        if not self.budgets or sorted(set(self.budgets)) != list(self.budgets) or self.budgets[0] < 1:
+            raise ValueError(f"budgets must be increasing optimizer steps >= 1, got {self.budgets}")
+        for student, budgets in self.student_budgets.items():
+            if student not in self.students or not set(budgets) <= set(self.budgets):
+                raise ValueError(f"student_budgets {student}: {budgets} must name a student of the study and some of its budgets {self.budgets}")
+        missing = [s for s in self.students if s not in self.distill_configs]
+        if missing:
+            raise ValueError(f"distill_configs has no config for student(s) {missing}")
+        if "long" not in self.groups or "short" not in self.groups:
+            raise ValueError(f"groups must define 'short' and 'long' (the headline groups), got {list(self.groups)}")
+
+    def grid(self, full: bool = False) -> list[tuple[str, str, int, list[int]]]:
+        """(student, arm, seed, budgets) of every run; `full`: every arm at all seeds and budgets."""
+        out = []
+        for student in self.students:
+            for name, arm in self.arms.items():
+                seeds = self.seeds if full or arm.seeds is None else arm.seeds
+                budgets = self.budgets if full or arm.budgets is None else arm.budgets
+                if not full and student in self.student_budgets:
+                    budgets = [b for b in budgets if b in self.student_budgets[student]]
+                out += [(student, name, seed, list(budgets)) for seed in seeds if budgets]
+        return out
+
+
+def load_study_config(path: str | Path, overrides=()) -> StudyConfig:
+    return load_config(StudyConfig, path, overrides, what="study config")
+
+
+def quick_config(cfg: StudyConfig) -> StudyConfig:
+    """Seconds-long smoke version on quick data: 2 seeds, budgets 1 and 2 steps of batch 2, 4 questions."""
+    q = copy.deepcopy(cfg)
+    q.seeds, q.budgets, q.save_every, q.student_budgets = q.seeds[:2], [1, 2], 1, {}
+    for arm in q.arms.values():
+        arm.seeds = None if arm.seeds is None else arm.seeds[:1]
+        arm.budgets = None
+    q.training = {**q.training, "warmup_steps": 0, "per_device_batch_size": 1, "grad_accum": 2}
+    q.eval.sizes, q.eval.samples_per_size = None, 4
+    q.groups = {"short": [1, 2], "long": [5, 10]}
+    q.diagnose = DiagnoseSpec(seeds=[0], sizes=[5, 10], samples=2)
+    return q
+
+
+class Study:
+    """One study over a run folder (see module doc); `run()` returns the Dataset (also written)."""
+
+    def __init__(self, cfg: StudyConfig, run_dir: str | Path, force: bool = False, full: bool = False,
+                 workers: int | None = None, device: str = "cpu", log=print):
+        self.cfg, self.run_dir, self.force, self.full = cfg, Path(run_dir), force, full
+        self.workers, self.device, self.log = workers, device, log
+        self.layout = RunLayout(run_dir)
+        self.data = self.run_dir / cfg.data_dir
+
+    def distill_config(self, student: str, arm_name: str, seed: int, budgets: list[int]):
+        from trainers.config import load_config as load_distill_config
+
+        c, arm = self.cfg, self.cfg.arms[arm_name]
+        overrides = {
+            "teacher_dir": str(self.run_dir / c.zoo_dir / c.teacher), "student_dir": str(self.run_dir / c.zoo_dir / student),
+            "output_dir": str(self.layout.study_run(student, arm_name, seed)), "method": arm.method, "seed": seed,
+            "data.train_dir": str(self.data / "train"), "data.image_root": str(self.data),
+            "teacher_diagnosis": str(self.layout.teacher_diagnosis(c.teacher)),
+            **c.training, "max_steps": max(budgets), "export_steps": list(budgets), "save_every": c.save_every,
+            "keep_last": 1, "eval.enabled": False, **arm.overrides,
+        }
+        path = Path(c.distill_configs[student])
+        return load_distill_config(path if path.is_absolute() or path.is_file() else REPO / path, overrides)
+
+    def _check_existing(self, dcfg) -> None:
+        saved = Path(dcfg.output_dir) / "distill_config.yaml"
+        if saved.is_file():
+            from trainers.config import load_config as load_distill_config
+
+            old = load_distill_config(saved).to_dict()
+            new = dcfg.to_dict()
+            diff = sorted(k for k in new if old.get(k) != new[k] and k not in ("max_steps", "export_steps"))
+            if diff:
+                raise ValueError(f"{dcfg.output_dir} was trained with other {diff}; give the arm another name or rerun with --force")
+
+    def jobs(self) -> list[Job]:
+        ev = self.cfg.eval
+        out = []
+        for student, arm, seed, budgets in self.cfg.grid(self.full):
+            dcfg = self.distill_config(student, arm, seed, budgets)
+            run = Path(dcfg.output_dir)
+            if self.force and run.exists():
+                shutil.rmtree(run)
+            self._check_existing(dcfg)
+            evals = {b: self.layout.study_eval(student, arm, seed, b) for b in budgets}
+            diag = {b: self.layout.study_diagnosis(student, arm, seed, b) for b in budgets} if seed in self.cfg.diagnose.seeds else {}
+            if all(_eval_done(p, ev) for p in evals.values()) and all(p.is_file() for p in diag.values()):
+                continue
+            out.append(Job(f"{student} {arm} seed {seed}", run_arm, dict(
+                config=dcfg.to_dict(), evals={b: str(p) for b, p in evals.items()}, diagnoses={b: str(p) for b, p in diag.items()},
+                data=str(self.data), eval_settings=asdict(ev), diagnose=asdict(self.cfg.diagnose), name=f"{student}-{arm}-seed{seed}")))
+        return out
+
+    def run(self) -> xr.Dataset:
+        from laid_workflows.compare import shared_eval
+        from laid_workflows.study_stats import best_retrieval, build_study, study_markdown
+
+        c, t0 = self.cfg, time.time()
+        if any(a.overrides.get("layer_map") == "diagnosed" for a in c.arms.values()):
+            from laid_workflows.diagnosis import ensure_teacher_diagnosis
+
+            ensure_teacher_diagnosis(self.layout, c.teacher, c.zoo_dir, log=self.log)
+        teacher = shared_eval(self.layout, c.eval, c.zoo_dir, c.data_dir, c.teacher)
+        base = {s: shared_eval(self.layout, c.eval, c.zoo_dir, c.data_dir, s) for s in c.students}
+        base_jobs = [Job(f"{s} base diagnosis", diagnose_export, dict(
+            model_dir=str(self.run_dir / c.zoo_dir / s), out=str(self.layout.study_diagnosis(s, "base", 0, 0)),
+            data=str(self.data), diagnose=asdict(c.diagnose), label=f"{s}-base"))
+            for s in c.students if c.diagnose.seeds and not self.layout.study_diagnosis(s, "base", 0, 0).is_file()]
+        timings = run_jobs(base_jobs + self.jobs(), self.workers, self.device, self.log)
+        evals: dict[tuple[str, str, int], list[xr.Dataset]] = {}
+        retrieval: dict = {}
+        for student, arm, seed, budgets in c.grid(self.full):
+            for b in budgets:
+                evals.setdefault((student, arm, b), []).append(xr.load_dataset(self.layout.study_eval(student, arm, seed, b)))
+                d = self.layout.study_diagnosis(student, arm, seed, b)
+                if seed == min(c.diagnose.seeds, default=-1) and d.is_file():
+                    retrieval[(student, arm, b)] = best_retrieval(xr.load_dataset(d))
+        for s in c.students:
+            d = self.layout.study_diagnosis(s, "base", 0, 0)
+            if d.is_file():
+                retrieval[(s, "base")] = best_retrieval(xr.load_dataset(d))
+        if self.layout.teacher_diagnosis(c.teacher).is_file():
+            retrieval["teacher"] = best_retrieval(xr.load_dataset(self.layout.teacher_diagnosis(c.teacher)))
+        dcfg = self.distill_config(c.students[0], next(iter(c.arms)), 0, c.budgets)
+        ds = build_study(evals, base, teacher, c.students, list(c.arms), c.budgets, c.groups,
+                         dcfg.per_device_batch_size * dcfg.grad_accum, retrieval,
+                         attrs={"config": json.dumps(asdict(c)), "full_grid": int(self.full), "device": self.device,
+                                "timings_s": json.dumps({"total": round(time.time() - t0, 1),
+                                                         **{k: v["seconds"] for k, v in timings.items()}})})
+        write_netcdf(ds, self.layout.study_result(c.name))
+        write_text(f"## Study {c.name}\n\n" + study_markdown(ds), self.layout.study_result(c.name, ".md"))
+        return ds
+
+
+def _eval_done(path: Path, settings: EvalSettings) -> bool:
+    return path.is_file() and settings.matches(xr.load_dataset(path))
+
+
+def run_arm(config: dict, evals: dict, diagnoses: dict, data: str, eval_settings: dict, diagnose: dict, name: str) -> dict:
+    """Worker job: train one (student, arm, seed) run with its budget exports (resuming), then
+    evaluate and diagnose every budget export that has no result yet."""
+    from laid.eval.run import evaluate
+    from trainers.checkpoint import latest_checkpoint
+    from trainers.config import from_dict, DistillConfig
+    from trainers.export import budget_export_dir
+    from trainers.recipe import distill
+
+    cfg = from_dict(DistillConfig, config)
+    out, t = Path(cfg.output_dir), {}
+    if not all((budget_export_dir(out, int(b)) / "config.json").is_file() for b in evals):
+        start = time.time()
+        distill(cfg, resume=latest_checkpoint(out) is not None, progress=False)
+        t["train"] = round(time.time() - start, 1)
+    settings = EvalSettings(**eval_settings)
+    for b, path in evals.items():
+        if not _eval_done(Path(path), settings):
+            evaluate(budget_export_dir(out, int(b)), Path(data) / "test", data, path, progress=False,
+                     model_name=f"{name}-step{b}", **settings.evaluate_kwargs())
+    for b, path in diagnoses.items():
+        if not Path(path).is_file():
+            diagnose_export(str(budget_export_dir(out, int(b))), path, data, diagnose, f"{name}-step{b}")
+    return t
+
+
+def diagnose_export(model_dir: str, out: str, data: str, diagnose: dict, label: str) -> dict:
+    """Worker job: the answer and question-row statistics of one checkpoint at the long sizes."""
+    from laid_analysis.analyse import AnalysisSettings
+    from laid_analysis.diagnose import analyse_checkpoint
+
+    spec = DiagnoseSpec(**diagnose)
+    settings = AnalysisSettings(profile_sizes=[min(spec.sizes)], profile_max_samples=1, batch_size=4)
+    ds = analyse_checkpoint(model_dir, Path(data) / "test", data, spec.sizes, spec.samples, settings, label, progress=False)
+    write_netcdf(ds, out)
+    return {}
+
+
+CONFIG = REPO / "configs" / "experiments" / "testbed.yaml"
+
+
+def _study(args: argparse.Namespace) -> int:
+    cfg = load_study_config(args.config or CONFIG, args.override or [])
+    if args.quick:
+        cfg = quick_config(cfg)
+    ds = Study(cfg, args.run_dir, force=args.force, full=args.full, workers=args.workers, device=args.device).run()
+    print(f"study {cfg.name}: {[str(s) for s in ds['student'].values]} x {[str(a) for a in ds['arm'].values]} x budgets "
+          f"{[int(b) for b in ds['budget'].values]}: {RunLayout(args.run_dir).study_result(cfg.name, '.md')}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "study", help="learning curves: accuracy vs training budget per method, seed and student (resumable)",
+        description="Train each arm of the study config once per seed under a constant learning rate, export it at every "
+        "budget, evaluate every export on the same questions as base and teacher, and write paired differences against "
+        "base, KD and SFT per budget to study/<name>.nc and .md in the run folder.")
+    p.add_argument("--config", help="study config YAML (default: configs/experiments/testbed.yaml)")
+    p.add_argument("--run-dir", default="runs/default", help="run folder holding zoo/ and data/ (default runs/default)")
+    p.add_argument("--override", action="append", metavar="KEY=VALUE", help="set a study config key; repeatable")
+    p.add_argument("--workers", type=int, default=None, help="runs trained side by side (default: one per core; 4 on cuda)")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default), cuda (a GPU shared by the workers) or auto")
+    p.add_argument("--full", action="store_true", help="every arm at all seeds and budgets (the whole grid, for a GPU)")
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke run on quick data (2 steps, 4 questions per size)")
+    p.add_argument("--force", action="store_true", help="retrain and re-evaluate the runs this study owns")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    p.set_defaults(func=_study)

@@ -1,0 +1,199 @@
+"""The learning-curve study as data: accuracy against training budget, paired, with intervals.
+
+Pure functions over evaluation results (laid.eval Datasets), no models. `build_study` gathers
+{(student, arm, budget): [eval per training seed]} with the base student's and the teacher's evals
+into one Dataset (docs/CONTRACTS.md "Study"):
+
+    accuracy(student, arm, budget, haystack_size)      mean over training seeds
+    acc(student, arm, budget, group) [+ _ci_low/_ci_high]   mean accuracy over the group's sizes
+    diff(student, arm, budget, group, ref) [+ ci]      arm - ref at the same budget (ref: base, kd, sft),
+                                                       paired on questions, seeds resampled per side
+    n_seeds(student, arm, budget); haystacks(budget) = budget x global batch (haystacks seen)
+    base_accuracy(student, haystack_size), base_acc(student, group) [+ ci]
+    teacher_accuracy(haystack_size), teacher_acc(group) [+ ci],
+    teacher_lead(student, group) [+ ci]                 teacher - base student, paired
+    retrieval_mass(student, arm, budget)                the student's best head's needle mass from the
+                                                       question rows at long sizes (seed 0; NaN if not
+                                                       diagnosed), base_retrieval_mass(student),
+                                                       teacher_retrieval_mass; retrieval_layer(...) where
+
+Groups (attrs `groups`): sizes inside the distillation data's 2-20 images vs beyond them, the
+students' own short window, and the headline's long group. A difference is claimed (bold in the
+markdown) only when its 95% interval excludes 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Sequence
+
+import numpy as np
+import xarray as xr
+
+from laid.eval.paired import Interval, mean_accuracy, paired_difference, stack_seeds
+from laid.methods import LABELS
+
+REFERENCES = ("base", "kd", "sft")
+
+
+def _put(data: dict, name: str, idx: tuple, iv: Interval, shape: tuple) -> None:
+    for suffix, value in (("", iv.value), ("_ci_low", iv.ci_low), ("_ci_high", iv.ci_high)):
+        data.setdefault(name + suffix, np.full(shape, np.nan))[idx] = value
+
+
+def build_study(evals: dict[tuple[str, str, int], list[xr.Dataset]], base: dict[str, xr.Dataset], teacher: xr.Dataset,
+                students: Sequence[str], arms: Sequence[str], budgets: Sequence[int], groups: dict[str, list[int]],
+                global_batch: int, retrieval: dict | None = None, attrs: dict | None = None,
+                n_boot: int = 2000) -> xr.Dataset:
+    """The study Dataset (module doc). `retrieval`: {(student, arm, budget) | (student, "base") |
+    "teacher": (mass, layer)} from the diagnoses; missing cells are NaN."""
+    students, arms, budgets = list(students), list(arms), [int(b) for b in budgets]
+    sizes = sorted({int(s) for s in teacher["haystack_size"].values})
+    gnames = list(groups)
+    for g, gs in groups.items():
+        missing = sorted(set(gs) - set(sizes))
+        if missing:
+            raise ValueError(f"study group {g!r} names sizes {missing} that were not evaluated (sizes {sizes})")
+    s3 = (len(students), len(arms), len(budgets))
+    acc_curve = np.full(s3 + (len(sizes),), np.nan)
+    n_seeds = np.zeros(s3, dtype=np.int64)
+    data: dict[str, np.ndarray] = {}
+    correct = {k: stack_seeds(v, sizes) for k, v in evals.items() if v}
+    base_c = {s: stack_seeds([base[s]], sizes) for s in students}
+    teacher_c = stack_seeds([teacher], sizes)
+    for i, student in enumerate(students):
+        for j, arm in enumerate(arms):
+            for k, budget in enumerate(budgets):
+                c = correct.get((student, arm, budget))
+                if c is None:
+                    continue
+                n_seeds[i, j, k] = c.sizes["seed"]
+                acc_curve[i, j, k] = c.mean(("seed", "sample")).values
+                for g, group in enumerate(gnames):
+                    _put(data, "acc", (i, j, k, g), mean_accuracy(c, groups[group], n_boot), s3 + (len(gnames),))
+                    for r, ref in enumerate(REFERENCES):
+                        other = base_c[student] if ref == "base" else correct.get((student, ref, budget))
+                        if other is None or ref == arm:
+                            continue
+                        _put(data, "diff", (i, j, k, g, r), paired_difference(c, other, groups[group], n_boot),
+                             s3 + (len(gnames), len(REFERENCES)))
+    shape_sg = (len(students), len(gnames))
+    for i, student in enumerate(students):
+        for g, group in enumerate(gnames):
+            _put(data, "base_acc", (i, g), mean_accuracy(base_c[student], groups[group], n_boot), shape_sg)
+            _put(data, "teacher_lead", (i, g), paired_difference(teacher_c, base_c[student], groups[group], n_boot), shape_sg)
+    for g, group in enumerate(gnames):
+        _put(data, "teacher_acc", (g,), mean_accuracy(teacher_c, groups[group], n_boot), (len(gnames),))
+    dims = {"acc": ("student", "arm", "budget", "group"), "diff": ("student", "arm", "budget", "group", "ref"),
+            "base_acc": ("student", "group"), "teacher_lead": ("student", "group"), "teacher_acc": ("group",)}
+    interval = "95% percentile bootstrap over questions (paired between the two sides) and training seeds"
+    out = xr.Dataset(coords={"student": students, "arm": arms, "budget": budgets, "group": gnames,
+                             "ref": list(REFERENCES), "haystack_size": sizes})
+    out["accuracy"] = (("student", "arm", "budget", "haystack_size"), acc_curve, {"long_name": "accuracy, mean over seeds", "units": "1"})
+    out["n_seeds"] = (("student", "arm", "budget"), n_seeds, {"long_name": "training seeds behind the cell"})
+    for name, values in data.items():
+        stem = name.replace("_ci_low", "").replace("_ci_high", "")
+        out[name] = (dims[stem], values, {"units": "1", "interval": interval})
+    out["haystacks"] = (("budget",), np.asarray(budgets) * global_batch, {"long_name": "training haystacks seen", "units": "haystacks"})
+    out["base_accuracy"] = (("student", "haystack_size"), np.stack([base[s]["accuracy"].sel(haystack_size=sizes).values
+                                                                     for s in students]), {"units": "1"})
+    out["teacher_accuracy"] = (("haystack_size",), teacher["accuracy"].sel(haystack_size=sizes).values, {"units": "1"})
+    _add_retrieval(out, retrieval or {}, students, arms, budgets)
+    out.attrs.update({"groups": json.dumps(groups), "global_batch": global_batch, **(attrs or {})})
+    return out
+
+
+def _add_retrieval(out: xr.Dataset, retrieval: dict, students, arms, budgets) -> None:
+    mass, layer = np.full((len(students), len(arms), len(budgets)), np.nan), np.full((len(students), len(arms), len(budgets)), np.nan)
+    base_mass, base_layer = np.full(len(students), np.nan), np.full(len(students), np.nan)
+    for i, s in enumerate(students):
+        base_mass[i], base_layer[i] = retrieval.get((s, "base"), (np.nan, np.nan))
+        for j, a in enumerate(arms):
+            for k, b in enumerate(budgets):
+                mass[i, j, k], layer[i, j, k] = retrieval.get((s, a, b), (np.nan, np.nan))
+    t_mass, t_layer = retrieval.get("teacher", (np.nan, np.nan))
+    long_name = "best head's attention mass on the needle from the question rows, mean over long sizes (seed 0)"
+    out["retrieval_mass"] = (("student", "arm", "budget"), mass, {"long_name": long_name, "units": "1"})
+    out["retrieval_layer"] = (("student", "arm", "budget"), layer, {"long_name": "layer of that head"})
+    out["base_retrieval_mass"] = (("student",), base_mass, {"long_name": long_name, "units": "1"})
+    out["base_retrieval_layer"] = (("student",), base_layer)
+    out["teacher_retrieval_mass"] = ((), t_mass, {"long_name": long_name, "units": "1"})
+    out["teacher_retrieval_layer"] = ((), t_layer)
+
+
+def best_retrieval(diagnostics: xr.Dataset, min_size: int = 5) -> tuple[float, int]:
+    """(mass, layer) of the head with the largest mean needle_mass_question over sizes >= min_size."""
+    sizes = [int(s) for s in diagnostics["haystack_size"].values if s >= min_size]
+    m = diagnostics["needle_mass_question_mean"].sel(haystack_size=sizes).mean("haystack_size")  # (layer, head)
+    flat = m.stack(lh=("layer", "head"))
+    best = int(flat.fillna(-1).argmax())
+    return float(flat[best]), int(flat["layer"].values[best])
+
+
+# --- Markdown ---------------------------------------------------------------------------------
+
+
+def _cell(ds: xr.Dataset, name: str, sel: dict, signed: bool = True) -> str:
+    if name not in ds or any(k in ds.coords and v not in ds[k].values for k, v in sel.items()):
+        return "-"
+    v, lo, hi = (float(ds[name + s].sel(sel)) for s in ("", "_ci_low", "_ci_high"))
+    if math.isnan(v):
+        return "-"
+    f = "+.1f" if signed else ".1f"
+    text = f"{100 * v:{f}} [{100 * lo:{f}}, {100 * hi:{f}}]"
+    return f"**{text}**" if signed and (lo > 0 or hi < 0) else text
+
+
+def study_markdown(ds: xr.Dataset) -> str:
+    """Per student: the teacher's lead, then per arm and budget the paired differences."""
+    groups = json.loads(ds.attrs["groups"])
+    lines = []
+    for student in ds["student"].values:
+        st = {"student": student}
+        lines += [f"### {student}", "",
+                  "Base student and teacher, mean accuracy % per group [95% interval]; teacher - base paired:", "",
+                  "| group | sizes | base | teacher | teacher - base |", "|---|---|---|---|---|"]
+        for g, sizes in groups.items():
+            lines.append(f"| {g} | {sizes} | {_cell(ds, 'base_acc', {**st, 'group': g}, False)} | "
+                         f"{_cell(ds, 'teacher_acc', {'group': g}, False)} | {_cell(ds, 'teacher_lead', {**st, 'group': g})} |")
+        head = ["arm", "budget (steps)", "haystacks", "seeds"] + [f"{g} - {r}" for g in ("long", "short") for r in ("base", "KD", "SFT")] + \
+               ["inside - base", "beyond - base", "retrieval mass"]
+        lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for arm in ds["arm"].values:
+            for budget in ds["budget"].values:
+                sel = {**st, "arm": arm, "budget": budget}
+                n = int(ds["n_seeds"].sel(sel))
+                if n == 0:
+                    continue
+                cells = [LABELS.get(str(arm), str(arm)), str(int(budget)), str(int(ds["haystacks"].sel(budget=budget))), str(n)]
+                cells += [_cell(ds, "diff", {**sel, "group": g, "ref": r}) for g in ("long", "short") for r in ("base", "kd", "sft")]
+                cells += [_cell(ds, "diff", {**sel, "group": g, "ref": "base"}) for g in ("inside", "beyond")]
+                m = float(ds["retrieval_mass"].sel(sel))
+                cells.append("-" if math.isnan(m) else f"{m:.2f} (layer {int(ds['retrieval_layer'].sel(sel))})")
+                lines.append("| " + " | ".join(cells) + " |")
+        bm, tm = float(ds["base_retrieval_mass"].sel(st)), float(ds["teacher_retrieval_mass"])
+        if not math.isnan(bm):
+            lines += ["", f"Retrieval mass (best head, needle mass from the question rows at >= 5 images): base {bm:.2f} "
+                      f"(layer {int(ds['base_retrieval_layer'].sel(st))}), teacher {tm:.2f} (layer {int(ds['teacher_retrieval_layer'])})."]
+        lines.append("")
+    lines += [f"Groups: {groups}. Differences in percentage points, arm - reference at the same budget, paired on the same "
+              "questions; [95% bootstrap interval over questions and training seeds]. **Bold**: the interval excludes 0, "
+              "the only differences claimed. Budgets of one run per seed are exports of that run along a constant "
+              "learning-rate schedule (docs: zoo-and-testbeds)."]
+    return "\n".join(lines) + "\n"
+
+
+def learning_curve(ds: xr.Dataset, student: str, group: str = "long") -> dict:
+    """What the learning-curve figure draws for one student: per arm x = haystacks seen, y = mean
+    accuracy over the group's sizes with its interval; base and teacher as bands (value, lo, hi)."""
+    st = {"student": student, "group": group}
+    arms = {}
+    for arm in ds["arm"].values:
+        a = ds.sel({**st, "arm": arm})
+        keep = a["n_seeds"].values > 0
+        if keep.any():
+            arms[str(arm)] = {"x": ds["haystacks"].values[keep], "y": a["acc"].values[keep],
+                              "lo": a["acc_ci_low"].values[keep], "hi": a["acc_ci_high"].values[keep]}
+    band = lambda name, sel: tuple(float(ds[name + s].sel(sel)) for s in ("", "_ci_low", "_ci_high"))  # noqa: E731
+    return {"arms": arms, "base": band("base_acc", st), "teacher": band("teacher_acc", {"group": group})}
