@@ -98,10 +98,12 @@ def quick_config(cfg: CompareConfig) -> CompareConfig:
 
 
 def shared_eval(layout: RunLayout, settings: EvalSettings, zoo_dir: str, data_dir: str, model: str, variant: str = "base",
-                variant_options: dict | None = None, force: bool = False, progress: bool = True) -> xr.Dataset:
+                variant_options: dict | None = None, force: bool = False, progress: bool = True,
+                timings: dict | None = None) -> xr.Dataset:
     """The evaluation of a zoo model in a run folder: eval/<model>__<variant>.nc when it was made
     with `settings` (the main job's), else compare/eval/... (made now if missing); never overwrites
-    an eval/ result made with other settings. Shared by the comparison and the study."""
+    an eval/ result made with other settings. Shared by the comparison and the study. An evaluation
+    that runs adds its seconds to `timings`."""
     from laid.eval.run import evaluate
 
     shared, own = layout.eval_result(model, variant), layout.compare_eval(model, variant)
@@ -111,9 +113,12 @@ def shared_eval(layout: RunLayout, settings: EvalSettings, zoo_dir: str, data_di
             if settings.matches(ds):
                 return ds
     target = shared if not shared.is_file() or force else own
-    data = layout.root / data_dir
-    return evaluate(layout.root / zoo_dir / model, data / "test", data, target, variant=variant,
-                    variant_options=variant_options, progress=progress, model_name=model, **settings.evaluate_kwargs())
+    data, t = layout.root / data_dir, time.time()
+    ds = evaluate(layout.root / zoo_dir / model, data / "test", data, target, variant=variant,
+                  variant_options=variant_options, progress=progress, model_name=model, **settings.evaluate_kwargs())
+    if timings is not None:
+        timings[f"eval {model} {variant}"] = round(time.time() - t, 2)
+    return ds
 
 
 class Comparison:
@@ -131,11 +136,8 @@ class Comparison:
 
     def zoo_eval(self, model: str, variant: str) -> xr.Dataset:
         """eval/<model>__<variant>.nc, reused when compatible (else compare/eval/...)."""
-        t = time.time()
-        ds = shared_eval(self.layout, self.cfg.eval, self.cfg.zoo_dir, self.cfg.data_dir, model, variant,
-                         self.cfg.variant_options.get(variant) or None, self.force, self.progress)
-        self.timings[f"eval {model} {variant}"] = round(time.time() - t, 2)
-        return ds
+        return shared_eval(self.layout, self.cfg.eval, self.cfg.zoo_dir, self.cfg.data_dir, model, variant,
+                           self.cfg.variant_options.get(variant) or None, self.force, self.progress, self.timings)
 
     def distill_config(self, student: str, method: str, seed: int = 0):
         """The distill config of one comparison entry (a derived entry trains its base method)."""

@@ -27,7 +27,10 @@ NOTEBOOKS = (
     "head_weights",
     "spectra",
     "tables",
+    "learning_curves",
 )
+# Notebooks of `laid study` (run by it at its end); `laid figures` includes them when the run has a study.
+STUDY_NOTEBOOKS = ("learning_curves",)
 KERNEL = "laid"  # registered by scripts/setup.sh: python -m ipykernel install --sys-prefix --name laid
 
 
@@ -154,7 +157,8 @@ def run_figures(
     from papermill.exceptions import PapermillExecutionError
     from tqdm.auto import tqdm
 
-    names = list(notebooks) if notebooks else list(NOTEBOOKS)
+    has_study = (Path(run_dir) / "study").is_dir()
+    names = list(notebooks) if notebooks else [n for n in NOTEBOOKS if has_study or n not in STUDY_NOTEBOOKS]
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:
         raise ValueError(f"unknown notebook(s) {unknown}; choose from {list(NOTEBOOKS)}")

@@ -22,6 +22,7 @@ from laid.config import load_config, to_yaml
 from laid.eval.settings import EvalSettings
 from laid.io import write_json, write_text
 from laid.layout import RunLayout, run_label
+from laid_workflows.diagnosis import ANALYSIS_BATCH_SIZE, ANALYSIS_MAX_SAMPLES, ANALYSIS_PROFILE_SAMPLES, ANALYSIS_SIZES
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("data", "zoo", "eval", "compare", "analysis", "figures")
@@ -48,11 +49,12 @@ class MainConfig:
     # Quick mode exercises every variant and method (2 optimizer steps each, 2 seeds): a smoke test
     # of the whole comparison, not a measurement.
     quick_compare_config: str = "configs/experiments/compare_full.yaml"
-    analysis_sizes: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50, 100, 150])
-    analysis_max_samples: int = 32  # haystacks per size for the answer statistics (Figure 4 intervals)
-    analysis_profile_samples: int = 8  # of those, how many feed the O(S^2) distance profile and pair spectrum
-    analysis_batch_size: int = 4  # haystacks per forward in the analysis (batching halves its CPU cost per haystack)
+    analysis_sizes: list[int] = field(default_factory=lambda: list(ANALYSIS_SIZES))
+    analysis_max_samples: int = ANALYSIS_MAX_SAMPLES  # haystacks per size for the answer statistics (Figure 4 intervals)
+    analysis_profile_samples: int = ANALYSIS_PROFILE_SAMPLES  # of those, how many feed the O(S^2) profile and spectrum
+    analysis_batch_size: int = ANALYSIS_BATCH_SIZE  # haystacks per forward (batching halves its CPU cost per haystack)
     figures_dir: str = "figures"
+    workers: int | None = None  # comparison runs trained side by side (None: one per core; laid_workflows/jobs.py)
 
     def __post_init__(self):
         for name in ("analysis_max_samples", "analysis_profile_samples", "analysis_batch_size"):
@@ -130,7 +132,17 @@ def _stage_compare(cfg: MainConfig, log) -> None:
         ccfg.seeds = [0, 1]
         ccfg = quick_config(ccfg)
     ccfg.eval = eval_settings(cfg)  # one set of evaluation settings for the whole run
-    run_comparison(ccfg, cfg.run)
+    _teacher_diagnosis(cfg)  # before training: layer_map: diagnosed reads it (the analysis stage reuses it)
+    run_comparison(ccfg, cfg.run, workers=cfg.workers)
+
+
+def _teacher_diagnosis(cfg: MainConfig):
+    """analysis/<teacher>__base, with this run's analysis settings (made once, laid_workflows/diagnosis.py)."""
+    from laid_workflows.diagnosis import ensure_teacher_diagnosis
+
+    return ensure_teacher_diagnosis(cfg.layout, cfg.teacher, sizes=None if cfg.quick else cfg.analysis_sizes,
+                                    max_samples=cfg.analysis_max_samples, profile_samples=cfg.analysis_profile_samples,
+                                    batch_size=cfg.analysis_batch_size)
 
 
 # Checkpoints analysed: the teacher once in its own folder (analysis/<teacher>__base, all layers),
@@ -152,10 +164,7 @@ def _stage_analysis(cfg: MainConfig, log) -> None:
                                         batch_size=cfg.analysis_batch_size)
     # The teacher once, all layers: every student's comparison reuses it (same haystacks, same settings).
     t_label = run_label(cfg.teacher, "base")
-    t_out = run.analysis(t_label)
-    if not (t_out / "report.html").is_file():
-        diagnose(teacher, run.test_data, run.data, sizes, t_out, max_samples=cfg.analysis_max_samples,
-                 label=t_label, settings=settings())
+    t_out = _teacher_diagnosis(cfg).parent
     folders = {t_label: t_out}
     for student in cfg.students:
         for method in ANALYSED_METHODS:
@@ -182,7 +191,10 @@ def _stage_analysis(cfg: MainConfig, log) -> None:
 def _stage_figures(cfg: MainConfig, log) -> None:
     from laid_workflows.figures import run_figures
 
-    run_figures(cfg.run, cfg.path(cfg.figures_dir), quick=cfg.quick, executed_dir=cfg.layout.executed_notebooks)
+    from laid_workflows.figures import NOTEBOOKS, STUDY_NOTEBOOKS
+
+    run_figures(cfg.run, cfg.path(cfg.figures_dir), quick=cfg.quick, executed_dir=cfg.layout.executed_notebooks,
+                notebooks=[n for n in NOTEBOOKS if n not in STUDY_NOTEBOOKS])  # the study draws its own
 
 
 STAGE_FUNCS = {

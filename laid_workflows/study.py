@@ -132,8 +132,10 @@ class Study:
     """One study over a run folder (see module doc); `run()` returns the Dataset (also written)."""
 
     def __init__(self, cfg: StudyConfig, run_dir: str | Path, force: bool = False, full: bool = False,
-                 workers: int | None = None, device: str = "cpu", log=print):
+                 workers: int | None = None, device: str = "cpu", log=print, figures_dir: str | Path | None = None,
+                 quick_figures: bool = False):
         self.cfg, self.run_dir, self.force, self.full = cfg, Path(run_dir), force, full
+        self.figures_dir, self.quick_figures = figures_dir, quick_figures  # the learning-curve figure (None: none)
         self.workers, self.device, self.log = workers, device, log
         self.layout = RunLayout(run_dir)
         self.data = self.run_dir / cfg.data_dir
@@ -220,6 +222,12 @@ class Study:
                                                          **{k: v["seconds"] for k, v in timings.items()}})})
         write_netcdf(ds, self.layout.study_result(c.name))
         write_text(f"## Study {c.name}\n\n" + study_markdown(ds), self.layout.study_result(c.name, ".md"))
+        if self.figures_dir is not None:
+            from laid_workflows.figures import STUDY_NOTEBOOKS, run_figures
+
+            run_figures(self.run_dir, self.figures_dir, quick=self.quick_figures, executed_dir=self.layout.executed_notebooks,
+                        notebooks=list(STUDY_NOTEBOOKS), overrides={n: {"study": c.name} for n in STUDY_NOTEBOOKS},
+                        progress=False)
         return ds
 
 
@@ -272,7 +280,9 @@ def _study(args: argparse.Namespace) -> int:
     cfg = load_study_config(args.config or CONFIG, args.override or [])
     if args.quick:
         cfg = quick_config(cfg)
-    ds = Study(cfg, args.run_dir, force=args.force, full=args.full, workers=args.workers, device=args.device).run()
+    figures_dir = args.figures_dir or (Path(args.run_dir) / "figures" if args.quick else REPO / "figures")
+    ds = Study(cfg, args.run_dir, force=args.force, full=args.full, workers=args.workers, device=args.device,
+               figures_dir=None if args.no_figures else figures_dir, quick_figures=args.quick).run()
     print(f"study {cfg.name}: {[str(s) for s in ds['student'].values]} x {[str(a) for a in ds['arm'].values]} x budgets "
           f"{[int(b) for b in ds['budget'].values]}: {RunLayout(args.run_dir).study_result(cfg.name, '.md')}")
     return 0
@@ -292,5 +302,7 @@ def register(subparsers) -> None:
     p.add_argument("--full", action="store_true", help="every arm at all seeds and budgets (the whole grid, for a GPU)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run on quick data (2 steps, 4 questions per size)")
     p.add_argument("--force", action="store_true", help="retrain and re-evaluate the runs this study owns")
+    p.add_argument("--figures-dir", help="where the learning-curve figure goes (default: figures/; with --quick: <run>/figures)")
+    p.add_argument("--no-figures", action="store_true", help="write the tables only, no figure")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.set_defaults(func=_study)

@@ -127,7 +127,7 @@ def best_retrieval(diagnostics: xr.Dataset, min_size: int = 5) -> tuple[float, i
     sizes = [int(s) for s in diagnostics["haystack_size"].values if s >= min_size]
     m = diagnostics["needle_mass_question_mean"].sel(haystack_size=sizes).mean("haystack_size")  # (layer, head)
     flat = m.stack(lh=("layer", "head"))
-    best = int(flat.fillna(-1).argmax())
+    best = int(np.argmax(flat.fillna(-1).values))
     return float(flat[best]), int(flat["layer"].values[best])
 
 

@@ -74,3 +74,29 @@ def test_rebuilding_a_student_reaches_the_shipped_accuracy(tmp_path):
     assert float(shipped.accuracy.sel(haystack_size=1)) > 0.75  # the shipped model learned the task
     d = paired_difference(stack_seeds([ours]), stack_seeds([shipped]), [1, 2, 5])
     assert d.ci_low <= 0 <= d.ci_high or abs(d.value) < 0.04, f"rebuilt - shipped accuracy {d}"
+
+
+@pytest.mark.slow
+def test_a_testbed_student_rebuilt_on_a_short_schedule_has_a_shorter_window_than_the_teacher(tmp_path):
+    """The testbed premise by construction: tiny-7b-ret (retrieval head, 1-3 images) rebuilt with a
+    compressed schedule (600 steps, the category curriculum compressed alike; ~2 min on 2 cores)
+    learns the task on one image yet trails the shipped teacher beyond its window, paired on the
+    same questions."""
+    from laid.data.synth import SynthConfig, generate
+    from laid.eval.paired import paired_difference, stack_seeds
+    from laid.eval.run import evaluate
+    from laid.zoo.cli import build_zoo
+
+    cfg = load_zoo_config(CONFIGS / "tiny-7b-ret.yaml")
+    cfg.pretrain.steps, cfg.pretrain.vision_steps = 600, 100
+    cfg.pretrain.category_schedule = [[0, 4], [200, 8], [400, 12]]
+    rebuilt = build_zoo(tmp_path / "zoo", [cfg], workers=1, progress=False)[cfg.name]
+    data = generate(SynthConfig(seed=9, test_sizes=(1, 5, 10, 20), test_questions_per_size=64, train_sizes=(2,),
+                                train_questions=2, multi_needle_counts=(), test_pool_size=600, train_pool_size=10),
+                    tmp_path / "data", progress=False)
+    kw = dict(max_samples_per_size=None, progress=False, device="cpu")
+    student = evaluate(rebuilt, data / "test", data, **kw)
+    teacher = evaluate(SHIPPED / "tiny-32b", data / "test", data, **kw)
+    assert float(student.accuracy.sel(haystack_size=1)) > 0.75  # it learned the task inside its window
+    lead = paired_difference(stack_seeds([teacher]), stack_seeds([student]), [5, 10, 20])
+    assert lead.ci_low > 0, f"teacher - rebuilt student at 5-20 images: {lead}"

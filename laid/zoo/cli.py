@@ -12,7 +12,7 @@ from laid.io import atomic_dir
 from laid.zoo.configs import ZooModelConfig, load_zoo_config
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "zoo"
-DEFAULT_MODELS = ("tiny-32b", "tiny-7b", "tiny-3b")
+DEFAULT_MODELS = ("tiny-32b", "tiny-7b", "tiny-3b", "tiny-32b-short", "tiny-7b-ret")  # the shipped zoo (checkpoints/zoo)
 # Quick mode (tests, smoke runs): a fixed handful of steps on short haystacks, to exercise the
 # code path in seconds; quick models are untrained (accuracy at chance) by design.
 QUICK_STEPS, QUICK_VISION_STEPS, QUICK_MAX_HAYSTACK, QUICK_IMAGE_BANK = 12, 6, 5, 300

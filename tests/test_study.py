@@ -1,0 +1,124 @@
+"""The learning-curve study: planted numbers through the statistics, and a resumable mini study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from recipe_helpers import quick_vhs
+
+from laid.eval.paired import paired_difference, stack_seeds
+from laid.eval.results import SampleResult, build_result
+from laid_workflows.study import Study, load_study_config
+from laid_workflows.study_stats import build_study, learning_curve, study_markdown
+
+REPO = Path(__file__).resolve().parents[1]
+SIZES = [1, 2, 5, 10]
+GROUPS = {"short": [1, 2], "long": [5, 10]}
+
+
+def planted_eval(correct: np.ndarray) -> xr.Dataset:
+    """An eval result answering exactly `correct` (size, question) right, on shared questions."""
+    samples = {s: [SampleResult(bool(c), 1.0, True, 10, i % s, bool(i % 2)) for i, c in enumerate(row)]
+               for s, row in zip(SIZES, correct)}
+    return build_result(samples, threshold=0.6, seed=0, attrs={"model_name": "planted"})
+
+
+@pytest.fixture(scope="module")
+def planted():
+    rng = np.random.default_rng(0)
+    base = rng.random((4, 40)) < np.array([[0.9], [0.8], [0.5], [0.5]])  # short window
+    teacher = base.copy()
+    teacher[2:] |= rng.random((2, 40)) < 0.6  # the teacher answers more long questions
+    t, b = planted_eval(teacher), planted_eval(base)
+    # KD carries the teacher's answers at budget 1 and forgets them at 2; SFT stays at base;
+    # LAid has two seeds at budget 1 (one is the teacher, one the base) and equals KD at 2.
+    evals = {("s", "kd", 1): [t], ("s", "kd", 2): [b], ("s", "sft", 1): [b], ("s", "sft", 2): [b],
+             ("s", "laid", 1): [t, b], ("s", "laid", 2): [b]}
+    ds = build_study(evals, {"s": b}, t, ["s"], ["sft", "kd", "laid"], [1, 2], GROUPS, global_batch=8,
+                     retrieval={("s", "laid", 2): (0.7, 0), ("s", "base"): (0.2, 0), "teacher": (0.8, 0)})
+    return ds, t, b
+
+
+def test_planted_differences_are_paired_at_the_same_budget(planted):
+    ds, t, b = planted
+    d = lambda arm, budget, group, ref: ds["diff"].sel(student="s", arm=arm, budget=budget, group=group, ref=ref)  # noqa: E731
+    lead = paired_difference(stack_seeds([t]), stack_seeds([b]), GROUPS["long"])
+    assert float(ds["teacher_lead"].sel(student="s", group="long")) == pytest.approx(lead.value)
+    assert lead.ci_low > 0  # the planted teacher leads
+    assert float(d("kd", 1, "long", "base")) == pytest.approx(lead.value)  # KD at budget 1 carries it all ...
+    assert float(d("kd", 2, "long", "base")) == 0  # ... and none at budget 2
+    assert float(d("sft", 1, "long", "base")) == 0 and float(ds["diff_ci_high"].sel(
+        student="s", arm="sft", budget=1, group="long", ref="base")) == 0  # same answers: a zero-width interval
+    assert float(d("laid", 1, "long", "kd")) == pytest.approx(-lead.value / 2)  # seeds averaged, vs KD at budget 1
+    assert float(d("laid", 2, "long", "kd")) == 0  # vs KD at budget 2, not budget 1
+    assert float(d("kd", 1, "long", "sft")) == pytest.approx(lead.value)  # what the teacher adds over the labels
+    assert np.isnan(float(d("kd", 1, "long", "kd")))  # no self-reference
+    assert int(ds["n_seeds"].sel(student="s", arm="laid", budget=1)) == 2
+    assert ds["haystacks"].values.tolist() == [8, 16]
+    assert float(ds["retrieval_mass"].sel(student="s", arm="laid", budget=2)) == 0.7
+
+
+def test_markdown_and_curve_show_what_the_intervals_support(planted):
+    ds, _, _ = planted
+    md = study_markdown(ds)
+    kd1 = next(line for line in md.splitlines() if line.startswith("| KD | 1 |"))
+    sft1 = next(line for line in md.splitlines() if line.startswith("| SFT (full, labels only) | 1 |"))
+    assert kd1.split(" | ")[4].startswith("**+")  # long - base: bold, its interval excludes 0
+    assert "**" not in sft1.split(" | ")[4] and sft1.split(" | ")[5].startswith("**-")  # = base; below KD there
+    curve = learning_curve(ds, "s", "long")
+    assert curve["arms"]["kd"]["x"].tolist() == [8, 16]
+    assert curve["arms"]["kd"]["y"].tolist() == pytest.approx([float(ds["acc"].sel(student="s", arm="kd", budget=b, group="long"))
+                                                               for b in (1, 2)])
+    assert curve["teacher"][0] > curve["base"][0]
+
+
+def test_mini_study_runs_resumes_and_refuses_changed_arms(random_zoo, tmp_path_factory, tmp_path):
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    (run / "zoo").mkdir(parents=True)
+    for name, path in random_zoo.items():
+        (run / "zoo" / name).symlink_to(path)
+    (run / "data").symlink_to(quick_vhs(tmp_path_factory))
+    overrides = {
+        "students": ["tiny-7b"], "distill_configs": {"tiny-7b": str(REPO / "configs/distill/tiny-32b_testbed.yaml")},
+        "seeds": [0, 1], "budgets": [1, 2], "student_budgets": {}, "save_every": 1,
+        "training": {"lr_schedule": "constant", "warmup_steps": 0, "per_device_batch_size": 1, "grad_accum": 2},
+        "arms": {"sft": {"method": "sft", "seeds": [0]}, "kd": {"method": "kd"},
+                 "laid": {"method": "laid", "overrides": {"layer_map": "diagnosed", "attn_rows": "question"}, "seeds": [0]}},
+        "eval.sizes": None, "eval.samples_per_size": 4, "groups": GROUPS,
+        "diagnose": {"seeds": [0], "sizes": [5, 10], "samples": 2},
+    }
+    cfg = load_study_config(REPO / "configs" / "experiments" / "testbed.yaml", overrides)
+    ds = Study(cfg, run, workers=1, log=lambda *a: None).run()
+    assert (run / "study" / "testbed.nc").is_file() and (run / "study" / "testbed.md").is_file()
+    assert (run / "analysis" / "tiny-32b__base" / "diagnostics.nc").is_file()  # the diagnosed arm's evidence
+    # the table's numbers are the eval files' numbers
+    kd = [xr.load_dataset(run / "study" / "runs" / f"tiny-7b__kd__seed{s}" / "evals" / "step-00000002.nc") for s in (0, 1)]
+    base = xr.load_dataset(run / "eval" / "tiny-7b__base.nc")
+    want = paired_difference(stack_seeds(kd), stack_seeds([base]), GROUPS["long"])
+    got = ds["diff"].sel(student="tiny-7b", arm="kd", budget=2, group="long", ref="base")
+    assert float(got) == pytest.approx(want.value)
+    assert int(ds["n_seeds"].sel(student="tiny-7b", arm="kd", budget=2)) == 2
+    assert not np.isnan(float(ds["retrieval_mass"].sel(student="tiny-7b", arm="laid", budget=2)))
+    # resume: nothing left to do
+    assert Study(cfg, run, workers=1).jobs() == []
+    # an arm whose settings changed under the same name is refused, not silently mixed
+    cfg.arms["laid"].overrides["attn_rows"] = "text"
+    with pytest.raises(ValueError, match=r"was trained with other \['attn_rows'\]"):
+        Study(cfg, run, workers=1).jobs()
+
+
+def test_shipped_study_config_loads_and_its_grid():
+    cfg = load_study_config(REPO / "configs" / "experiments" / "testbed.yaml")
+    grid = cfg.grid()
+    assert {a for _, a, _, _ in grid} == set(cfg.arms) and {"sft", "kd", "laid"} <= set(cfg.arms)
+    same_arch = [(a, s, b) for st, a, s, b in grid if st == "tiny-32b-short"]
+    for arm in ("sft", "kd", "laid"):  # >= 3 seeds, 150 steps to 4 epochs
+        assert sorted(s for a, s, _ in same_arch if a == arm) == [0, 1, 2]
+        assert all(b == [150, 625, 1250, 2500] for a, _, b in same_arch if a == arm)
+    full = cfg.grid(full=True)
+    assert len(full) == len(cfg.students) * len(cfg.arms) * len(cfg.seeds) and all(b == cfg.budgets for *_, b in full)
