@@ -14,11 +14,11 @@ from laid.data import cli as data_cli
 from laid.eval import cli as eval_cli
 from laid.zoo import cli as zoo_cli
 from laid_analysis import cli as analysis_cli
-from laid_workflows import compare, figures, main_job
+from laid_workflows import compare, figures, main_job, results_page
 from trainers import cli as trainers_cli
 
 # Order = order in `laid --help`.
-COMMAND_MODULES = (main_job, data_cli, zoo_cli, eval_cli, trainers_cli, compare, analysis_cli, figures)
+COMMAND_MODULES = (main_job, data_cli, zoo_cli, eval_cli, trainers_cli, compare, analysis_cli, figures, results_page)
 
 
 def build_parser() -> argparse.ArgumentParser:
