@@ -28,26 +28,29 @@ PENDING = {"docs/families.md": "written by the model-family adapters (issue 20)"
 
 
 @pytest.fixture(scope="module")
-def tour(tmp_path_factory) -> Path:
-    """One sandbox for every page's blocks, in PAGES order (README's tour first)."""
-    return sandbox(tmp_path_factory.mktemp("docs_sandbox"))
+def tour(tmp_path_factory) -> dict:
+    """One sandbox for every page's blocks, and the pages that ran in it (README's tour first)."""
+    return {"dir": sandbox(tmp_path_factory.mktemp("docs_sandbox")), "ran": set()}
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if runnable_blocks(p)], ids=lambda p: p.relative_to(REPO).as_posix())
 def test_runnable_blocks_run_on_the_toy(page, tour):
-    for block in runnable_blocks(page):
-        run_block(block, tour)
+    # A docs page builds on the tour's runs/tour/: run the README first when a page is selected alone (-k).
+    for p in ([README] if page != README and README not in tour["ran"] else []) + [page]:
+        for block in runnable_blocks(p):
+            run_block(block, tour["dir"])
+        tour["ran"].add(p)
 
 
 def test_a_broken_block_fails(tmp_path):
     page = tmp_path / "broken.md"
     page.write_text("Fine:\n\n```bash\necho ok\n```\n\nSkipped, with a reason:\n\n"
                     "<!--pytest.mark.skip(reason=\"needs real weights\")-->\n```bash\nexit 3\n```\n\n"
-                    "Broken:\n\n```bash\nlaid data validate no/such/folder\necho never\n```\n\nA listing:\n\n```text\nexit 1\n```\n")
+                    "Broken:\n\n```bash\nls no/such/folder\necho never\n```\n\nA listing:\n\n```text\nexit 1\n```\n")
     blocks = runnable_blocks(page)
     assert [b.line for b in blocks] == [3, 16]
     run_block(blocks[0], tmp_path)
-    with pytest.raises(AssertionError, match=r"broken.md:16: the block exited 1:(?s:.*)no/such/folder") as failed:
+    with pytest.raises(AssertionError, match=r"broken.md:16: the block exited 2:(?s:.*)no/such/folder") as failed:
         run_block(blocks[1], tmp_path)
     assert "never" not in str(failed.value).split("--- stdout (end) ---")[1]  # the block stopped at its failing command
     page.write_text("<!--pytest.mark.skip-->\n```bash\ntrue\n```\n")
