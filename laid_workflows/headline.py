@@ -1,4 +1,4 @@
-"""The headline comparison: paired differences with intervals, what the README may claim.
+"""The headline comparison: paired differences with intervals, what the results page (docs/results.md) may claim.
 
 Primary statistic: mean accuracy over the *long* sizes (beyond the students' training length, up to
 where the teacher still holds) and over the *short* sizes, per student and method, averaged over
