@@ -37,6 +37,12 @@ class RunLayout:
         return self.root / "summary.md"
 
     @property
+    def results_page(self) -> Path:
+        """The results page written from the run's netCDF files (laid_workflows.results_page); the
+        embedded default writes its own to docs/results.md instead."""
+        return self.root / "results.md"
+
+    @property
     def timings(self) -> Path:
         return self.root / "timings.json"
 

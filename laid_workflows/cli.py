@@ -14,15 +14,28 @@ from laid.data import cli as data_cli
 from laid.eval import cli as eval_cli
 from laid.zoo import cli as zoo_cli
 from laid_analysis import cli as analysis_cli
-from laid_workflows import compare, figures, main_job, study
+from laid_workflows import compare, figures, main_job, results_page, study
 from trainers import cli as trainers_cli
 
+# What `laid --help` opens with: what the workbench does for its user (the docstring above is for developers).
+DESCRIPTION = """\
+LAid workbench: make a small vision-language model keep answering when its input holds many images,
+by distilling it from a large one. Distil a Qwen2.5-VL student from a teacher (LAid, KD, SFT-LoRA and
+ablations), evaluate it on Visual Haystacks (accuracy per haystack size, effective window, paired
+intervals), and look inside (attention per head, RoPE spectra): on real checkpoints, or on a tiny toy
+zoo that runs on a CPU in minutes.
+
+Start with `laid main --quick` (the whole pipeline on the toy) or the README's five-minute tour;
+every command and option is in docs/cli.md."""
+EPILOG = "Run `laid COMMAND --help` for a command's options."
+
 # Order = order in `laid --help`.
-COMMAND_MODULES = (main_job, data_cli, zoo_cli, eval_cli, trainers_cli, compare, study, analysis_cli, figures)
+COMMAND_MODULES = (main_job, data_cli, zoo_cli, eval_cli, trainers_cli, compare, study, analysis_cli, figures, results_page)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="laid", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="laid", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)

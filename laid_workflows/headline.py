@@ -1,4 +1,4 @@
-"""The headline comparison: paired differences with intervals, what the README may claim.
+"""The headline comparison: paired differences with intervals, what the results page (docs/results.md) may claim.
 
 Primary statistic: mean accuracy over the *long* sizes (beyond the students' training length, up to
 where the teacher still holds) and over the *short* sizes, per student and method, averaged over
@@ -104,11 +104,16 @@ def _fmt(ds: xr.Dataset, name: str, sel: dict, bold_if_excludes_zero: bool = Fal
     return f"**{text}**" if bold_if_excludes_zero and (lo > 0 or hi < 0) else text
 
 
+def sizes_attr(ds: xr.Dataset, name: str) -> list[int]:
+    """attrs `short_sizes` / `long_sizes` as a list of ints (a netCDF round trip makes them an array)."""
+    return [int(s) for s in np.atleast_1d(ds.attrs.get(name, []))]
+
+
 def headline_markdown(ds: xr.Dataset, methods: Sequence[str] | None = None) -> list[str]:
     """The headline table: one row per student and method, intervals in brackets."""
     if "acc_long" not in ds:
         return []
-    short, long_ = ds.attrs.get("short_sizes", []), ds.attrs.get("long_sizes", [])
+    short, long_ = sizes_attr(ds, "short_sizes"), sizes_attr(ds, "long_sizes")
     methods = [m for m in (methods or ds["method"].values) if m in ds["method"].values]
     head = ["Student", "Method", "seeds", f"acc short {short}", f"acc long {long_}", "long - base", "long - KD",
             "short - base", "eff. window", "window / base"]

@@ -7,7 +7,9 @@ Stages, each skipped when its outputs are already complete (so an interrupted ru
   4. compare   distillation + baselines for both students           -> <run>/distill/, <run>/compare/
   5. analysis  laid diagnose on teacher, students, distilled        -> <run>/analysis/
   6. figures   the paper's figures from the data above              -> figures/
-and a short text summary in <run>/summary.md. The run's config is written to <run>/config.yaml.
+then a short text summary in <run>/summary.md and the results page, written from the run's netCDF
+files (laid_workflows.results_page): docs/results.md for the embedded default, <run>/results.md
+otherwise. The run's config is written to <run>/config.yaml.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from laid.eval.settings import EvalSettings
 from laid.io import write_json, write_text
 from laid.layout import RunLayout, run_label
 from laid_workflows.diagnosis import ANALYSIS_BATCH_SIZE, ANALYSIS_MAX_SAMPLES, ANALYSIS_PROFILE_SAMPLES, ANALYSIS_SIZES
+from laid_workflows.results_page import write_results_page
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("data", "zoo", "eval", "compare", "analysis", "figures")
@@ -42,7 +45,7 @@ class MainConfig:
     # config, otherwise the zoo is trained; null = always train (`laid zoo` rebuilds them).
     zoo_checkpoints: str | None = "checkpoints/zoo"
     teacher: str = "tiny-32b"
-    students: list[str] = field(default_factory=lambda: ["tiny-7b", "tiny-3b"])
+    students: list[str] = field(default_factory=lambda: ["tiny-32b-short"])
     # Every evaluation of the run (base models and the comparison) uses these settings.
     eval: EvalSettings = field(default_factory=lambda: EvalSettings(sizes=None))
     compare_config: str = "configs/experiments/compare.yaml"  # methods, distill configs; its eval: is replaced by ours
@@ -55,6 +58,9 @@ class MainConfig:
     analysis_batch_size: int = ANALYSIS_BATCH_SIZE  # haystacks per forward (batching halves its CPU cost per haystack)
     figures_dir: str = "figures"
     workers: int | None = None  # comparison runs trained side by side (None: one per core; laid_workflows/jobs.py)
+    # The results page (laid_workflows.results_page); null = <run>/results.md. The embedded default
+    # (main.yaml) writes docs/results.md, which the README links, beside the committed figures/.
+    results_page: str | None = None
 
     def __post_init__(self):
         for name in ("analysis_max_samples", "analysis_profile_samples", "analysis_batch_size"):
@@ -236,6 +242,8 @@ def run_main(cfg: MainConfig, stages: tuple[str, ...] = STAGES, progress_log=pri
     write_json({**old, **timings}, timing_file, indent=1)
     summary = write_summary(cfg, timings)
     progress_log(summary.read_text())
+    page = write_results_page(cfg.run, cfg.path(cfg.results_page) if cfg.results_page else None, cfg.path(cfg.figures_dir))
+    progress_log(f"results page: {page}")
     return summary
 
 
@@ -245,6 +253,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg.quick = True
         if not args.config:  # a smoke run must not overwrite the committed figures/
             cfg.name, cfg.run_dir, cfg.figures_dir = "quick", "runs/quick", "runs/quick/figures"
+            cfg.results_page = None  # runs/quick/results.md, not the committed docs/results.md
     if args.run_dir:
         cfg.run_dir = args.run_dir
     stages = tuple(args.stages) if args.stages else tuple(s for s in STAGES if s in STAGE_FUNCS)

@@ -159,12 +159,11 @@ def window_ratio_lines(ds: xr.Dataset) -> list[str]:
     return out
 
 
-def comparison_markdown(ds: xr.Dataset) -> str:
-    """Markdown: Table 1 (methods), Table 3 (ablations), effective-window ratios, legend."""
+def per_size_markdown(ds: xr.Dataset) -> list[str]:
+    """Table 1 (methods), Table 3 (ablations), the effective-window ratios and their legend, as lines
+    (point estimates per size; used by comparison.md and the results page)."""
     thr = ds.attrs.get("threshold", "")
-    headline = headline_markdown(ds)
-    parts = [
-        *(["### Headline: paired differences (what the intervals support)", "", *headline, ""] if headline else []),
+    return [
         "### Table 1: context-window extension methods (accuracy %, per haystack size in images)",
         "",
         *_table(ds, TABLE1_METHODS, teacher_row=True),
@@ -181,5 +180,14 @@ def comparison_markdown(ds: xr.Dataset) -> str:
         f"window of the gains (mean relative change over base, %). Effective window: largest size with accuracy >= "
         f"{thr} (log-size interpolation). Point estimates without intervals: no cell is marked better than another; "
         f"which differences hold is in the headline table's paired intervals.",
+    ]
+
+
+def comparison_markdown(ds: xr.Dataset) -> str:
+    """Markdown: the headline (paired intervals), Table 1 (methods), Table 3 (ablations), window ratios, legend."""
+    headline = headline_markdown(ds)
+    parts = [
+        *(["### Headline: paired differences (what the intervals support)", "", *headline, ""] if headline else []),
+        *per_size_markdown(ds),
     ]
     return "\n".join(parts) + "\n"

@@ -21,6 +21,7 @@ from laid.model.loading import load_model
 from laid_workflows.main_job import STAGES, MainConfig, eval_settings, run_main
 from laid.zoo.configs import load_zoo_config
 from laid.methods import ALL_METHODS, INFERENCE_VARIANTS
+from page_helpers import check_links_resolve, check_page_numbers
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -261,3 +262,19 @@ def test_summary_reports_every_model_and_the_comparison(quick_run):
         assert f"**{name}**: accuracy by haystack size {{{accs}}}" in text, name
     assert (run / "compare" / "comparison.md").read_text() in text
     assert all(f"- {stage}:" in text for stage in STAGES)
+
+
+def test_results_page_is_written_from_the_run(quick_run):
+    """The main job ends by writing the results page (into the run folder for a non-default run):
+    every base-model and headline number on it is the netCDF's, its figure links resolve, and it
+    names the commit and the measured stage times."""
+    cfg, run = quick_run["cfg"], quick_run["run"]
+    page = cfg.layout.results_page
+    text = page.read_text()
+    assert check_page_numbers(text, cfg.layout) >= len(models(cfg)) * 2
+    check_links_resolve(text, page)
+    assert "![Figure 1](" in text and "![Figure 3](" in text
+    timings = json.loads((run / "timings.json").read_text())
+    assert all(f"| {stage} | {timings[stage]:.0f} |" in text for stage in STAGES)
+    commit = load_result(cfg.layout.eval_result(cfg.teacher)).attrs["git_commit"]
+    assert f"commit `{commit[:10]}`" in text

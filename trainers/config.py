@@ -142,7 +142,7 @@ class DistillConfig:
     # query / key vector points (its gradient is projected orthogonal to every vector, so it exerts no
     # first-order force on the Q/K norms; their scale is left to KL / SFT; not a hard constraint:
     # trainers.losses.attention_matching);
-    # "full" = plain gradients (the ablation: they shrink the aligned layer's Q/K, README).
+    # "full" = plain gradients (the ablation: they shrink the aligned layer's Q/K, docs/method.md).
     attn_grad: str = "direction"
     # Health telemetry warns (one line, and in the log record) when an aligned layer's student/teacher
     # Q or K norm ratio falls below this fraction of its value at the first logged step.

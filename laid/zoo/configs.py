@@ -68,7 +68,7 @@ class PretrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 50
     # Haystack sizes are drawn log-uniformly from [min_haystack, max_haystack]: this range is
-    # the model's "training length", the main knob behind its effective window (README).
+    # the model's "training length", the main knob behind its effective window (docs/zoo-and-testbeds.md).
     min_haystack: int = 1
     max_haystack: int = 20
     # For the first short_haystack_steps steps haystacks are at most short_max_haystack images.

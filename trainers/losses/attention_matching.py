@@ -33,7 +33,7 @@ loss is unchanged, but its gradient is projected orthogonal to every vector: thi
 where a query or key points (which key it attends to), with no component that lengthens or
 shortens it. Without it
 the forward KL's cheapest move while the student attends elsewhere is to shrink its logits, i.e.
-its Q/K norms, and the aligned layer's attention goes flat (measured, README). To first order a
+its Q/K norms, and the aligned layer's attention goes flat (measured: docs/method.md). To first order a
 radial-free gradient g (g . x = 0 for every token) leaves |[W_q | b_q]|_F unchanged (its update
 is sum_t g_t [x_t; 1]^T and <W, g x^T> = g . (W x)), and the RoPE gains' g-weighted total too, so
 the Q/K scale is left to KL / SFT as in KD. This holds for small steps of plain gradient descent;

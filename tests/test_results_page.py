@@ -1,0 +1,86 @@
+"""The results page (laid_workflows.results_page) on a hand-made run folder: every number on it is
+the netCDF's, a section whose file is absent is left out and named, and a registered section shows
+up where it was put. The page of a real run is checked in tests/test_main_quick.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import xarray as xr
+
+from laid.eval.results import SampleResult, build_result
+from laid.io import write_json, write_netcdf
+from laid.layout import RunLayout
+from laid_workflows import results_page
+from laid_workflows.headline import add_paired_statistics
+from laid_workflows.results_page import PageContext, Section, add_section, results_markdown, write_results_page
+from laid_workflows.tables import build_comparison
+from page_helpers import check_page_numbers, numbers, parse_table
+
+SIZES = [1, 2, 5, 20]
+
+
+def fake_eval(rights, model, n=20) -> xr.Dataset:
+    """An evaluation answering the first `rights[k]` of n questions right at SIZES[k]."""
+    samples = {s: [SampleResult(i < r, 1.0, True, 10, 0, bool(i % 2)) for i in range(n)] for s, r in zip(SIZES, rights)}
+    return build_result(samples, threshold=0.6, seed=0, attrs={"model_name": model, "git_commit": "abc1234def"})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> RunLayout:
+    layout = RunLayout(tmp_path_factory.mktemp("results_page") / "run")
+    evals = {"tiny-32b": fake_eval([19, 18, 15, 13], "tiny-32b"), "tiny-7b": fake_eval([17, 15, 9, 10], "tiny-7b")}
+    for model, ds in evals.items():
+        write_netcdf(ds, layout.eval_result(model))
+    layout.config.write_text("name: fake\nteacher: tiny-32b\nstudents: [tiny-7b]\n")
+    per_method = {("tiny-7b", "base"): evals["tiny-7b"], ("tiny-7b", "kd"): [fake_eval([16, 15, 12, 11], "kd"), fake_eval([17, 14, 11, 12], "kd")]}
+    comp = build_comparison(per_method, evals["tiny-32b"], ["tiny-7b"], ["base", "kd"],
+                            {"teacher": "tiny-32b", "threshold": 0.6, "seeds": [0, 1],
+                             "timings_s": json.dumps({"distill tiny-7b kd seed 0": 30.4, "distill tiny-7b kd seed 1": 41.6, "eval tiny-7b-kd base": 12.0})})
+    write_netcdf(add_paired_statistics(comp, per_method, [1, 2], [5, 20], n_boot=200), layout.comparison)
+    write_json({"data": 3.2, "eval": 40.0, "compare": 200.4}, layout.timings)
+    return layout
+
+
+def test_numbers_on_the_page_are_the_netcdf_numbers(run):
+    page = write_results_page(run.root, run.root / "docs" / "results.md")
+    text = page.read_text()
+    assert [row[0] for row in parse_table(text, "## Base models")] == ["tiny-32b", "tiny-7b"]  # the config's order
+    assert check_page_numbers(text, run) == 2 * 5 + 3 + 5  # base: 4 sizes + window each; headline: base 3, KD 5 cells
+    row = next(line for line in text.splitlines() if line.startswith("| tiny-7b | 0.85"))
+    with pytest.raises(AssertionError):  # one hand-edited number is caught
+        check_page_numbers(text.replace(row, row.replace("0.85", "0.86", 1)), run)
+    kd = parse_table(text, "## Headline comparison")[1]
+    assert kd[1] == "KD" and numbers(kd[5])[0] > 0  # the planted KD gain at long range is on the page
+    assert "commit `abc1234def`" in text and "3 evaluation files" not in text  # two eval files, named
+    assert "| compare | 200 |" in text and "| total | 244 |" in text
+    assert "2 distill runs took 30-42 s each; 1 eval run took 12 s." in text
+    assert "acc short [1, 2] | acc long [5, 20]" in text
+    assert "Not in this run folder, so not shown: other-comparisons (`compare/<name>.nc`), figures" in text
+
+
+def test_absent_sources_are_named_and_links_are_relative(tmp_path, run):
+    empty = RunLayout(tmp_path / "empty")
+    empty.root.mkdir()
+    text = write_results_page(empty.root).read_text()
+    assert "## " not in text and all(s.source in text for s in results_page.SECTIONS)
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "fig1_effective_window.png").write_bytes(b"png")
+    text = results_markdown(PageContext(run, tmp_path / "docs" / "results.md", figures))
+    assert "![Figure 1](../figures/fig1_effective_window.png)" in text
+    with pytest.raises(FileNotFoundError, match="run folder .*missing.* not found"):
+        write_results_page(tmp_path / "missing")
+
+
+def test_a_registered_section_appears_where_it_was_put(run, monkeypatch):
+    monkeypatch.setattr(results_page, "SECTIONS", list(results_page.SECTIONS))
+    study = lambda ctx: "## Learning curves\n\nfrom study/" if (ctx.run.root / "timings.json").is_file() else None  # noqa: E731
+    add_section(Section("learning-curves", "study/<name>.nc", study), after="headline")
+    text = results_markdown(PageContext(run, run.results_page))
+    assert text.index("## Headline comparison") < text.index("## Learning curves") < text.index("## Per-size tables")
+    with pytest.raises(ValueError, match="exists already"):
+        add_section(Section("learning-curves", "x", study))
+    with pytest.raises(ValueError, match="'nope' not found"):
+        add_section(Section("other", "x", study), after="nope")
