@@ -38,7 +38,20 @@ def default_workers(device: str) -> int:
     return 4 if device == "cuda" else cores()
 
 
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM when the process that started it dies (a killed `laid study`
+    leaves no orphan training on); elsewhere a no-op."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _init_worker(threads: int, device: str) -> None:
+    _die_with_parent()
     if device == "cpu":  # before anything touches CUDA in this process: train and evaluate on the CPU
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch
@@ -63,7 +76,11 @@ def check_device(device: str) -> str:
     return device
 
 
-def run_jobs(jobs: list[Job], workers: int | None = None, device: str = "cpu", log=print) -> dict[str, dict]:
+def log_line(*args) -> None:
+    print(*args, flush=True)  # progress lines reach a log file as they happen
+
+
+def run_jobs(jobs: list[Job], workers: int | None = None, device: str = "cpu", log=log_line) -> dict[str, dict]:
     """Run `jobs` in `workers` processes (1 = in this process); returns {key: job result + seconds}."""
     device = check_device(device)
     if not jobs:

@@ -8,16 +8,10 @@ the README and the docs link to the page instead.
 The page is a list of named sections (`SECTIONS`). A section is a function of the page's context
 (the run folder's layout, where the page goes, where the figures are) that returns Markdown, or
 None when the file it reads is absent from this run; the page then names the missing source in
-one closing line instead of printing an empty table. To add a section (a study's learning curves,
-say), write its renderer and put it in the list:
+one closing line instead of printing an empty table. To add a section, write its renderer (like
+`learning_curves`, which renders every study/<name>.nc) and put it in the list, or:
 
-    def learning_curves(ctx: PageContext) -> str | None:
-        files = sorted((ctx.run.root / "study").glob("*.nc"))
-        if not files:
-            return None
-        return "## Learning curves\\n\\n" + ...
-
-    add_section(Section("learning-curves", "study/<name>.nc", learning_curves), after="headline")
+    add_section(Section("my-section", "path/in/the/run", my_renderer), after="headline")
 """
 
 from __future__ import annotations
@@ -179,6 +173,30 @@ def other_comparisons(ctx: PageContext) -> str | None:
     return "\n".join(["## Other comparisons in this run", "", *parts]).rstrip() if parts else None
 
 
+def learning_curves(ctx: PageContext) -> str | None:
+    """Every study of the run (study/<name>.nc, `laid study`): paired differences per budget, the
+    learning-curve figure and the study's measured time."""
+    from laid_workflows.study_stats import study_markdown
+
+    paths = sorted(ctx.run.study.glob("*.nc")) if ctx.run.study.is_dir() else []
+    if not paths:
+        return None
+    parts = ["## Learning curves (`laid study`)", ""]
+    for path in paths:
+        ds = read_netcdf(path, "study")
+        times = json.loads(ds.attrs.get("timings_s", "{}"))
+        grid = "the whole grid" if int(ds.attrs.get("full_grid", 0)) else "the config's CPU grid"
+        parts += [f"### `study/{path.name}`", "",
+                  f"{grid.capitalize()} on {ds.attrs.get('device', '?')}; this invocation took {times.get('total', float('nan')):.0f} s "
+                  "(runs reused from an earlier invocation are not timed).", ""]
+        parts += ["#" + line if line.startswith("### ") else line for line in study_markdown(ds).splitlines()]
+        png = ctx.figures_dir / f"learning_curves_{path.stem}.png" if ctx.figures_dir is not None else None
+        if png is not None and png.is_file():
+            parts += ["", f"![learning curves]({ctx.link(png)})"]
+        parts.append("")
+    return "\n".join(parts).rstrip()
+
+
 # Figure PNGs the notebooks write (laid_workflows.figures.NOTEBOOKS), with what each shows.
 FIGURES = {
     "fig1_effective_window": "Figure 1: accuracy per haystack size and effective window of the teacher and the students",
@@ -234,6 +252,7 @@ SECTIONS: list[Section] = [
     Section("provenance", "eval/*.nc", provenance),
     Section("base-models", "eval/<model>__base.nc", base_models),
     Section("headline", "compare/comparison.nc", headline),
+    Section("learning-curves", "study/<name>.nc", learning_curves),
     Section("per-size", "compare/comparison.nc", per_size),
     Section("other-comparisons", "compare/<name>.nc", other_comparisons),
     Section("figures", "<figures_dir>/*.png", figures),

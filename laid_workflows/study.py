@@ -36,7 +36,7 @@ from laid.eval.settings import EvalSettings
 from laid.io import write_netcdf, write_text
 from laid.layout import RunLayout
 from laid.methods import TRAINED_METHODS, check_method
-from laid_workflows.jobs import DEVICES, Job, run_jobs
+from laid_workflows.jobs import DEVICES, Job, log_line, run_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,10 +132,11 @@ class Study:
     """One study over a run folder (see module doc); `run()` returns the Dataset (also written)."""
 
     def __init__(self, cfg: StudyConfig, run_dir: str | Path, force: bool = False, full: bool = False,
-                 workers: int | None = None, device: str = "cpu", log=print, figures_dir: str | Path | None = None,
-                 quick_figures: bool = False):
+                 workers: int | None = None, device: str = "cpu", log=log_line, figures_dir: str | Path | None = None,
+                 quick_figures: bool = False, results_page: str | Path | None = None):
         self.cfg, self.run_dir, self.force, self.full = cfg, Path(run_dir), force, full
         self.figures_dir, self.quick_figures = figures_dir, quick_figures  # the learning-curve figure (None: none)
+        self.results_page = results_page  # rewritten with the study's section at the end (None: not)
         self.workers, self.device, self.log = workers, device, log
         self.layout = RunLayout(run_dir)
         self.data = self.run_dir / cfg.data_dir
@@ -228,6 +229,10 @@ class Study:
             run_figures(self.run_dir, self.figures_dir, quick=self.quick_figures, executed_dir=self.layout.executed_notebooks,
                         notebooks=list(STUDY_NOTEBOOKS), overrides={n: {"study": c.name} for n in STUDY_NOTEBOOKS},
                         progress=False)
+        if self.results_page is not None:
+            from laid_workflows.results_page import write_results_page
+
+            write_results_page(self.run_dir, self.results_page, self.figures_dir)
         return ds
 
 
@@ -280,9 +285,13 @@ def _study(args: argparse.Namespace) -> int:
     cfg = load_study_config(args.config or CONFIG, args.override or [])
     if args.quick:
         cfg = quick_config(cfg)
-    figures_dir = args.figures_dir or (Path(args.run_dir) / "figures" if args.quick else REPO / "figures")
+    # The embedded default run (runs/default) keeps its figures and results page in the repository,
+    # as the main job does; any other run folder (and --quick) keeps them inside the run.
+    default_run = Path(args.run_dir).resolve() == (REPO / "runs" / "default").resolve() and not args.quick
+    figures_dir = args.figures_dir or (REPO / "figures" if default_run else Path(args.run_dir) / "figures")
+    page = REPO / "docs" / "results.md" if default_run else RunLayout(args.run_dir).results_page
     ds = Study(cfg, args.run_dir, force=args.force, full=args.full, workers=args.workers, device=args.device,
-               figures_dir=None if args.no_figures else figures_dir, quick_figures=args.quick).run()
+               figures_dir=None if args.no_figures else figures_dir, quick_figures=args.quick, results_page=page).run()
     print(f"study {cfg.name}: {[str(s) for s in ds['student'].values]} x {[str(a) for a in ds['arm'].values]} x budgets "
           f"{[int(b) for b in ds['budget'].values]}: {RunLayout(args.run_dir).study_result(cfg.name, '.md')}")
     return 0

@@ -75,7 +75,7 @@ def load_config_yaml(path):
 
 def test_shipped_comparison_configs_load():
     head = load_compare_config(REPO / "configs" / "experiments" / "compare.yaml")
-    assert head.students == ["tiny-7b", "tiny-3b"] and head.methods == ["kd", "laid", "laid-paper"]
+    assert head.students == ["tiny-32b-short"] and head.methods == ["sft", "kd", "laid"]  # the testbed headline
     assert head.variants == ["base"] and len(head.seeds) >= 3  # the headline rows, several seeds
     full = load_compare_config(REPO / "configs" / "experiments" / "compare_full.yaml")
     assert set(full.methods) == set(ALL_METHODS) - set(INFERENCE_VARIANTS)

@@ -62,3 +62,20 @@ def test_attention_matching_on_selected_rows_trains(rows, random_zoo, vhs, tmp_p
     distill(tiny_config(random_zoo, vhs, tmp_path / rows, attn_rows=rows, max_steps=1, grad_accum=1), progress=False)
     row = _steps(tmp_path / rows)[0]
     assert row["attn_loss"] > 0 and row["attn_grad_norm"] > 0
+
+
+def test_rope_gains_train_at_their_own_rate(random_zoo, vhs, tmp_path):
+    # Adam moves every parameter by ~its rate per step whatever the loss weights: with lr_gain the
+    # gains move by ~lr_gain, not by the mixers' lr_aux (which they follow when lr_gain is null).
+    import xarray as xr
+
+    torch.set_num_threads(1)
+    moved = {}
+    for name, lr_gain in (("aux", None), ("own", 1e-5)):
+        distill(tiny_config(random_zoo, vhs, tmp_path / name, max_steps=1, grad_accum=1, lr_aux=1e-2, lr_gain=lr_gain),
+                progress=False)
+        ds = xr.load_dataset(tmp_path / name / "head_weights.nc")
+        moved[name] = float(abs(ds["gain_q"] - 1).max())
+        row = _steps(tmp_path / name)[0]
+        assert row["lr_gain"] == pytest.approx(lr_gain or 1e-2) and row["lr_aux"] == pytest.approx(1e-2)
+    assert 5e-3 < moved["aux"] < 2e-2 and moved["own"] < 2e-5

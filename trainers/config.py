@@ -162,6 +162,10 @@ class DistillConfig:
     rope_gain_layers: list[int] | None = None  # student layers with gains; None = the aligned ones
     lr_student: float = 1e-5
     lr_aux: float = 1e-4  # head mixers and RoPE gains ("weight coefficients" in the paper)
+    # The RoPE gains' own rate; null = lr_aux (the paper's single rate). A gain scales its rotary
+    # pair's logits multiplicatively and Adam moves it by ~lr per step whatever the loss weights, so
+    # a rate tuned for mixers can swing gains far from 1 in an epoch (docs/method.md, "RoPE response gain").
+    lr_gain: float | None = None
     weight_decay: float = 0.0  # student params only; never on mixers/gains (decay towards 0 is meaningless for a gain)
     warmup_ratio: float = 0.05
     warmup_steps: int | None = None  # absolute warmup steps; overrides warmup_ratio when set (transformers' convention)
@@ -219,6 +223,8 @@ class DistillConfig:
             raise ValueError(f"warmup_steps must be >= 0 or null, got {self.warmup_steps}")
         if any(int(s) < 1 for s in self.export_steps):
             raise ValueError(f"export_steps must be optimizer steps >= 1, got {self.export_steps}")
+        if self.lr_gain is not None and self.lr_gain <= 0:
+            raise ValueError(f"lr_gain must be > 0 or null (= lr_aux), got {self.lr_gain}")
         if self.attn_ramp_steps is not None and self.attn_ramp_steps < 1:
             raise ValueError(f"attn_ramp_steps must be >= 1 or null, got {self.attn_ramp_steps}")
         if self.diagnosed_layers < 1:

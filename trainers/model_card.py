@@ -88,7 +88,7 @@ def model_card(cfg: DistillConfig, train_log: str = "", eval_ds=None) -> str:
         f"| data | `{d.train_dir}` (settings {', '.join(d.settings)}, haystacks of {d.min_haystack}-{d.max_haystack} "
         f"images, {d.max_examples if d.max_examples is not None else 'all'} examples) |",
         f"| optimizer steps | {steps} (batch {cfg.per_device_batch_size} x accumulation {cfg.grad_accum} per process) |",
-        f"| learning rates | student {cfg.lr_student}, mixers/gains {cfg.lr_aux}, {cfg.lr_schedule} schedule |",
+        f"| learning rates | student {cfg.lr_student}, mixers {cfg.lr_aux}, RoPE gains {cfg.lr_gain if cfg.lr_gain is not None else cfg.lr_aux}, {cfg.lr_schedule} schedule |",
         f"| last logged loss terms | {json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in terms.items()})} |",
         "",
         "## Evaluation (Visual Haystacks)", "",

@@ -1,8 +1,8 @@
 """Optimizer and learning-rate schedule of the recipe.
 
-AdamW with two parameter groups, as the paper: the student's trainable parameters at lr_student
-(1e-5) with weight decay, and the head mixers + RoPE gains ("weight coefficients") at lr_aux (1e-4)
-without weight decay (decay would pull mixing weights and gains towards 0, which means nothing
+AdamW with the paper's two rates: the student's trainable parameters at lr_student (1e-5) with
+weight decay, and the head mixers + RoPE gains ("weight coefficients") at lr_aux (1e-4; the gains
+in their own group, at `lr_gain` when set) without weight decay (decay would pull mixing weights and gains towards 0, which means nothing
 for them). Both groups share one schedule: linear warmup over ceil(warmup_ratio * total) steps
 (paper: 0.05; or `warmup_steps`), then cosine or linear decay to 0, or constant (laid.schedule.lr_factor).
 """
@@ -19,14 +19,20 @@ from trainers.config import DistillConfig
 
 
 def param_groups(module: nn.Module, cfg: DistillConfig) -> list[dict]:
-    """[student group, aux group (if any)] of a DistillModule's trainable parameters."""
-    aux = [p for name, p in module.named_parameters() if p.requires_grad and not name.startswith("student.")]
-    student = [p for name, p in module.named_parameters() if p.requires_grad and name.startswith("student.")]
+    """[student group, aux group (mixers), gain group (RoPE gains)] of a DistillModule's trainable
+    parameters, the empty ones left out. The gains get `lr_gain` (default lr_aux)."""
+    named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    student = [p for name, p in named if name.startswith("student.")]
+    gain = [p for name, p in named if name.startswith("gain.")]
+    aux = [p for name, p in named if not name.startswith(("student.", "gain."))]
     if not student:
         raise ValueError("the student has no trainable parameters (check freeze_vision / LoRA settings)")
     groups = [{"params": student, "lr": cfg.lr_student, "weight_decay": cfg.weight_decay, "name": "student"}]
     if aux:
         groups.append({"params": aux, "lr": cfg.lr_aux, "weight_decay": 0.0, "name": "aux"})
+    if gain:
+        groups.append({"params": gain, "lr": cfg.lr_gain if cfg.lr_gain is not None else cfg.lr_aux, "weight_decay": 0.0,
+                       "name": "gain"})
     return groups
 
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The testbed study's whole grid on a lent GPU, as one prepared command (the device tool runs it in
+# the repository root; what it writes under $OUT comes back):
+#   bash scripts/study_device.sh             data + shipped zoo, then `laid study --full --device cuda`;
+#                                            study/ (tables, evaluations, diagnoses) copied to $OUT
+#   bash scripts/study_device.sh --dry-run   the same steps on the CPU on quick data (tests/test_study_device.py)
+# Then, here: `laid figures --run-dir <returned run> --only learning_curves` and `laid results` draw the
+# figure and the results page from the returned netCDF files (the device image has no papermill).
+# The device image (python 3.12, torch + CUDA, transformers, accelerate, peft, xarray) lacks netCDF4 and
+# cftime; carry their wheels in .whl/ (git-ignored; `carry: [".whl"]`), made here with
+#   pip download --python-version 3.12 --only-binary=:all: --platform manylinux2014_x86_64 netCDF4 cftime -d .whl
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+if ! "$PY" -c "import netCDF4" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --find-links .whl netCDF4 cftime
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+RUN=${RUN_DIR:-runs/device}
+OUT=${OUT:-$RUN/out}
+laid() { "$PY" -m laid_workflows.cli "$@"; }
+start=$(date +%s)
+if [ "$DRY" = 1 ]; then
+  laid data synth --out "$RUN/data" --quick
+  ARGS=(--quick --workers 2 --device cpu --override 'students=[tiny-32b-short]'
+        --override 'arms={sft: {method: sft}, kd: {method: kd}, laid: {method: laid}}')
+else
+  laid data synth --out "$RUN/data"
+  ARGS=(--full --device cuda --workers "${WORKERS:-8}")
+fi
+mkdir -p "$RUN/zoo"
+cp -r checkpoints/zoo/tiny-32b checkpoints/zoo/tiny-32b-short checkpoints/zoo/tiny-7b-ret "$RUN/zoo/"
+laid study --config configs/experiments/testbed.yaml --run-dir "$RUN" --no-figures "${ARGS[@]}"
+mkdir -p "$OUT"
+tar -C "$RUN" -czf "$OUT/study.tgz" --exclude checkpoints --exclude budgets study eval analysis/tiny-32b__base/diagnostics.nc
+cp "$RUN"/study/*.md "$OUT/"
+echo "study_device: $(( $(date +%s) - start )) s; $OUT/study.tgz"
