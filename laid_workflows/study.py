@@ -141,6 +141,21 @@ class Study:
         self.layout = RunLayout(run_dir)
         self.data = self.run_dir / cfg.data_dir
 
+    def ensure_inputs(self) -> None:
+        """The run's data must exist (`laid main --stages data`); zoo models missing from the run are
+        copied from the shipped checkpoints/zoo when trained from today's config, else trained
+        (`laid main` puts only its own students in the run)."""
+        from laid.zoo.cli import build_zoo, zoo_configs
+
+        if not (self.data / "test").is_dir() or not (self.data / "train").is_dir():
+            raise FileNotFoundError(f"{self.data} has no train/ and test/ splits: run `laid main --stages data --run-dir "
+                                    f"{self.run_dir}` (or `laid data synth --out {self.data}`) first")
+        zoo = self.run_dir / self.cfg.zoo_dir
+        missing = [m for m in (self.cfg.teacher, *self.cfg.students) if not (zoo / m / "config.json").is_file()]
+        if missing:  # models already in the run (its own, or a user's) are never replaced
+            self.log(f"zoo: adding {missing} to {zoo} (shipped checkpoints when trained from today's configs)")
+            build_zoo(zoo, zoo_configs(models=missing), checkpoints=REPO / "checkpoints" / "zoo")
+
     def distill_config(self, student: str, arm_name: str, seed: int, budgets: list[int]):
         from trainers.config import load_config as load_distill_config
 
@@ -190,6 +205,7 @@ class Study:
         from laid_workflows.study_stats import best_retrieval, build_study, study_markdown
 
         c, t0 = self.cfg, time.time()
+        self.ensure_inputs()
         if any(a.overrides.get("layer_map") == "diagnosed" for a in c.arms.values()):
             from laid_workflows.diagnosis import ensure_teacher_diagnosis
 
