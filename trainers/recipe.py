@@ -108,7 +108,8 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
     # From config files, before any weight is loaded: a pair that cannot work fails here, clearly.
     # (config-only meta-device models: never under ZeRO-3's collective init)
     with plain_model_loading():
-        pairs = check_pair(cfg.teacher_dir, cfg.student_dir, cfg.layer_pairs, cfg.layer_map).layer_pairs if cfg.uses_teacher else []
+        pairing = check_pair(cfg.teacher_dir, cfg.student_dir, cfg.layer_pairs, cfg.layer_map) if cfg.uses_teacher else None
+    pairs = pairing.layer_pairs if pairing is not None else []
     teacher = load_teacher(cfg) if cfg.uses_teacher else None
     # Read before prepare_teacher: a DeepSpeed engine's `.config` is the DeepSpeed dict.
     teacher_config = teacher.config if teacher is not None else None
@@ -119,7 +120,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
         from trainers.rope_gain import RopeGain
 
         gain = RopeGain.for_model(student, cfg.rope_gain_layers if cfg.rope_gain_layers is not None else [s for s, _ in pairs])
-    module = DistillModule(student, cfg, pairs, teacher_config, gain)
+    module = DistillModule(student, cfg, pairs, teacher_config, gain, qk_dims=pairing.qk_dims if pairing is not None else None)
     module.train()
     optimizer = build_optimizer(module, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)

@@ -234,6 +234,15 @@ class Family:
         """Text layers after which vision features are added again (Qwen3-VL's DeepStack); [] = none."""
         return []
 
+    def vision_dims(self, config) -> tuple[int, int, int]:
+        """(width, MLP width, blocks) of the vision tower (memory planning)."""
+        v = config.vision_config
+        return v.hidden_size, v.intermediate_size, getattr(v, "depth", None) or v.num_hidden_layers
+
+    def patches_per_token(self, config) -> int:
+        """Vision-tower patches behind one image token (memory planning): the merge / shuffle / pooling."""
+        return int(config.vision_config.spatial_merge_size) ** 2
+
     def long_rope_layers(self, config) -> list[int]:
         """Layers whose RoPE spans the whole context: where YaRN / SelfExtend act (all, by default)."""
         return list(range(self.text_config(config).num_hidden_layers))
@@ -267,3 +276,23 @@ class Family:
     def image_tokens(self, processor, width: int, height: int) -> int:
         """Tokens one width x height image becomes in the prompt (image placeholders only)."""
         raise NotImplementedError
+
+
+def shared_pairs(a: RotaryLayout, b: RotaryLayout, rtol: float = 1e-5) -> list[tuple[int, int]]:
+    """[(pair of a, pair of b)] rotating at the same frequency on the same position axis, in a's order:
+    the rotary subspaces where RoPE turns a's and b's vectors identically at any position (e.g. Gemma 3
+    4B's 128 pairs hold 27B's 64 at every other index: same base, head_dim 256 vs 128)."""
+    names_a, names_b = a.axis_labels(), b.axis_labels()
+    out, used = [], set()
+    for i, f in enumerate(a.inv_freq.tolist()):
+        for j, g in enumerate(b.inv_freq.tolist()):
+            if j not in used and names_a[i] == names_b[j] and abs(f - g) <= rtol * max(abs(f), abs(g)):
+                out.append((i, j))
+                used.add(j)
+                break
+    return out
+
+
+def pair_dims(pairs: list[int], n_pairs: int) -> list[int]:
+    """Head dims of rotary pairs `pairs` in rotate_half order: [p..., p + D/2...] (D = 2 n_pairs)."""
+    return list(pairs) + [p + n_pairs for p in pairs]

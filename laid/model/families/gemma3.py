@@ -52,6 +52,10 @@ class Gemma3(Family):
         blocks = None if types is None else image_blocks(types == 1)
         return AttentionPattern(scaling=float(attn.scaling), sliding_window=attn.sliding_window, blocks=blocks)
 
+    def patches_per_token(self, config) -> int:
+        v = config.vision_config
+        return (v.image_size // v.patch_size) ** 2 // config.mm_tokens_per_image  # average pooling (16 for 896 px)
+
     def image_tokens(self, processor, width: int, height: int) -> int:
         return processor.image_seq_length + 2  # <start_of_image> ... <end_of_image>
 

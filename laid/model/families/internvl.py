@@ -34,6 +34,9 @@ class InternVL(Family):
                       "do_normalize", "do_rescale", "rescale_factor")
     processor_class, config_class = LaidInternVLProcessor, InternVLConfig
 
+    def patches_per_token(self, config) -> int:
+        return round(1 / config.downsample_ratio**2)  # pixel shuffle
+
     def image_tokens(self, processor, width: int, height: int) -> int:
         tiles = processor.image_processor.get_number_of_image_patches(height, width, {})
         return processor.image_seq_length * tiles + 2  # <img> ... </img>

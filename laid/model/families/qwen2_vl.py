@@ -16,3 +16,7 @@ class Qwen2VL(MRopeFamily):
     name, label = "qwen2_vl", "Qwen2-VL"
     model_types = ("qwen2_vl", "qwen2_vl_text")
     processor_class, config_class = LaidQwen2VLProcessor, Qwen2VLConfig
+
+    def vision_dims(self, config) -> tuple[int, int, int]:
+        v = config.vision_config  # its hidden_size is the merger's output (the LM width)
+        return v.embed_dim, v.embed_dim * v.mlp_ratio, v.depth
