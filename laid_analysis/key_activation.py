@@ -62,9 +62,11 @@ class AnswerStats:
         self.rows: dict[tuple[int, int], list[dict]] = defaultdict(list)
 
     def update(self, layer: int, size: int, q_rot, k_rot, scaling: float, input_ids, real_mask, positions,
-               needles) -> None:
+               needles, pattern=None) -> None:
         """q_rot (B, H, S, D), k_rot (B, H_kv, S, D), input_ids/real_mask (B, S), positions (B, S)
-        temporal ids, needles: per row the needle image index (None if unknown)."""
+        temporal ids, needles: per row the needle image index (None if unknown); pattern: the layer's
+        AttentionPattern (None = causal). Keys the answer row cannot see (outside a sliding window)
+        get weight 0 and leave the logit statistics (NaN where no needle / image key is visible)."""
         n_heads, n_kv = q_rot.shape[1], k_rot.shape[1]
         for b in range(q_rot.shape[0]):
             keep = real_mask[b].nonzero().squeeze(-1).to(q_rot.device)
@@ -72,13 +74,15 @@ class AnswerStats:
             pos = positions[b].to(keep.device)[keep].double()
             q, k = q_rot[b][:, keep].float(), k_rot[b][:, keep].float()  # (H, S, D), (H_kv, S, D)
             k_h = k.repeat_interleave(n_heads // n_kv, dim=0)
+            seen = torch.ones(len(keep), dtype=torch.bool, device=keep.device) if pattern is None else \
+                pattern.select(keep, b).visible(torch.tensor([len(keep) - 1], device=keep.device), len(keep))[0, 0]
             logits = torch.einsum("hd,hsd->hs", q[:, -1], k_h) * scaling  # (H, S): the answer row
-            w = torch.softmax(logits, dim=-1)
-            image = ids == self.image_id
-            if not bool(image.any()):
+            w = torch.softmax(logits.masked_fill(~seen, float("-inf")), dim=-1)
+            if not bool((ids == self.image_id).any()):
                 raise ValueError("answer statistics need image tokens; this haystack has none")
+            image = (ids == self.image_id) & seen  # image keys the answer row sees
             row = {"image_mass": w[:, image].sum(-1), "key_activation_raw": logits[:, image].mean(-1),
-                   "attn_entropy": -(w * torch.log(w.clamp_min(1e-30))).sum(-1), "logit_scale": logits.std(-1),
+                   "attn_entropy": -(w * torch.log(w.clamp_min(1e-30))).sum(-1), "logit_scale": logits[:, seen].std(-1),
                    "q_norm": q.norm(dim=-1).mean(-1), "k_norm": k.norm(dim=-1).mean(-1)}
             sink = torch.zeros_like(image)
             sink[:SINK_TOKENS] = True
@@ -93,9 +97,9 @@ class AnswerStats:
                 in_needle = torch.zeros_like(image)
                 in_needle[s:e] = True
                 row["needle_mass"] = w[:, in_needle].sum(-1)
-                distract = image & ~in_needle
+                distract, in_needle = image & ~in_needle, in_needle & seen
                 row["needle_margin"] = (logits[:, in_needle].mean(-1) - logits[:, distract].mean(-1)
-                                        if bool(distract.any()) else nan)
+                                        if bool(distract.any()) and bool(in_needle.any()) else nan)
             else:
                 row["needle_mass"], row["needle_margin"] = nan, nan
             dist = (pos[-1] - pos[image]).float()  # (N_img,)

@@ -1,8 +1,9 @@
 """Which token positions an analysis looks at: image tokens, text tokens, the question.
 
 All masks are (B, S) bool over the model inputs of `laid.model.prompting.encode_batch` (left-padded).
-Image tokens are the `<|image_pad|>` placeholders (config.image_token_id) that the vision tower's
-embeddings replace; padding is never selected.
+Image tokens are the family's image placeholders (`<|image_pad|>`, `<IMG_CONTEXT>`,
+`<image_soft_token>`: `Family.image_token_id`) that the vision tower's embeddings replace; padding
+is never selected.
 """
 
 from __future__ import annotations
@@ -45,16 +46,12 @@ def select(batch: dict, which: str, image_token_id: int) -> torch.Tensor:
 
 
 def rope_positions(model, batch: dict) -> torch.Tensor:
-    """(3, B, S) long: the temporal/height/width M-RoPE position ids the model itself assigns to
-    the batch (its `get_rope_index`), so analyses measure distance the way RoPE rotates."""
-    inner = getattr(model, "model", model)
-    if not hasattr(inner, "get_rope_index"):
-        raise ValueError(f"{type(model).__name__} has no get_rope_index: not a Qwen2.5-VL-like model")
-    position_ids, _ = inner.get_rope_index(
-        batch["input_ids"], batch.get("mm_token_type_ids"), image_grid_thw=batch.get("image_grid_thw"),
-        attention_mask=batch.get("attention_mask"),
-    )
-    return position_ids.long()
+    """(A, B, S) long: the position ids the model itself rotates the batch by (its family adapter:
+    the temporal/height/width M-RoPE ids of `get_rope_index` for the Qwen-VL families, the token
+    index for InternVL3 / Gemma 3), so analyses measure distance the way RoPE rotates."""
+    from laid.model.families import family_of
+
+    return family_of(model).positions(model, batch).long()
 
 
 def image_spans(input_ids: torch.Tensor, image_token_id: int) -> list[tuple[int, int]]:

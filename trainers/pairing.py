@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 
-from laid.model.families import RotaryLayout, family_named, family_of, pair_dims, rotary_from_config, shared_pairs, text_decoder
+from laid.model.families import (RotaryLayout, family_named, family_of, pair_dims, rotary_from_config, shared_pairs,
+                                 snap_to_type, text_decoder)
 from laid.model.loading import check_model_dir
 from trainers.losses.distillation import shared_vocab_note
 
@@ -245,16 +246,6 @@ def _check_tokenizers(teacher: ModelShape, student: ModelShape, shared: int, pro
         notes.append(f"tokenizers agree on all shared ids; every token id (max {top}) is below {shared}")
 
 
-def _snap_to_type(pairs, student: ModelShape, teacher: ModelShape) -> list[tuple[int, int]]:
-    """Named maps: each teacher layer moved to the nearest teacher layer of the student layer's type
-    (Gemma 3 pairs sliding with sliding, full with full; a no-op where all layers are full)."""
-    out = []
-    for s, t in pairs:
-        same = [i for i, kind in enumerate(teacher.layer_types) if kind == student.layer_types[s]]
-        out.append((s, min(same, key=lambda i: (abs(i - t), i)) if same and t not in same else t))
-    return out
-
-
 def _shared_dims(pairs, student: ModelShape, teacher: ModelShape, problems: list[str], notes: list[str]) -> dict:
     """Check every layer pair's RoPE (module docstring); {student layer: (student dims, teacher dims)}
     where head_dims differ and the smaller head's rotary pairs all have twins in the larger one."""
@@ -306,7 +297,7 @@ def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=Non
         explicit = map_layers(layer_map, student.n_layers, teacher.n_layers)
     pairs = _resolve_pairs(explicit, student.n_layers, teacher.n_layers, problems)
     if named:
-        pairs = _snap_to_type(pairs, student, teacher)
+        pairs = snap_to_type(pairs, student.layer_types, teacher.layer_types)
     qk_dims = _shared_dims(pairs, student, teacher, problems, notes)
     if student.deepstack or teacher.deepstack:
         notes.append(f"DeepStack: vision features are added after text layers {teacher.deepstack} (teacher) and "

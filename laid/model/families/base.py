@@ -98,32 +98,42 @@ class AttentionPattern:
     def is_causal(self) -> bool:
         return self.sliding_window is None and self.blocks is None
 
+    def visible(self, rows: torch.Tensor, n_keys: int) -> torch.Tensor:
+        """(1 or B, c, n_keys) bool: keys [0, n_keys) that query tokens `rows` (c,) see by the rule
+        (causal | same block, then & window); padding is the caller's business."""
+        i = rows[:, None]  # (c, 1)
+        j = torch.arange(n_keys, device=rows.device)[None, :]  # (1, n)
+        ok = (j <= i)[None]  # (1, c, n)
+        if self.blocks is not None:
+            blocks = self.blocks.to(rows.device)
+            bq, bk = blocks[:, rows][:, :, None], blocks[:, :n_keys][:, None, :]  # (B, c, 1), (B, 1, n)
+            ok = ok | ((bq == bk) & (bq >= 0))
+        if self.sliding_window is not None:
+            ok = ok & (j > i - self.sliding_window)[None]
+        return ok
+
     def allowed(self, start: int, n_rows: int, n_keys: int, key_valid: torch.Tensor, query_valid: torch.Tensor) -> torch.Tensor:
         """(B, 1, c, n_keys) bool for query rows [start, start + c) and keys [0, n_keys).
 
         key_valid (B, n_keys), query_valid (B, c) bool (padding False). A padding query row keeps its
         diagonal so a softmax over it stays finite (callers drop those rows)."""
-        device = key_valid.device
-        i = torch.arange(start, start + n_rows, device=device)[:, None]  # (c, 1)
-        j = torch.arange(n_keys, device=device)[None, :]  # (1, n)
-        ok = (j <= i)[None]  # (1, c, n)
-        if self.blocks is not None:
-            bq = self.blocks[:, start:start + n_rows].to(device)[:, :, None]  # (B, c, 1)
-            bk = self.blocks[:, :n_keys].to(device)[:, None, :]  # (B, 1, n)
-            ok = ok | ((bq == bk) & (bq >= 0))
-        if self.sliding_window is not None:
-            ok = ok & (j > i - self.sliding_window)[None]
-        ok = ok & key_valid[:, None, :] & query_valid[:, :, None]
-        ok = ok | ((j == i)[None] & ~query_valid[:, :, None])
+        rows = torch.arange(start, start + n_rows, device=key_valid.device)
+        ok = self.visible(rows, n_keys) & key_valid[:, None, :] & query_valid[:, :, None]
+        ok = ok | ((torch.arange(n_keys, device=rows.device)[None, :] == rows[:, None])[None] & ~query_valid[:, :, None])
         return ok[:, None]
 
     def key_stop(self, start: int, stop: int) -> int:
         """Keys [0, key_stop) hold every key a row in [start, stop) can see (later image-block keys)."""
+        return self.rows_key_stop(torch.arange(start, stop))
+
+    def rows_key_stop(self, rows: torch.Tensor) -> int:
+        """Keys [0, key_stop) hold every key query tokens `rows` can see."""
+        last = int(rows.max()) + 1
         if self.blocks is None:
-            return stop
+            return last
         if self._block_end is None:
             self._block_end = block_ends(self.blocks)
-        return max(stop, int(self._block_end[:, start:stop].max()) + 1)
+        return max(last, int(self._block_end[:, rows.to(self._block_end.device)].max()) + 1)
 
     def select(self, index: torch.Tensor, row: int = 0) -> "AttentionPattern":
         """The pattern of one row (batch index `row`) restricted to the tokens `index` (S',), e.g.
@@ -137,12 +147,11 @@ def block_ends(blocks: torch.Tensor) -> torch.Tensor:
     """(B, S): for a token in block b the index of b's last token, for any other token itself."""
     b, s = blocks.shape
     idx = torch.arange(s, device=blocks.device).expand(b, s)
-    # A block is a run of equal ids >= 0; its end is the last index of the run. Scan from the right.
-    out = idx.clone()
-    for t in range(s - 2, -1, -1):
-        same = (blocks[:, t] >= 0) & (blocks[:, t] == blocks[:, t + 1])
-        out[:, t] = torch.where(same, out[:, t + 1], idx[:, t])
-    return out
+    # A block is a run of equal ids >= 0; its end is the run's last index, the first end at or after t.
+    nxt = torch.nn.functional.pad(blocks, (0, 1), value=-1)[:, 1:]
+    ends = torch.where((blocks >= 0) & (nxt != blocks), idx, torch.full_like(idx, s))
+    first_end = torch.flip(torch.cummin(torch.flip(ends, [1]), dim=1).values, [1])
+    return torch.where(blocks >= 0, first_end, idx)
 
 
 def image_blocks(token_is_image: torch.Tensor) -> torch.Tensor:
@@ -225,6 +234,10 @@ class Family:
     def image_token_id(self, config) -> int:
         return int(config.image_token_id)
 
+    def image_start_token_id(self, config) -> int | None:
+        """The token opening each image (an attention sink the analysis reports), None if the config has none."""
+        return getattr(config, "vision_start_token_id", None)
+
     def layer_types(self, config) -> list[str]:
         """One entry per text layer, FULL or SLIDING (the config's `layer_types` where it has them)."""
         text = self.text_config(config)
@@ -296,3 +309,14 @@ def shared_pairs(a: RotaryLayout, b: RotaryLayout, rtol: float = 1e-5) -> list[t
 def pair_dims(pairs: list[int], n_pairs: int) -> list[int]:
     """Head dims of rotary pairs `pairs` in rotate_half order: [p..., p + D/2...] (D = 2 n_pairs)."""
     return list(pairs) + [p + n_pairs for p in pairs]
+
+
+def snap_to_type(pairs, student_types: list[str], teacher_types: list[str]) -> list[tuple[int, int]]:
+    """(student layer, teacher layer) pairs with each teacher layer moved to the nearest teacher layer
+    of the student layer's type (ties: the shallower), so a named layer map never pairs a Gemma 3
+    sliding layer with a full one (their RoPE bases differ); a no-op where all layers are full."""
+    out = []
+    for s, t in pairs:
+        same = [i for i, kind in enumerate(teacher_types) if kind == student_types[s]]
+        out.append((s, min(same, key=lambda i: (abs(i - t), i)) if same and t not in same else t))
+    return out

@@ -61,3 +61,6 @@ class Gemma3(Family):
 
     def image_token_id(self, config) -> int:
         return int(config.image_token_index)
+
+    def image_start_token_id(self, config) -> int | None:
+        return int(config.boi_token_index)
