@@ -34,7 +34,9 @@ def build_model(cfg: ZooModelConfig, seed: int | None = None, family: str = DEFA
     torch.manual_seed(cfg.pretrain.seed if seed is None else seed)
     hf = toys.hf_config(family, cfg, toys.build_tokenizer(family), **text_overrides)
     hf._attn_implementation = "sdpa"
-    return AutoModelForImageTextToText.from_config(hf).float()
+    model = AutoModelForImageTextToText.from_config(hf).float()
+    toys.init_toy(model, family, cfg)
+    return model
 
 
 def save_zoo_folder(model, processor, cfg: ZooModelConfig, out_dir: str | Path, log: dict | None = None) -> Path:

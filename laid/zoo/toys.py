@@ -12,6 +12,7 @@ The shipped zoo stays Qwen2.5-VL (`ZooModelConfig.to_hf`); `laid zoo --family F`
 
 from __future__ import annotations
 
+import torch
 from transformers import Gemma3Config, InternVLConfig, Qwen2VLConfig, Qwen3VLConfig
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
@@ -90,6 +91,16 @@ def _text(cfg: ZooModelConfig, **extra) -> dict:
                 num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
                 num_key_value_heads=t.num_key_value_heads, max_position_embeddings=t.max_position_embeddings,
                 initializer_range=t.initializer_range, **extra)
+
+
+def init_toy(model, family: str, cfg: ZooModelConfig) -> None:
+    """Family-specific initialisation of a random toy. Gemma 3 zero-initialises its image projection
+    (transformers' _init_weights), so every image token of a random toy would enter the LM as the
+    same zero vector (attention over an image uniform, image Q/K of layer 0 zero); a random toy gets
+    the text's init instead, so untrained toys and the tests see distinct image tokens."""
+    if family == "gemma3":
+        with torch.no_grad():
+            model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, cfg.text.initializer_range)
 
 
 def interleaved_section(n_pairs: int) -> list[int]:

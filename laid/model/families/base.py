@@ -224,6 +224,9 @@ class Family:
     processor_keys: tuple[str, ...] = ("image_mean", "image_std", "size", "do_normalize", "do_rescale", "rescale_factor")
     end_of_turn: str = "<|im_end|>"  # closes an assistant turn in the family's chat format
     pixel_cache: bool = False  # laid.model.pixel_cache can build this family's batches
+    # The toy zoo's image bank (laid/zoo/image_bank.py) can feed cached vision features as the model's
+    # `mm_encoder_outputs` (Qwen2.5-VL; Qwen3-VL would also need its DeepStack features).
+    encoder_cache: bool = False
     processor_class: type | None = None  # the torchvision-free processor (registered with AutoProcessor)
     config_class: type | None = None
 
@@ -289,6 +292,16 @@ class Family:
     def image_tokens(self, processor, width: int, height: int) -> int:
         """Tokens one width x height image becomes in the prompt (image placeholders only)."""
         raise NotImplementedError
+
+    def vision_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The vision tower's and its projector's parameters."""
+        return [p for n, p in model.named_parameters() if n.startswith(self.vision_prefixes)]
+
+    def image_features(self, model: nn.Module, image_inputs: dict) -> torch.Tensor:
+        """(n_images, tokens, hidden) features the LM receives for the image processor's output."""
+        inputs = {k: v for k, v in image_inputs.items() if k in ("pixel_values", "image_grid_thw")}
+        out = find_owner(model, "get_image_features").get_image_features(**inputs).pooler_output
+        return torch.stack(list(out)) if isinstance(out, (tuple, list)) else out
 
 
 def shared_pairs(a: RotaryLayout, b: RotaryLayout, rtol: float = 1e-5) -> list[tuple[int, int]]:

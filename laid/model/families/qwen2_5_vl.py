@@ -18,3 +18,4 @@ class Qwen2_5_VL(MRopeFamily):
     name, label = "qwen2_5_vl", "Qwen2.5-VL"
     model_types = ("qwen2_5_vl", "qwen2_5_vl_text")
     processor_class, config_class = LaidQwen2_5_VLProcessor, Qwen2_5_VLConfig
+    encoder_cache = True
