@@ -12,7 +12,7 @@ import torch
 import xarray as xr
 from accelerate import Accelerator
 from family_helpers import FAMILIES, haystack_batch
-from recipe_helpers import quick_vhs
+from recipe_helpers import quick_vhs, trained_looking
 from transformers import AutoConfig
 
 from laid.eval.run import evaluate
@@ -59,17 +59,6 @@ def test_every_method_distills_and_exports(family, family_pairs, vhs, tmp_path):
                 assert np.all(hw["gain_q"].values == hw["gain_q"].values[:, :1])
 
 
-def _trained_looking(module):
-    torch.manual_seed(1)
-    with torch.no_grad():  # gains away from 1, mixers and LoRA B away from 0
-        for name, p in module.named_parameters():
-            if name.startswith("gain.") or ".mixer." in name:
-                p.copy_(torch.rand_like(p) + 0.5)
-            elif "lora_B" in name:
-                p.copy_(torch.randn_like(p) * 0.05)
-    return module.eval()
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_export_reproduces_the_module_and_evaluates_and_diagnoses(family, family_pairs, vhs, tmp_path):
     pair = family_pairs[family]
@@ -81,7 +70,7 @@ def test_export_reproduces_the_module_and_evaluates_and_diagnoses(family, family
         student = build_student(cfg)
         gain = RopeGain.for_model(student, [1]) if cfg.uses_gain else None
         pairs = [(1, 1)] if cfg.uses_mixers else []
-        module = _trained_looking(DistillModule(student, cfg, pairs, AutoConfig.from_pretrained(pair["teacher"]), gain))
+        module = trained_looking(DistillModule(student, cfg, pairs, AutoConfig.from_pretrained(pair["teacher"]), gain))
         acc = Accelerator(cpu=True)
         exports[method] = export_run(acc, acc.prepare(module), cfg, processor, pairs, tmp_path / method)
         with torch.no_grad():
