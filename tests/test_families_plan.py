@@ -46,6 +46,10 @@ def test_gemma_shapes_come_from_the_published_layer_pattern():
     local, glob = shape.layouts["sliding_attention"], shape.layouts["full_attention"]
     # local: base 1e4 (rope_local_base_freq); global: base 1e6 with linear x8 (the published rope_scaling)
     assert float(local.inv_freq[1]) == pytest.approx(10_000 ** (-2 / 128)) and float(glob.inv_freq[1]) == pytest.approx(1e6 ** (-2 / 128) / 8)
+    # explicit pairs: full with full aligns on the shared pairs; full with sliding is refused in one line
+    assert check_pair(CONFIGS / "gemma-3-27b-it", CONFIGS / "gemma-3-4b-it", "29:59").layer_pairs == [(29, 59)]
+    with pytest.raises(PairingError, match="student layer 29 .full_attention.*teacher layer 61 .sliding_attention.*one type"):
+        check_pair(CONFIGS / "gemma-3-27b-it", CONFIGS / "gemma-3-4b-it", "29:61")
 
 
 def test_a_cross_family_pair_is_refused_in_one_line(capsys):

@@ -89,12 +89,14 @@ def test_export_reproduces_the_module_and_evaluates_and_diagnoses(family, family
     layers = [1] if family == "gemma3" else None  # one RoPE layout per analysis (Gemma: the full layer)
     written = diagnose(exports["laid"], vhs / "test", vhs, [2, 5], tmp_path / "diagnose", reference=pair["teacher"],
                        head_weights=exports["laid"] / "head_weights.nc", max_samples=1, layers=layers, progress=False,
-                       settings=AnalysisSettings(profile_max_samples=1))
+                       settings=AnalysisSettings(profile_max_samples=1), ablate_layers=[1], ablate_pairs=2, n_bands=2)
     ds, cmp = xr.load_dataset(written["diagnostics"]), xr.load_dataset(written["comparison"])
     layout = family_of(exports["laid"]).layer_rotary_layout(load_model(exports["laid"], device="cpu"), 1)
     np.testing.assert_allclose(ds["rope_freq"].values, layout.inv_freq.numpy() / (2 * np.pi))  # the family's own RoPE
     assert ds["rope_axis"].values.tolist() == layout.axis_labels()
     assert np.isfinite(float(cmp["fidelity_score"])) and int(cmp["teacher_layer"].sel(layer=1)) == 1  # the export's pair
+    abl = xr.load_dataset(written["ablation"])  # heads and rotary bands zeroed where RoPE reads (after a QK-norm)
+    assert np.all(np.isfinite(abl["margin_change"].values))
     if family == "gemma3":  # two layouts in one run are refused in one line
         with pytest.raises(ValueError, match="2 RoPE layouts.*--layers") as err:
             diagnose(exports["laid"], vhs / "test", vhs, [2], tmp_path / "mixed", max_samples=1, progress=False)

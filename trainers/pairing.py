@@ -258,9 +258,10 @@ def _shared_dims(pairs, student: ModelShape, teacher: ModelShape, problems: list
         small = min(a.n_pairs, b.n_pairs)
         what = (f"student layer {s} ({student.layer_types[s]}, {a.n_pairs} rotary pairs) and teacher layer {t} "
                 f"({teacher.layer_types[t]}, {b.n_pairs})")
+        if student.layer_types[s] != teacher.layer_types[t]:
+            problems.append(f"RoPE differs between {what}: pair layers of one type")
+            continue
         if student.head_dim == teacher.head_dim:
-            if student.layer_types[s] != teacher.layer_types[t]:
-                problems.append(f"RoPE differs between {what}: pair layers of one type")
             continue  # the settings themselves differ: reported once by check_pair
         if len(shared) < small:
             problems.append(f"head_dim differs (teacher {teacher.head_dim}, student {student.head_dim}) and {what} share "

@@ -56,7 +56,9 @@ We take d_ij = max_a |pos_a(i) - pos_a(j)| from the model's own position ids (`p
 difference; for a text query and an image key it is the temporal difference (the image's start
 versus the text position, the largest of the three); inside an image it is the Chebyshev distance
 of the patches. A 20-image haystack spans ~8k tokens but only ~600 positions, so token distances
-would overstate how far RoPE has rotated. `positions=None` falls back to the token index.
+would overstate how far RoPE has rotated. `positions=None` falls back to the token index. The
+positions come from the student's family (`laid.model.families`): (3, B, S) M-RoPE ids for the
+Qwen-VL families, (1, B, S) token indices for InternVL3 and Gemma 3, whose RoPE is 1-D.
 
 Distance weights (`DistanceWeighting`): w(d, t) = 1 + alpha(t) * f(d / d_max) with d_max the
 largest distance between two valid tokens of the row's sequence (so the farthest pair of every
