@@ -94,10 +94,6 @@ class AttentionPattern:
         of a family with windows, blocks or another scale (kept as the ablation the tests fail)."""
         return cls(scaling=head_dim**-0.5)
 
-    @property
-    def is_causal(self) -> bool:
-        return self.sliding_window is None and self.blocks is None
-
     def visible(self, rows: torch.Tensor, n_keys: int) -> torch.Tensor:
         """(1 or B, c, n_keys) bool: keys [0, n_keys) that query tokens `rows` (c,) see by the rule
         (causal | same block, then & window); padding is the caller's business."""
