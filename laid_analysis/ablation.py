@@ -30,6 +30,7 @@ import xarray as xr
 
 from laid.data.questions import SINGLE, single_needle_question
 from laid.data.vhs import VHsEntry, arrange_haystack, load_images
+from laid.model.families import pre_rope_module
 from laid.model.hooks import text_decoder
 from laid.model.prompting import Example
 from laid_analysis.intervals import bootstrap_mean
@@ -94,11 +95,16 @@ def ablate(model, layer: int, head: int | None = None, pairs: list[int] | None =
         idx = torch.tensor(list(pairs) + [p + d // 2 for p in pairs])
 
         def zero_pairs(module, args, out):
+            if out.ndim == 4:  # a QK-norm's output (Qwen3-VL, Gemma 3), heads split already: what RoPE rotates
+                out = out.clone()
+                out[..., idx] = 0
+                return out
             b, s, _ = out.shape
             out = out.view(b, s, -1, d).clone()
             out[..., idx] = 0
             return out.view(b, s, -1)
-        handles += [attn.q_proj.register_forward_hook(zero_pairs), attn.k_proj.register_forward_hook(zero_pairs)]
+        # On the module RoPE reads from: zeroing q_proj rows before a QK-norm would be renormalised away.
+        handles += [pre_rope_module(attn, w).register_forward_hook(zero_pairs) for w in ("q", "k")]
     try:
         yield
     finally:

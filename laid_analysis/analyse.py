@@ -3,8 +3,11 @@
 One forward per batch, with `record_qk` streaming each layer's pre- and post-RoPE Q/K to a
 callback: the layer's statistics (answer-query statistics of every haystack, distance sums, Q/K
 pair moments, rotary pair norms) are computed right there and the tensors dropped, so memory
-holds one layer's Q/K at a time, never the whole model's. Distances are M-RoPE position
-differences from the model's own `get_rope_index` (tokens.rope_positions).
+holds one layer's Q/K at a time, never the whole model's. Distances are position-id differences
+as the model's family assigns them (tokens.rope_positions: M-RoPE's temporal ids from
+`get_rope_index` for the Qwen-VL families, token indices for InternVL3 / Gemma 3), and every
+attention row uses the layer's real mask and scale (the family's AttentionPattern: Gemma 3's sliding
+window and image blocks, query_pre_attn_scalar).
 The LM head runs on the last position only (`logits_to_keep=1`): nothing here needs the logits.
 
 Cost. The answer-query statistics are one row of attention per haystack (cheap; every haystack
@@ -23,6 +26,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from laid.data.vhs import VHsEntry
+from laid.model.families import family_of
 from laid.model.prompting import Example, encode_batch
 from laid.model.hooks import record_qk, resolve_layers, text_decoder
 from laid.model.pixel_cache import SHARED
@@ -85,10 +89,12 @@ def analyse_model(model, processor, haystacks: dict[int, list[Example | VHsEntry
         raise ValueError("no haystacks to analyse")
     _, decoder_layers = text_decoder(model)
     layers = resolve_layers(settings.layers, len(decoder_layers))
+    family = family_of(model)
+    pairs = rotary_pairs(model, layers)  # refuses layers of different RoPE layouts (Gemma 3) before any work
     scaling = {i: float(decoder_layers[i].self_attn.scaling) for i in layers}
     profile_sizes = set(settings.profile_sizes or [max(haystacks)])
-    image_id = model.config.image_token_id
-    start_id = getattr(model.config, "vision_start_token_id", None)
+    image_id = family.image_token_id(model.config)
+    start_id = family.image_start_token_id(model.config)
     answers, rope = AnswerStats(image_id, start_id), RopeUsage()
     profile, moments = DistanceProfile(settings.chunk_size, settings.distance_units), PairMoments()
 
@@ -115,10 +121,11 @@ def analyse_model(model, processor, haystacks: dict[int, list[Example | VHsEntry
                     pending[(layer, site)] = x
                     return
                 q, k = pending.pop((layer, "q_rot")), x
-                answers.update(layer, size, q, k, scaling[layer], batch["input_ids"], real, positions, needles)
+                pattern = family.attention_pattern(model, layer, batch)
+                answers.update(layer, size, q, k, scaling[layer], batch["input_ids"], real, positions, needles, pattern)
                 if in_profile:
                     profile.update(layer, q, k, scaling[layer], real, qsel, ksel,
-                                   positions if settings.distance_units == "positions" else None)
+                                   positions if settings.distance_units == "positions" else None, pattern)
                     rope.update(layer, q, k, qsel, ksel)
                     moments.update(layer, pending.pop((layer, "q")), pending.pop((layer, "k")), qsel & real, ksel & real)
 
@@ -129,7 +136,6 @@ def analyse_model(model, processor, haystacks: dict[int, list[Example | VHsEntry
     bar.close()
 
     prof = profile.to_dataset()
-    pairs = rotary_pairs(model)
     ds = xr.merge([answers.to_dataset(settings.local_threshold), prof,
                    spectra.spectra_dataset(prof, settings.low_freq_cycles, settings.global_threshold),
                    rope.to_dataset(pairs), moments.to_dataset(pairs, scaling, prof["distance"].values)],

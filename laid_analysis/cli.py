@@ -20,7 +20,7 @@ def register(subparsers) -> None:
                     "pairs. Writes netCDF, PNG and report.html to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("model_dir", help="Hugging Face folder of the checkpoint (toy or real Qwen2.5-VL)")
+    p.add_argument("model_dir", help="Hugging Face folder of the checkpoint (toy or real; any supported family)")
     p.add_argument("--data", required=True, help="a VHs root (e.g. runs/default/data/test or the real benchmark), a setting "
                    "folder or one visual_haystack_N.json file")
     p.add_argument("--image-root", required=True, help="folder the image paths of the VHs files are relative to")
@@ -35,7 +35,8 @@ def register(subparsers) -> None:
                    help="haystacks per profile size feeding the distance profile and pair spectrum (0 = all)")
     p.add_argument("--distance-units", choices=("positions", "tokens"), default="positions",
                    help="distance axis: M-RoPE position difference, or token-index difference (ablation)")
-    p.add_argument("--layers", type=int, nargs="+", default=None, help="text layers of the checkpoint (default all; -1 = last)")
+    p.add_argument("--layers", type=int, nargs="+", default=None,
+                   help="text layers of the checkpoint (default all; -1 = last); Gemma 3: layers of one type (sliding or full)")
     p.add_argument("--profile-sizes", type=int, nargs="+", default=None,
                    help="sizes feeding the distance profile and RoPE usage (default: the largest)")
     p.add_argument("--queries", choices=tokens.QUERY_CHOICES, default="all", help="query tokens of the distance profile")

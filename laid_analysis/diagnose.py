@@ -25,6 +25,7 @@ from typing import Iterable
 import torch
 import xarray as xr
 
+from laid.model.families import family_of, snap_to_type
 from laid.model.loading import check_model_dir, load_model, load_processor
 from laid_analysis import report
 from laid_analysis.analyse import AnalysisSettings, analyse_model
@@ -45,6 +46,12 @@ def _n_text_layers(model_dir: Path) -> int:
     cfg = json.loads((model_dir / "config.json").read_text())
     text = cfg.get("text_config") or cfg
     return int(text.get("num_hidden_layers") or cfg["num_hidden_layers"])
+
+
+def _layer_types(model_dir: Path) -> list[str]:
+    from transformers import AutoConfig
+
+    return family_of(model_dir).layer_types(AutoConfig.from_pretrained(model_dir))
 
 
 def _analyse_folder(model_dir: Path, entries, settings: AnalysisSettings, label: str, device, dtype, progress,
@@ -103,11 +110,15 @@ def _reuse_reference(path: Path, student: xr.Dataset, layers: list[int]) -> xr.D
     return ref.sel(layer=layers)
 
 
-def layer_pairs(n_student: int, n_teacher: int, student_layers, head_weights: xr.Dataset | None) -> dict[int, int]:
+def layer_pairs(n_student: int, n_teacher: int, student_layers, head_weights: xr.Dataset | None,
+                types: tuple[list[str], list[str]] | None = None) -> dict[int, int]:
     """Student layer -> teacher layer: the export's layer pairs where it names them (absolute
-    indices, see head_weights.with_absolute_layers), else relative depth."""
+    indices, see head_weights.with_absolute_layers), else relative depth moved to the nearest teacher
+    layer of the student layer's type (`types`: student's and teacher's layer types; Gemma 3)."""
     layers = resolve_layers(student_layers, n_student)
     pairs = default_layer_map(layers, range(n_teacher), n_student, n_teacher)
+    if types is not None:
+        pairs = dict(snap_to_type(pairs.items(), *types))
     if head_weights is not None and "student_layer" in head_weights.coords:
         for s, t in zip(head_weights["student_layer"].values, head_weights["teacher_layer"].values):
             if int(s) in pairs:
@@ -185,7 +196,7 @@ def diagnose(
         n_s, n_t = _n_text_layers(model_dir), _n_text_layers(ref_dir)
         if hw is not None:
             hw = with_absolute_layers(hw, n_s, n_t)
-        pairs = layer_pairs(n_s, n_t, settings.layers, hw)
+        pairs = layer_pairs(n_s, n_t, settings.layers, hw, (_layer_types(model_dir), _layer_types(ref_dir)))
         ref_settings = AnalysisSettings(**{**settings.__dict__, "layers": sorted(set(pairs.values()))})
         if reference_analysis is not None:
             ref = _reuse_reference(Path(reference_analysis), ds, ref_settings.layers).assign_attrs(model_name=reference_label)

@@ -26,12 +26,18 @@ against all keys up to its last query, (H, C, S) at most, so each row's softmax 
 row of keys and is exact, while nothing of size (H, S, S) is ever held. Sums and pair counts
 per distance are accumulated with index_add_/bincount. The chunk size is picked from a memory
 budget unless given; results do not depend on it (tested).
+
+Masks: the softmax of each row runs over the keys the layer really shows it (`pattern`, the family
+adapter's AttentionPattern: Gemma 3's sliding window on local layers, its bidirectional image blocks;
+causal otherwise), so `attention` is the model's own weight; `uniform` is 1 / (keys the row sees).
 """
 
 from __future__ import annotations
 
 import torch
 import xarray as xr
+
+from laid.model.families import AttentionPattern
 
 DEFAULT_BUDGET_BYTES = 256 * 2**20
 
@@ -49,12 +55,16 @@ def distance_sums(
     key_mask: torch.Tensor | None = None,
     chunk_size: int | None = None,
     positions: torch.Tensor | None = None,
+    pattern: AttentionPattern | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Per-distance sums for one sequence of real tokens (no padding).
 
     q (H, S, D), k (H_kv, S, D): post-RoPE. query_mask / key_mask (S,) bool pick the pairs that are
-    counted (the softmax always runs over every causal key). positions (S,) int: each token's
-    position (None = token index); it must not decrease along the sequence. Returns
+    counted (the softmax always runs over every key the layer shows the query). positions (S,) int:
+    each token's position (None = token index); it must not decrease along the sequence. pattern:
+    the layer's mask rule for this sequence (AttentionPattern with one row, padding removed; None =
+    causal): a sliding window hides far keys, an image block shows later keys of the same image to its
+    tokens; those later keys (negative distance) are in the softmax but not binned. Returns
     attention_sum (H, N), logit_sum (H, N), logit_sq_sum (H, N), uniform_sum (N,) in float64 and
     pair_count (N,) int64, indexed by distance 0..N-1 (N = last position - first + 1).
     """
@@ -78,12 +88,15 @@ def distance_sums(
     chunk = chunk_size or auto_chunk_size(n_heads, seq)
     for start in range(0, len(queries), chunk):
         qi = queries[start:start + chunk]  # (C,)
-        n_keys = int(qi[-1]) + 1  # keys after the last query of the chunk are masked anyway
+        n_keys = int(qi[-1]) + 1 if pattern is None else pattern.rows_key_stop(qi)  # later keys are masked anyway
         logits = (q[:, qi] @ k[:, :n_keys].transpose(1, 2)) * scaling  # (H, C, n_keys)
-        causal = qi[:, None] >= torch.arange(n_keys, device=device)[None, :]  # (C, n_keys)
+        if pattern is None:
+            seen = qi[:, None] >= torch.arange(n_keys, device=device)[None, :]  # (C, n_keys) causal
+        else:
+            seen = pattern.visible(qi, n_keys)[0]
         dist = pos[qi][:, None] - pos[:n_keys][None, :]  # (C, n_keys) position difference
-        weights = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)  # exact: full row
-        counted = causal & key_mask[None, :n_keys]  # (C, n_keys)
+        weights = torch.softmax(logits.masked_fill(~seen, float("-inf")), dim=-1)  # exact: full row
+        counted = seen & key_mask[None, :n_keys] & (dist >= 0)  # (C, n_keys)
         idx = dist[counted]  # (n_pairs,)
         # Sum the chunk in fp32 (at most C values per distance), accumulate across chunks in fp64:
         # no fp64 copy of the (H, pairs) values is ever made.
@@ -91,7 +104,7 @@ def distance_sums(
         picked = logits[:, counted]
         logit_sum += torch.zeros(n_heads, n, device=device).index_add_(1, idx, picked).double()
         sq_sum += torch.zeros(n_heads, n, device=device).index_add_(1, idx, picked.square()).double()
-        uniform = (1.0 / (qi + 1).double())[:, None].expand(-1, n_keys)  # padding is gone: i+1 causal keys
+        uniform = (1.0 / seen.sum(-1).double())[:, None].expand(-1, n_keys)  # padding is gone: keys the row sees
         uniform_sum.index_add_(0, idx, uniform[counted])
         count += torch.bincount(idx, minlength=n)
     return attn_sum, logit_sum, sq_sum, uniform_sum, count
@@ -112,9 +125,10 @@ class DistanceProfile:
         self.sums: dict[int, list[torch.Tensor]] = {}
 
     def update(self, layer: int, q_rot, k_rot, scaling: float, real_mask, query_mask=None, key_mask=None,
-               positions=None) -> None:
+               positions=None, pattern: AttentionPattern | None = None) -> None:
         """q_rot (B, H, S, D), k_rot (B, H_kv, S, D); masks (B, S) bool (real = not padding);
-        positions (B, S) int (the temporal M-RoPE ids) or None for token-index distance."""
+        positions (B, S) int (the temporal M-RoPE ids) or None for token-index distance; pattern: the
+        layer's AttentionPattern for the batch (None = causal)."""
         for b in range(q_rot.shape[0]):
             pos = real_mask[b].nonzero().squeeze(-1).to(q_rot.device)  # drop padding (left or anywhere)
             sums = distance_sums(
@@ -123,6 +137,7 @@ class DistanceProfile:
                 None if key_mask is None else key_mask[b].to(pos.device)[pos],
                 self.chunk_size,
                 None if positions is None else positions[b].to(pos.device)[pos],
+                None if pattern is None else pattern.select(pos, b),
             )
             old = self.sums.get(layer)
             if old is None:

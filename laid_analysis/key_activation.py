@@ -70,9 +70,11 @@ class AnswerStats:
         self.rows: dict[tuple[int, int], list[dict]] = defaultdict(list)
 
     def update(self, layer: int, size: int, q_rot, k_rot, scaling: float, input_ids, real_mask, positions,
-               needles) -> None:
+               needles, pattern=None) -> None:
         """q_rot (B, H, S, D), k_rot (B, H_kv, S, D), input_ids/real_mask (B, S), positions (B, S)
-        temporal ids, needles: per row the needle image index (None if unknown)."""
+        temporal ids, needles: per row the needle image index (None if unknown); pattern: the layer's
+        AttentionPattern (None = causal). Keys the answer row cannot see (outside a sliding window)
+        get weight 0 and leave the logit statistics (NaN where no needle / image key is visible)."""
         n_heads, n_kv = q_rot.shape[1], k_rot.shape[1]
         for b in range(q_rot.shape[0]):
             keep = real_mask[b].nonzero().squeeze(-1).to(q_rot.device)
@@ -80,13 +82,15 @@ class AnswerStats:
             pos = positions[b].to(keep.device)[keep].double()
             q, k = q_rot[b][:, keep].float(), k_rot[b][:, keep].float()  # (H, S, D), (H_kv, S, D)
             k_h = k.repeat_interleave(n_heads // n_kv, dim=0)
+            seen = torch.ones(len(keep), dtype=torch.bool, device=keep.device) if pattern is None else \
+                pattern.select(keep, b).visible(torch.tensor([len(keep) - 1], device=keep.device), len(keep))[0, 0]
             logits = torch.einsum("hd,hsd->hs", q[:, -1], k_h) * scaling  # (H, S): the answer row
-            w = torch.softmax(logits, dim=-1)
-            image = ids == self.image_id
-            if not bool(image.any()):
+            w = torch.softmax(logits.masked_fill(~seen, float("-inf")), dim=-1)
+            if not bool((ids == self.image_id).any()):
                 raise ValueError("answer statistics need image tokens; this haystack has none")
+            image = (ids == self.image_id) & seen  # image keys the answer row sees
             row = {"image_mass": w[:, image].sum(-1), "key_activation_raw": logits[:, image].mean(-1),
-                   "attn_entropy": -(w * torch.log(w.clamp_min(1e-30))).sum(-1), "logit_scale": logits.std(-1),
+                   "attn_entropy": -(w * torch.log(w.clamp_min(1e-30))).sum(-1), "logit_scale": logits[:, seen].std(-1),
                    "q_norm": q.norm(dim=-1).mean(-1), "k_norm": k.norm(dim=-1).mean(-1)}
             sink = torch.zeros_like(image)
             sink[:SINK_TOKENS] = True
@@ -102,10 +106,10 @@ class AnswerStats:
                 in_needle[s:e] = True
                 row["needle_mass"] = w[:, in_needle].sum(-1)
                 row["needle_mass_question"], row["needle_row_offset"] = _question_needle_mass(
-                    q, k_h, scaling, image, in_needle)
-                distract = image & ~in_needle
+                    q, k_h, scaling, ids == self.image_id, in_needle, None if pattern is None else pattern.select(keep, b))
+                distract, in_needle = image & ~in_needle, in_needle & seen
                 row["needle_margin"] = (logits[:, in_needle].mean(-1) - logits[:, distract].mean(-1)
-                                        if bool(distract.any()) else nan)
+                                        if bool(distract.any()) and bool(in_needle.any()) else nan)
             else:
                 row["needle_mass"], row["needle_margin"] = nan, nan
                 row["needle_mass_question"], row["needle_row_offset"] = nan, nan
@@ -136,18 +140,18 @@ class AnswerStats:
         return answer_dataset(data, counts, layers, sizes, local_threshold)
 
 
-def _question_needle_mass(q, k_h, scaling: float, image, in_needle) -> tuple[torch.Tensor, torch.Tensor]:
+def _question_needle_mass(q, k_h, scaling: float, image, in_needle, pattern=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(H,) largest needle mass over the question rows and (H,) that row's offset before the answer.
 
     q (H, S, D), k_h (H, S, D) one haystack's real tokens (keys repeated to the query heads); image,
-    in_needle (S,) bool. Question rows: every token after the last image token, each attending
-    causally (row i sees keys <= i)."""
+    in_needle (S,) bool; pattern: the layer's AttentionPattern of this haystack (None = causal).
+    Question rows: every token after the last image token, each with the keys its layer lets it see."""
     s = q.shape[1]
     first = int(image.nonzero().max()) + 1  # first question row
     rows = torch.arange(first, s, device=q.device)  # (R,)
     logits = torch.einsum("hrd,hsd->hrs", q[:, first:], k_h) * scaling  # (H, R, S)
-    causal = torch.arange(s, device=q.device)[None, :] <= rows[:, None]  # (R, S)
-    w = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
+    seen = (torch.arange(s, device=q.device)[None, :] <= rows[:, None]) if pattern is None else pattern.visible(rows, s)[0]
+    w = torch.softmax(logits.masked_fill(~seen, float("-inf")), dim=-1)
     mass = w[..., in_needle].sum(-1)  # (H, R)
     best, arg = mass.max(-1)
     return best, (s - 1 - rows[arg]).double()

@@ -233,6 +233,11 @@ def compare_spectra(student: xr.Dataset, teacher: xr.Dataset, layer_map: dict[in
     layer -> teacher layer (absolute); head_weights with absolute student_layer/teacher_layer coords."""
     s_layers = [int(x) for x in student["layer"].values if int(x) in layer_map]
     n_h, n_kv = student.sizes["head"], student.sizes["kv_head"]
+    if student.sizes["rotary_pair"] != teacher.sizes["rotary_pair"] or \
+            not np.allclose(student["rope_freq"].values, teacher["rope_freq"].values, rtol=1e-5):
+        raise ValueError(f"student and teacher rotary pairs differ ({student.sizes['rotary_pair']} vs "
+                         f"{teacher.sizes['rotary_pair']} pairs, or other frequencies): their spectra are not compared "
+                         "pair by pair; diagnose each model on its own")
     a_s_all = complex_coef(student)
     count = student["pair_count"].values
     dist = student["distance"].values

@@ -1,11 +1,14 @@
 """Which RoPE frequencies each head uses: energy of q and k in each 2-D rotary pair.
 
-Qwen2.5-VL rotates dims (p, p + D/2) together (the rotate_half layout) at angle position * inv_freq[p],
-so pair p is a 2-D subspace turning at inv_freq[p] / 2pi cycles per position (M-RoPE position id,
-not token index: an image's tokens share one temporal id). M-RoPE splits the
-D/2 pairs into sections (mrope_section, e.g. [16, 24, 24] for the real models, [4, 6, 6] for the
-toy ones): section i rotates with the temporal, height or width position id (axis i % 3). For
-text tokens the three ids are equal; inside an image, height/width pairs follow the patch grid.
+Every supported family rotates dims (p, p + D/2) together (the rotate_half layout) at angle
+position * inv_freq[p], so pair p is a 2-D subspace turning at inv_freq[p] / 2pi cycles per position
+(a position id, not a token index: in the Qwen-VL families an image's tokens share one temporal id).
+Which position axis rotates pair p is the family's rotary layout (`laid.model.families`): M-RoPE
+sections read contiguously (Qwen2-VL, Qwen2.5-VL: [16, 24, 24] -> temporal, height, width blocks;
+[4, 6, 6] in the toy) or interleaved (Qwen3-VL: t h w t h w ...), or one axis (InternVL3, Gemma 3).
+For text tokens the three M-RoPE ids are equal; inside an image, height/width pairs follow the patch
+grid. Gemma 3's sliding and full layers have different frequencies: one analysis covers layers of
+one layout (`rotary_pairs` refuses a mix).
 
 Usage. The contribution of pair p to a logit is q_p . k_p <= |q_p| |k_p| (a rotation does not
 change either norm, so pre- and post-RoPE give the same numbers), hence
@@ -24,21 +27,24 @@ import numpy as np
 import torch
 import xarray as xr
 
-AXES = ("temporal", "height", "width")
 
+def rotary_pairs(model, layers=None) -> xr.Dataset:
+    """Coordinates of the rotary pairs of a model's text RoPE at `layers` (None = all): frequency,
+    period and position axis, from the family's rotary layout (the model's own rotary module, so
+    YaRN-scaled frequencies and Qwen3-VL's interleaving are what the model uses)."""
+    from laid.model.families import family_of, text_decoder
 
-def rotary_pairs(model) -> xr.Dataset:
-    """Coordinates of the rotary pairs of a model's text RoPE: frequency, period and M-RoPE axis."""
-    from laid.model.hooks import text_decoder
-
-    text_model, _ = text_decoder(model)
-    inv_freq = text_model.rotary_emb.inv_freq.detach().double().cpu().numpy()  # (D/2,), YaRN-scaled if so
-    rope = getattr(text_model.config, "rope_parameters", None) or {}
-    section = list(rope.get("mrope_section") or [len(inv_freq)])
-    if sum(section) != len(inv_freq):
-        raise ValueError(f"mrope_section {section} does not cover the {len(inv_freq)} rotary pairs of this model")
-    axis = np.concatenate([[AXES[i % 3]] * n for i, n in enumerate(section)])
-    return rotary_pair_coords(inv_freq, axis)
+    family = family_of(model)
+    layers = range(len(text_decoder(model)[1])) if layers is None else layers
+    layouts = {i: family.layer_rotary_layout(model, i) for i in layers}
+    kinds = {lay.signature(): i for i, lay in layouts.items()}
+    if len(kinds) > 1:
+        types = family.layer_types(model.config)
+        groups = {t: [i for i in layouts if types[i] == t] for t in sorted({types[i] for i in layouts})}
+        raise ValueError(f"{family.label} layers {sorted(layouts)} have {len(kinds)} RoPE layouts ("
+                         + "; ".join(f"{t}: {v}" for t, v in groups.items()) + "): analyse one layout per run (--layers)")
+    lay = next(iter(layouts.values()))
+    return rotary_pair_coords(lay.inv_freq.numpy(), lay.axis_labels())
 
 
 def rotary_pair_coords(inv_freq: np.ndarray, axis) -> xr.Dataset:
@@ -47,7 +53,7 @@ def rotary_pair_coords(inv_freq: np.ndarray, axis) -> xr.Dataset:
         "rotary_pair": ("rotary_pair", np.arange(len(inv_freq)), {"long_name": "rotary pair (dims p, p + D/2)"}),
         "rope_freq": ("rotary_pair", freq, {"units": "cycles/position", "long_name": "pair rotation frequency"}),
         "rope_period": ("rotary_pair", 1.0 / freq, {"units": "positions", "long_name": "pair rotation period"}),
-        "rope_axis": ("rotary_pair", np.asarray(axis, dtype=str), {"long_name": "M-RoPE position axis"}),
+        "rope_axis": ("rotary_pair", np.asarray(axis, dtype=str), {"long_name": "position axis (M-RoPE: temporal / height / width)"}),
     })
 
 

@@ -1,5 +1,6 @@
-"""Token selections of the analysis: the masks of `laid.model.token_masks`, the model's own M-RoPE
-positions and the image spans of a row."""
+"""Token selections of the analysis: the masks of `laid.model.token_masks` (image tokens are the
+family's image placeholders, `<|image_pad|>`, `<IMG_CONTEXT>`, `<image_soft_token>`:
+`Family.image_token_id`), the model's own rotary positions and the image spans of a row."""
 
 from __future__ import annotations
 
@@ -12,16 +13,12 @@ from laid.model.token_masks import (  # noqa: F401 (re-exported)
 
 
 def rope_positions(model, batch: dict) -> torch.Tensor:
-    """(3, B, S) long: the temporal/height/width M-RoPE position ids the model itself assigns to
-    the batch (its `get_rope_index`), so analyses measure distance the way RoPE rotates."""
-    inner = getattr(model, "model", model)
-    if not hasattr(inner, "get_rope_index"):
-        raise ValueError(f"{type(model).__name__} has no get_rope_index: not a Qwen2.5-VL-like model")
-    position_ids, _ = inner.get_rope_index(
-        batch["input_ids"], batch.get("mm_token_type_ids"), image_grid_thw=batch.get("image_grid_thw"),
-        attention_mask=batch.get("attention_mask"),
-    )
-    return position_ids.long()
+    """(A, B, S) long: the position ids the model itself rotates the batch by (its family adapter:
+    the temporal/height/width M-RoPE ids of `get_rope_index` for the Qwen-VL families, the token
+    index for InternVL3 / Gemma 3), so analyses measure distance the way RoPE rotates."""
+    from laid.model.families import family_of
+
+    return family_of(model).positions(model, batch).long()
 
 
 def image_spans(input_ids: torch.Tensor, image_token_id: int) -> list[tuple[int, int]]:

@@ -21,3 +21,12 @@ def random_zoo(tmp_path_factory) -> dict[str, Path]:
         name: build_random_folder(load_zoo_config(ZOO_CONFIGS / f"{name}.yaml"), root / name)
         for name in ("tiny-32b", "tiny-7b", "tiny-3b")
     }
+
+
+@pytest.fixture(scope="session")
+def family_pairs(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """{family: {"teacher": dir, "student": dir}} for the added families (tests/family_helpers.py)."""
+    from family_helpers import FAMILIES, build_pair
+
+    root = tmp_path_factory.mktemp("family_zoo")
+    return {family: build_pair(family, root) for family in FAMILIES}

@@ -17,6 +17,21 @@ def quick_vhs(tmp_path_factory) -> Path:
     return root
 
 
+def trained_looking(module):
+    """`module` (a DistillModule) in eval mode with trained-looking values: RoPE gains away from 1,
+    mixers and LoRA B away from 0, so an export that drops any of them shows in the logits."""
+    import torch
+
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.startswith("gain.") or ".mixer." in name:
+                p.copy_(torch.rand_like(p) + 0.5)
+            elif "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.05)
+    return module.eval()
+
+
 def tiny_config(zoo: dict, data: Path, out: Path, method: str = "laid", student: str = "tiny-7b", **overrides) -> DistillConfig:
     """A few-step distill config on the random zoo (large learning rates so one step shows)."""
     base = {

@@ -6,7 +6,7 @@ import pytest
 import torch
 import xarray as xr
 from accelerate import Accelerator
-from recipe_helpers import quick_vhs, tiny_config
+from recipe_helpers import quick_vhs, tiny_config, trained_looking
 
 from laid.model.loading import load_model, load_processor
 from laid.model.prompting import Example, encode_batch
@@ -34,15 +34,7 @@ def _module(cfg, teacher_dir):
 
     student = build_student(cfg)
     gain = RopeGain.for_model(student, [2]) if cfg.uses_gain else None
-    module = DistillModule(student, cfg, [(2, 3)] if cfg.uses_mixers else [], AutoConfig.from_pretrained(teacher_dir), gain)
-    torch.manual_seed(1)
-    with torch.no_grad():  # trained-looking values: gains away from 1, mixers and LoRA B away from 0
-        for name, p in module.named_parameters():
-            if name.startswith("gain.") or ".mixer." in name:
-                p.copy_(torch.rand_like(p) + 0.5)
-            elif "lora_B" in name:
-                p.copy_(torch.randn_like(p) * 0.05)
-    return module.eval()
+    return trained_looking(DistillModule(student, cfg, [(2, 3)] if cfg.uses_mixers else [], AutoConfig.from_pretrained(teacher_dir), gain))
 
 
 @pytest.mark.parametrize("method", ["laid", "sft-lora"])

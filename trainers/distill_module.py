@@ -11,7 +11,8 @@ Per micro-batch (teacher and student see the very same input tensors):
     terms: laid = sum over pairs of the Q/K alignment (QKAlignmentLoss; `alignment`: cosine | paper)
            attn = sum over pairs of the progressive distance-weighted attention matching against
                   the teacher's own per-head attention, mixed with the detached convex weights
-                  of W_Q (`attention_target`), distances from the batch's M-RoPE position ids,
+                  of W_Q (`attention_target`), distances from the batch's position ids, each side
+                  under its layer's real mask and scale (the family adapters, laid.model.families),
                   over the query rows `attn_rows` selects (all, text or question tokens)
            kl   = tau^2 KL(teacher || student) on answer positions (shared vocabulary ids)
            sft  = cross-entropy on answer tokens
@@ -21,6 +22,11 @@ With `health=True` (the recipe sets it on the last micro-batch of a logging step
 computes the health telemetry (`trainers.health`) into `last_health`: it then records the
 aligned layers' Q/K also for methods without LAid terms (KD), so every method is comparable.
 
+Families: position ids, masks and scales come from the student's and the teacher's family adapter
+(`laid.model.families`); nothing here assumes Qwen2.5-VL. Where the two head_dims differ (Gemma 3
+27B: 128, 4B: 256) the Q/K alignment compares the rotary pairs both layers share (same frequency
+and position axis; `qk_dims`, from trainers.pairing), since RoPE rotates those identically.
+
 Logits are computed for the answer tail only (`logits_to_keep`): on real models full-sequence
 logits of a 150k vocabulary over ~8k tokens would cost several GB for nothing.
 """
@@ -28,11 +34,12 @@ logits of a 150k vocabulary over ~8k tokens would cost several GB for nothing.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from laid.model.families import AttentionPattern, family_of
 from laid.model.hooks import record_qk, site_name
 from laid.model.token_masks import select
 from trainers import health as hl
@@ -48,6 +55,7 @@ class TeacherOutputs:
     logits: torch.Tensor  # (B, K, V_t): the last K positions (answer tail)
     q: dict[int, torch.Tensor]  # teacher layer -> q_rot (B, H_t, S, D)
     k: dict[int, torch.Tensor]  # teacher layer -> k_rot (B, H_t_kv, S, D)
+    patterns: dict[int, AttentionPattern] = field(default_factory=dict)  # teacher layer -> its mask rule and scale
 
 
 def tail_length(labels: torch.Tensor) -> int:
@@ -72,18 +80,16 @@ def teacher_forward(teacher: nn.Module, batch: dict, layers: list[int], keep: in
         out = teacher(**model_inputs(batch), logits_to_keep=keep, use_cache=False)
     q = {i: rec.tensors[site_name(i, "q_rot")] for i in layers} if want_qk else {}
     k = {i: rec.tensors[site_name(i, "k_rot")] for i in layers} if want_qk else {}
-    return TeacherOutputs(out.logits.detach(), q, k)
+    model = getattr(teacher, "module", teacher)  # a DeepSpeed engine's model (its .config is DeepSpeed's)
+    patterns = {i: family_of(model).attention_pattern(model, i, batch) for i in layers} if want_qk else {}
+    return TeacherOutputs(out.logits.detach(), q, k, patterns)
 
 
 @torch.no_grad()
 def rope_positions(model: nn.Module, batch: dict) -> torch.Tensor:
-    """(3, B, S) M-RoPE position ids (temporal, height, width) `model` uses for `batch`."""
-    for owner in (model, getattr(model, "model", None), getattr(getattr(model, "base_model", None), "model", None)):
-        if owner is not None and hasattr(owner, "get_rope_index"):
-            pos, _ = owner.get_rope_index(batch["input_ids"], mm_token_type_ids=batch.get("mm_token_type_ids"),
-                                          image_grid_thw=batch.get("image_grid_thw"), attention_mask=batch.get("attention_mask"))
-            return pos
-    raise ValueError(f"{type(model).__name__} has no get_rope_index: M-RoPE distances need a Qwen2.5-VL model (or attn_distance: token)")
+    """(A, B, S) position ids `model` rotates `batch` by: M-RoPE (temporal, height, width) for the
+    Qwen-VL families, one axis for InternVL3 / Gemma 3 (its family adapter)."""
+    return family_of(model).positions(model, batch)
 
 
 def head_energy(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -106,9 +112,13 @@ class DistillModule(nn.Module):
     one per computed term plus "total" (the weighted sum that is backpropagated).
     """
 
-    def __init__(self, student: nn.Module, cfg: DistillConfig, layer_pairs: list[tuple[int, int]], teacher_config=None, gain: nn.Module | None = None):
+    def __init__(self, student: nn.Module, cfg: DistillConfig, layer_pairs: list[tuple[int, int]], teacher_config=None,
+                 gain: nn.Module | None = None, qk_dims: dict | None = None):
         super().__init__()
         self.student = student
+        self.family = family_of(student)
+        # student layer -> (student dims, teacher dims) of the rotary pairs both share, where head_dims differ
+        self.qk_dims = dict(qk_dims or {})
         self.weights = cfg.weights()
         self.layer_pairs = [(int(s), int(t)) for s, t in layer_pairs]
         self.gain = gain
@@ -143,9 +153,16 @@ class DistillModule(nn.Module):
             self.student(**model_inputs(batch), logits_to_keep=1, use_cache=False)
         mask = batch["attention_mask"].bool()
         for align, (ls, lt) in zip(self.align, self.layer_pairs):
-            align.init_mixers_least_squares_(
-                rec.tensors[site_name(ls, "q_rot")], rec.tensors[site_name(ls, "k_rot")], teacher.q[lt], teacher.k[lt], mask
-            )
+            sq, sk, tq, tk = self._shared(ls, rec.tensors[site_name(ls, "q_rot")], rec.tensors[site_name(ls, "k_rot")],
+                                          teacher.q[lt], teacher.k[lt])
+            align.init_mixers_least_squares_(sq, sk, tq, tk, mask)
+
+    def _shared(self, layer: int, sq, sk, tq, tk):
+        """Q/K restricted to the rotary pairs both layers share (identity when head_dims agree)."""
+        if layer not in self.qk_dims:
+            return sq, sk, tq, tk
+        s_dims, t_dims = (torch.as_tensor(d, device=sq.device) for d in self.qk_dims[layer])
+        return sq[..., s_dims], sk[..., s_dims], tq[..., t_dims], tk[..., t_dims]
 
     def tie_weights(self) -> None:
         """Re-tie the student's shared weights (embeddings / lm_head): accelerate's FSDP2 rank-0 loading
@@ -194,22 +211,27 @@ class DistillModule(nn.Module):
         if w["kl"] > 0:
             terms["kl"] = self.kl_loss(logits, teacher.logits, answer_logit_mask(tail_labels))
         mask = batch["attention_mask"].bool()  # (B, S) valid (non-padding) tokens
+        patterns = {ls: self.family.attention_pattern(self.student, ls, batch) for ls in self.student_layers} if want_qk else {}
         if len(self.align) > 0:
             positions = rope_positions(self.student, batch) if w["attn"] > 0 and self.attn_distance == "mrope" else None
-            rows = None if self.attn_rows == "all" else select(batch, self.attn_rows, self.student.config.image_token_id)
+            rows = None if self.attn_rows == "all" else select(batch, self.attn_rows, self.family.image_token_id(self.student.config))
             laid, attn = [], []
             for align, (ls, lt) in zip(self.align, self.layer_pairs):
                 sq, sk = rec.tensors[site_name(ls, "q_rot")], rec.tensors[site_name(ls, "k_rot")]
                 tq, tk = teacher.q[lt], teacher.k[lt]
+                s_pat, t_pat = patterns[ls], teacher.patterns.get(lt)
                 if w["laid"] > 0 or self.attention_target == "mixed_qk":
-                    mq, mk = align.mixer(tq, tk)  # (B, Hs, S, D), (B, Hs_kv, S, D)
+                    sq_a, sk_a, tq_a, tk_a = self._shared(ls, sq, sk, tq, tk)
+                    mq, mk = align.mixer(tq_a, tk_a)  # (B, Hs, S, D), (B, Hs_kv, S, D)
                 if w["laid"] > 0:
-                    laid.append(sum(align.terms(sq, sk, mq, mk, mask)))
+                    laid.append(sum(align.terms(sq_a, sk_a, mq, mk, mask)))
                 if w["attn"] > 0 and self.attention_target == "teacher_heads":
                     mix = attention_mix(align.mixer.q.effective(), head_energy(tq, mask), self.attn_mix_power)  # (Hs, Ht), detached
-                    attn.append(self.attn_loss(sq, sk, tq, tk, mask, progress, mix=mix, positions=positions, query_mask=rows))
+                    attn.append(self.attn_loss(sq, sk, tq, tk, mask, progress, mix=mix, positions=positions,
+                                               student_pattern=s_pat, target_pattern=t_pat, query_mask=rows))
                 elif w["attn"] > 0:
-                    attn.append(self.attn_loss(sq, sk, mq, mk, mask, progress, positions=positions, query_mask=rows))
+                    attn.append(self.attn_loss(sq, sk, mq, mk, mask, progress, positions=positions,
+                                               student_pattern=s_pat, target_pattern=t_pat, query_mask=rows))
             # Eq. 7 sums over the aligned (layer, head) pairs; so do we over layer pairs.
             if laid:
                 terms["laid"] = torch.stack(laid).sum()
@@ -217,16 +239,17 @@ class DistillModule(nn.Module):
                 terms["attn"] = torch.stack(attn).sum()
         terms["total"] = sum(w[name] * value for name, value in terms.items())
         if health:
-            self.last_health = self._health(terms, rec, teacher, mask)
+            self.last_health = self._health(terms, rec, teacher, mask, patterns)
         return terms
 
-    def _health(self, terms, rec, teacher: TeacherOutputs, mask) -> dict:
+    def _health(self, terms, rec, teacher: TeacherOutputs, mask, patterns) -> dict:
         """Telemetry of this micro-batch (trainers.health); the graph is kept for the backward.
         Activation part always; the parameter part (gradient norms, mixers, gains) if health_params."""
         out: dict = {}
         for ls, lt in self.layer_pairs:
             values = hl.layer_health(rec.tensors[site_name(ls, "q_rot")], rec.tensors[site_name(ls, "k_rot")],
-                                     teacher.q[lt], teacher.k[lt], mask, self.attn_loss.chunk_size)
+                                     teacher.q[lt], teacher.k[lt], mask, self.attn_loss.chunk_size,
+                                     patterns[ls], teacher.patterns.get(lt))
             for name, value in values.items():
                 out.setdefault(name, {})[str(ls)] = round(value, 6)
         if not self.health_params:

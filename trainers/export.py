@@ -1,4 +1,4 @@
-"""Export a finished run as a plain Qwen2.5-VL Hugging Face folder, plus its head weights.
+"""Export a finished run as a plain Hugging Face folder of the student's family, plus its head weights.
 
     <output_dir>/export/            config.json, model.safetensors, processor + tokenizer files,
                                     README.md (model card, trainers/model_card.py),
@@ -6,8 +6,8 @@
                                     head_weights.nc (LAid methods)
     <output_dir>/head_weights.nc    the same mixer weights (run-folder contract, docs/CONTRACTS.md)
 
-The exported weights are the trained student with the RoPE gains folded into q_proj / k_proj
-(`trainers.rope_gain.fold_into_state_dict`) and, for sft-lora, the LoRA adapters merged, so the
+The exported weights are the trained student with the RoPE gains folded into q_proj / k_proj, or
+into the QK-norm weights in Qwen3-VL / Gemma 3 (`trainers.rope_gain.fold_into_state_dict`) and, for sft-lora, the LoRA adapters merged, so the
 folder loads with `laid.model.loading.load_model` like any checkpoint and runs with zero overhead. The
 weights are gathered with `accelerator.get_state_dict` (full state also under ZeRO-3 / FSDP),
 loaded into a fresh CPU copy of the student on the main process and saved in the student folder's
@@ -88,7 +88,9 @@ def head_weights_dataset(state: dict, pairs: list[tuple[int, int]], gain_layers:
         },
     )
     if gain_layers and "gain.q" in state:
-        g_q, g_k = state["gain.q"].float().cpu().numpy(), state["gain.k"].float().cpu().numpy()
+        # A gain shared by all heads (QK-norm families, trainers.rope_gain) is shown at every head.
+        g_q = state["gain.q"].float().cpu().expand(-1, w_q.shape[1], -1).numpy()
+        g_k = state["gain.k"].float().cpu().expand(-1, w_k.shape[1], -1).numpy()
         ds["gain_q"] = (("gain_layer", "student_head", "rotary_pair"), g_q, {"long_name": "RoPE response gain, queries"})
         ds["gain_k"] = (("gain_layer", "student_kv_head", "rotary_pair"), g_k, {"long_name": "RoPE response gain, keys"})
         ds = ds.assign_coords(gain_layer=np.array(gain_layers), rotary_pair=np.arange(g_q.shape[-1]))

@@ -13,8 +13,9 @@ Names are shared with the analysis (issue 14):
     q_norm_ratio, k_norm_ratio   per aligned student layer: RMS of the student's post-RoPE Q (K)
                          over valid tokens, heads, dims / the same of its paired teacher layer. The
                          teacher is frozen, so a falling ratio is the student's Q/K shrinking
-    attn_entropy, teacher_attn_entropy   per aligned layer: mean entropy (nats) of the causal
-                         attention rows of the student (teacher) over valid queries and heads
+    attn_entropy, teacher_attn_entropy   per aligned layer: mean entropy (nats) of the attention
+                         rows of the student (teacher) over valid queries and heads, each under its
+                         layer's real mask and scale (laid.model.families.AttentionPattern)
     mixer_row_norm, mixer_entropy        per aligned layer, per student head of W_Q: ||w_h|| (1 by
                          construction with unit rows; the collapse signal with free rows) and the
                          entropy (nats) of w_h^2 / ||w_h||^2 (0 = one teacher head, log H_t = all)
@@ -55,13 +56,14 @@ def masked_rms(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def layer_health(sq, sk, tq, tk, mask, chunk_size: int = 256) -> dict[str, float]:
-    """Norm ratios and attention entropies of one aligned layer pair (student / teacher Q/K)."""
+def layer_health(sq, sk, tq, tk, mask, chunk_size: int = 256, s_pattern=None, t_pattern=None) -> dict[str, float]:
+    """Norm ratios and attention entropies of one aligned layer pair (student / teacher Q/K); each
+    side's entropy under its layer's AttentionPattern (None: causal at head_dim ** -0.5)."""
     return {
         "q_norm_ratio": float(masked_rms(sq, mask) / masked_rms(tq, mask).clamp(min=1e-30)),
         "k_norm_ratio": float(masked_rms(sk, mask) / masked_rms(tk, mask).clamp(min=1e-30)),
-        "attn_entropy": float(attention_entropy(sq.detach(), sk.detach(), mask, chunk_size)),
-        "teacher_attn_entropy": float(attention_entropy(tq.detach(), tk.detach(), mask, chunk_size)),
+        "attn_entropy": float(attention_entropy(sq.detach(), sk.detach(), mask, chunk_size, s_pattern)),
+        "teacher_attn_entropy": float(attention_entropy(tq.detach(), tk.detach(), mask, chunk_size, t_pattern)),
     }
 
 
@@ -176,7 +178,9 @@ def add_health(ds: xr.Dataset, state: dict, pairs: list[tuple[int, int]], rows: 
         ds[f"mixer_entropy{suffix}"] = (("layer_pair", head_dim), np.stack([row_entropy(attention_mix(x)).numpy() for x in w]),
                                         {"units": "nats", "long_name": f"entropy of w^2 / ||w||^2 per row of W_{which.upper()}"})
     if gain_layers and "gain.q" in state:
-        g_q, g_k = state["gain.q"].float().cpu(), state["gain.k"].float().cpu()
+        # A gain shared by all heads (QK-norm families) acts at every head.
+        g_q = state["gain.q"].float().cpu().expand(-1, ds.sizes["student_head"], -1)
+        g_k = state["gain.k"].float().cpu().expand(-1, ds.sizes["student_kv_head"], -1)
         prod = g_q * g_k.repeat_interleave(g_q.shape[1] // g_k.shape[1], dim=1)
         ds["gain_product"] = (("gain_layer", "student_head", "rotary_pair"), prod.numpy(),
                               {"units": "1", "long_name": "RoPE gain g_q * g_k seen by each attention logit"})

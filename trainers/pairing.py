@@ -5,10 +5,16 @@ files when present), builds both models on the meta device to count parameters, 
 `Pairing`: resolved layer pairs, mixer shapes, vocabulary handling. It raises `PairingError`
 (a ValueError: `laid` prints it as one line) naming every reason the pair cannot work:
 
-- both qwen2_5_vl (checked by `laid.model.loading.check_model_dir`);
-- the same head_dim: Q/K are compared per head (Eq. 7), and RopeGain / mixers assume it;
-- the same RoPE: rope_type, rope_theta and mrope_section, or rotated Q/K at the same position
-  would not be comparable;
+- one supported family for both (`laid.model.families`; a cross-family pair is refused in one line:
+  tokenizers, image tokens and RoPE differ);
+- the same RoPE at every layer pair: the paired layers' rotary layouts (frequency and position axis
+  per rotary pair, from each model's own rotary module, so rope_type, theta, mrope_section,
+  interleaving and Gemma 3's per-layer-type bases all count) must agree, or rotated Q/K at the same
+  position would not be comparable. Where head_dims differ (Gemma 3 27B: 128, 4B: 256) the pair
+  works if every rotary pair of the smaller head has a twin in the larger one: the Q/K alignment
+  then runs on those shared pairs (`Pairing.qk_dims`); otherwise "head_dim differs" is an error.
+  Named maps move a teacher layer to the nearest one of the student layer's type (Gemma 3: sliding
+  or full), explicit pairs of different types are refused;
 - valid layer pairs (student layer, teacher layer), student layers distinct: explicit pairs, or a
   named map (`map_layers`): "last" (default, the last layer of each: the paper's 27 <-> 63 for
   7B <- 32B, 35 <- 63 for 3B) or "proportional" (every student layer, spread over the teacher's),
@@ -28,8 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoConfig, AutoModelForImageTextToText
 
+from laid.model.families import (RotaryLayout, family_named, family_of, pair_dims, rotary_from_config, shared_pairs,
+                                 snap_to_type, text_decoder)
 from laid.model.loading import check_model_dir
 from trainers.layer_choice import LayerChoice, choose_layers
 from trainers.losses.distillation import shared_vocab_note
@@ -64,17 +72,20 @@ class ModelShape:
     vision_depth: int = 0
     image_processor: dict | None = None
     tokenizer_vocab: dict | None = field(default=None, repr=False)  # id -> token, if tokenizer.json exists
+    family: str = "qwen2_5_vl"  # laid.model.families key
+    layer_types: list[str] = field(default_factory=list)  # per text layer: full_attention | sliding_attention
+    layouts: dict[str, RotaryLayout] = field(default_factory=dict, repr=False)  # layer type -> rotary layout
+    qk_norm: bool = False  # per-head QK-norm before RoPE (the RoPE gain is then shared by all heads)
+    deepstack: list[int] = field(default_factory=list)  # text layers after which vision features are added
+    patches_per_token: int = 4  # vision-tower patches behind one image token
 
+    def layout(self, layer: int) -> RotaryLayout:
+        return self.layouts[self.layer_types[layer]]
 
-_VISION_KEYS = ("patch_size", "spatial_merge_size", "temporal_patch_size", "tokens_per_second")
-_TOKEN_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-# Image processor fields that change the pixels or the number of tokens an image becomes.
-_PROCESSOR_KEYS = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std",
-                   "min_pixels", "max_pixels", "size", "do_normalize", "do_rescale", "rescale_factor")
 
 
 def _read_image_processor(path: Path) -> dict | None:
-    if (path / "preprocessor_config.json").is_file():  # real Qwen2.5-VL folders
+    if (path / "preprocessor_config.json").is_file():  # real checkpoints
         return json.loads((path / "preprocessor_config.json").read_text())
     if (path / "processor_config.json").is_file():  # our zoo folders (processor + image processor in one)
         return json.loads((path / "processor_config.json").read_text()).get("image_processor")
@@ -95,14 +106,18 @@ def _read_tokenizer_vocab(path: Path) -> dict[int, str] | None:
 
 
 def read_shape(model_dir: str | Path) -> ModelShape:
-    """ModelShape of a Qwen2.5-VL folder from config.json (+ tokenizer / processor files)."""
+    """ModelShape of a model folder of any supported family from config.json (+ tokenizer / processor files)."""
     path = check_model_dir(model_dir)
+    family = family_of(path)
     cfg = AutoConfig.from_pretrained(path)
-    text, vision = cfg.text_config, cfg.vision_config
+    text, vision = family.text_config(cfg), cfg.vision_config
     with torch.device("meta"):  # exact parameter counts without allocating anything
-        model = Qwen2_5_VLForConditionalGeneration(cfg)
-    count = lambda module: sum(p.numel() for p in module.parameters())
-    rope = dict(text.rope_parameters or {})
+        model = AutoModelForImageTextToText.from_config(cfg)
+    count = lambda params: sum(p.numel() for p in params)
+    attn = text_decoder(model)[1][0].self_attn  # head_dim as the model computes it (Qwen2-VL ignores config.head_dim)
+    rotary = rotary_from_config(model)  # real frequencies: the meta model's buffers hold none
+    types = family.layer_types(cfg)
+    v_width, v_mlp, v_depth = family.vision_dims(cfg)
     return ModelShape(
         path=str(path),
         n_layers=text.num_hidden_layers,
@@ -110,22 +125,27 @@ def read_shape(model_dir: str | Path) -> ModelShape:
         intermediate_size=text.intermediate_size,
         n_heads=text.num_attention_heads,
         n_kv_heads=text.num_key_value_heads,
-        head_dim=getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
+        head_dim=attn.head_dim,
         vocab_size=text.vocab_size,
         max_position_embeddings=text.max_position_embeddings,
-        rope={"rope_type": rope.get("rope_type", "default"), "rope_theta": rope.get("rope_theta"),
-              "mrope_section": list(rope.get("mrope_section") or [])},
-        vision={k: getattr(vision, k, None) for k in _VISION_KEYS},
-        token_ids={k: getattr(cfg, k, None) for k in _TOKEN_KEYS},
+        rope=dict(text.rope_parameters or {}),
+        vision={k: getattr(vision, k, None) for k in family.vision_keys},
+        token_ids={k: getattr(cfg, k, None) for k in family.token_keys},
         tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
-        n_params=count(model),
-        n_vision_params=count(model.model.visual),
-        n_layer_params=count(model.model.language_model.layers[0]),
-        vision_hidden_size=vision.hidden_size,
-        vision_intermediate_size=vision.intermediate_size,
-        vision_depth=vision.depth,
+        n_params=count(model.parameters()),
+        n_vision_params=count(p for n, p in model.named_parameters() if n.startswith(family.vision_prefixes)),
+        n_layer_params=count(text_decoder(model)[1][0].parameters()),
+        vision_hidden_size=v_width,
+        vision_intermediate_size=v_mlp,
+        vision_depth=v_depth,
         image_processor=_read_image_processor(path),
         tokenizer_vocab=_read_tokenizer_vocab(path),
+        family=family.name,
+        layer_types=types,
+        layouts={t: family.rotary_layout(rotary, t) for t in set(types)},
+        qk_norm=hasattr(attn, "q_norm"),
+        deepstack=family.deepstack_layers(cfg),
+        patches_per_token=family.patches_per_token(cfg),
     )
 
 
@@ -181,6 +201,8 @@ class Pairing:
     notes: list[str]  # what was (not) checked
     layer_map: str = "last"  # how layer_pairs were chosen: "explicit" or a named map (map_layers)
     choice: LayerChoice | None = None  # the evidence behind layer_map: diagnosed
+    # student layer -> (student dims, teacher dims) of the rotary pairs both share, where head_dims differ
+    qk_dims: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)
 
     @property
     def n_laid_params(self) -> int:
@@ -243,6 +265,33 @@ class Diagnosis:
         return cls(cfg.teacher_diagnosis, cfg.diagnosed_layers, cfg.diagnosis_rows)
 
 
+def _shared_dims(pairs, student: ModelShape, teacher: ModelShape, problems: list[str], notes: list[str]) -> dict:
+    """Check every layer pair's RoPE (module docstring); {student layer: (student dims, teacher dims)}
+    where head_dims differ and the smaller head's rotary pairs all have twins in the larger one."""
+    out = {}
+    for s, t in pairs:
+        a, b = student.layout(s), teacher.layout(t)
+        if a.signature() == b.signature():
+            continue
+        shared = shared_pairs(a, b)
+        small = min(a.n_pairs, b.n_pairs)
+        what = (f"student layer {s} ({student.layer_types[s]}, {a.n_pairs} rotary pairs) and teacher layer {t} "
+                f"({teacher.layer_types[t]}, {b.n_pairs})")
+        if student.layer_types[s] != teacher.layer_types[t]:
+            problems.append(f"RoPE differs between {what}: pair layers of one type")
+            continue
+        if student.head_dim == teacher.head_dim:
+            continue  # the settings themselves differ: reported once by check_pair
+        if len(shared) < small:
+            problems.append(f"head_dim differs (teacher {teacher.head_dim}, student {student.head_dim}) and {what} share "
+                            f"only {len(shared)} rotary frequencies: per-head Q/K cannot be aligned")
+            continue
+        out[s] = (pair_dims([i for i, _ in shared], a.n_pairs), pair_dims([j for _, j in shared], b.n_pairs))
+        notes.append(f"head_dim differs (teacher {teacher.head_dim}, student {student.head_dim}): the Q/K alignment of "
+                     f"{s} <- {t} runs on the {len(shared)} rotary pairs both share (same frequency and axis)")
+    return out
+
+
 def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=None, layer_map: str = "last",
                diagnosis: Diagnosis | None = None) -> Pairing:
     """Check that the pair can be distilled; raise PairingError listing every reason it cannot.
@@ -251,11 +300,14 @@ def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=Non
     `diagnosis` is read when layer_map is "diagnosed".
     """
     teacher, student = read_shape(teacher_dir), read_shape(student_dir)
+    if teacher.family != student.family:
+        t, s = family_named(teacher.family).label, family_named(student.family).label
+        raise PairingError(f"cannot distil {teacher.path} -> {student.path}: the teacher is {t} and the student {s}; "
+                           "LAid pairs models of one family (tokenizers, image tokens and RoPE differ)")
     problems: list[str] = []
     notes: list[str] = []
-    if teacher.head_dim != student.head_dim:
-        problems.append(f"head_dim differs (teacher {teacher.head_dim}, student {student.head_dim}): per-head Q/K cannot be aligned")
-    _compare("RoPE settings", teacher.rope, student.rope, ("rope_type", "rope_theta", "mrope_section"), problems)
+    if teacher.head_dim == student.head_dim:
+        _compare("RoPE settings", teacher.rope, student.rope, sorted(set(teacher.rope) | set(student.rope)), problems)
     for shape in (teacher, student):
         if shape.n_heads % shape.n_kv_heads:
             problems.append(f"{shape.path}: {shape.n_heads} query heads not a multiple of {shape.n_kv_heads} KV heads")
@@ -263,21 +315,29 @@ def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=Non
     if explicit is not None and layer_map != "last":
         problems.append(f"both layer pairs {explicit} and layer_map {layer_map!r} given: choose one")
     choice = None
-    if explicit is None and layer_map == "diagnosed":
+    named = explicit is None
+    if named and layer_map == "diagnosed":
         if diagnosis is None or not diagnosis.path:
             raise PairingError("layer_map: diagnosed needs teacher_diagnosis: run `laid diagnose` on the teacher and give its "
                                "diagnostics.nc (or use layer_map: last / proportional)")
         choice = choose_layers(diagnosis.path, diagnosis.n_layers, diagnosis.rows, expect_layers=teacher.n_layers)
         explicit = choice.pairs(student.n_layers, teacher.n_layers)
-    elif explicit is None:
+    elif named:
         explicit = map_layers(layer_map, student.n_layers, teacher.n_layers)
     pairs = _resolve_pairs(explicit, student.n_layers, teacher.n_layers, problems)
-    _compare("vision patching", teacher.vision, student.vision, _VISION_KEYS, problems)
-    _compare("vision token ids", teacher.token_ids, student.token_ids, _TOKEN_KEYS, problems)
+    if named:
+        pairs = snap_to_type(pairs, student.layer_types, teacher.layer_types)
+    qk_dims = _shared_dims(pairs, student, teacher, problems, notes)
+    if student.deepstack or teacher.deepstack:
+        notes.append(f"DeepStack: vision features are added after text layers {teacher.deepstack} (teacher) and "
+                     f"{student.deepstack} (student); image-token Q/K of the layers after them carry those features")
+    family = family_named(student.family)
+    _compare("vision patching", teacher.vision, student.vision, family.vision_keys, problems)
+    _compare("vision token ids", teacher.token_ids, student.token_ids, family.token_keys, problems)
     if teacher.image_processor is None or student.image_processor is None:
         notes.append("image processors not compared (no preprocessor_config.json / processor_config.json in one folder)")
     else:
-        _compare("image processors", teacher.image_processor, student.image_processor, _PROCESSOR_KEYS, problems)
+        _compare("image processors", teacher.image_processor, student.image_processor, family.processor_keys, problems)
     shared = min(teacher.vocab_size, student.vocab_size)
     _check_tokenizers(teacher, student, shared, problems, notes)
     if problems:
@@ -293,4 +353,5 @@ def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=Non
         notes=notes,
         layer_map="explicit" if parse_layer_pairs(layer_pairs) is not None else layer_map,
         choice=choice,
+        qk_dims=qk_dims,
     )

@@ -23,8 +23,9 @@ an activation / teacher weight: 2 in bf16 (GPU), 4 in fp32 (`--precision fp32`, 
   student activations  with gradient checkpointing: L_s B S h_s a (saved layer inputs)
                        + B S (6 h_s + 2 h_kv,s + 4 I_s) a x 2 (one layer's recompute + its grads);
                        without: L_s times the second term
-  student vision       depth B 4S v_h a + B 4S (6 v_h + 3 v_I) a x 2 (<= 4 patches per image token)
-  teacher activations  B S (4 h_t + 2 I_t) a (one layer, no grad) + B 4S (4 v_h + 2 v_I) a (vision)
+  student vision       depth B mS v_h a + B mS (6 v_h + 3 v_I) a x 2 (m patches per image token: 4 for
+                       the Qwen-VL 2x2 merge and InternVL's pixel shuffle, 16 for Gemma 3's pooling)
+  teacher activations  B S (4 h_t + 2 I_t) a (one layer, no grad) + B mS (4 v_h + 2 v_I) a (vision)
   captured Q/K         per pair: B S ((H_t + H_kv,t) D a + (H_s + H_kv,s) D 4) (teacher Q/K, fp32
                        mixed targets)
   LAid loss            per pair: B S (H_s + H_kv,s) D 4 x 6 (what the alignment and attention-
@@ -49,6 +50,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from laid.model.families import family_named
 from trainers.layer_choice import DIAGNOSIS_ROWS
 from trainers.pairing import LAYER_MAPS, Diagnosis, Pairing, check_pair
 
@@ -72,8 +74,10 @@ class Plan:
 
     @property
     def gain_shapes(self) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        """(L, H, D/2), (L, H_kv, D/2); (L, 1, D/2) twice where a QK-norm makes the gain shared by all heads."""
         s = self.pairing.student
-        return (len(self.gain_layers), s.n_heads, s.head_dim // 2), (len(self.gain_layers), s.n_kv_heads, s.head_dim // 2)
+        h, h_kv = (1, 1) if s.qk_norm else (s.n_heads, s.n_kv_heads)
+        return (len(self.gain_layers), h, s.head_dim // 2), (len(self.gain_layers), h_kv, s.head_dim // 2)
 
     @property
     def total_gib(self) -> float:
@@ -87,11 +91,12 @@ class Plan:
             f"         {t.n_layers} layers, hidden {t.hidden_size}, {t.n_heads} heads / {t.n_kv_heads} KV, head_dim {t.head_dim}, vocab {t.vocab_size}, {_count(t.n_params)} params",
             f"student  {s.path}",
             f"         {s.n_layers} layers, hidden {s.hidden_size}, {s.n_heads} heads / {s.n_kv_heads} KV, head_dim {s.head_dim}, vocab {s.vocab_size}, {_count(s.n_params)} params",
-            f"RoPE     {t.rope['rope_type']}, theta {t.rope['rope_theta']:g}, mrope_section {t.rope['mrope_section']} (same in both)",
+            f"family   {family_named(s.family).label}; RoPE {_rope_text(t.rope)} (teacher), {_rope_text(s.rope)} (student)",
             f"layer pairs (student <- teacher; {p.layer_map}): " + ", ".join(f"{a} <- {b}" for a, b in p.layer_pairs),
             *(p.choice.describe() if p.choice is not None else []),
             f"mixers per pair: W_Q {p.q_mixer_shape[0]}x{p.q_mixer_shape[1]}, W_K {p.k_mixer_shape[0]}x{p.k_mixer_shape[1]}",
-            f"RoPE gains: q {gq}, k {gk} on " + (f"all {s.n_layers} student layers" if self.gain_layers == list(range(s.n_layers)) else f"student layers {self.gain_layers}"),
+            f"RoPE gains: q {gq}, k {gk} on " + (f"all {s.n_layers} student layers" if self.gain_layers == list(range(s.n_layers)) else f"student layers {self.gain_layers}")
+            + (" (shared by all heads: folded into q_norm / k_norm, trainers.rope_gain)" if s.qk_norm else ""),
             f"vocabulary: {p.vocab_note}",
             *(f"note: {n}" for n in p.notes),
             f"memory per GPU ({self.n_gpus} GPU(s), sharding {self.sharding}, batch {self.batch_size} x {self.seq_len} tokens, "
@@ -103,6 +108,13 @@ class Plan:
         return "\n".join(lines)
 
     __str__ = format
+
+
+def _rope_text(rope: dict) -> str:
+    """rope_parameters in one line: {'rope_type': 'default', ...} or one entry per layer type (Gemma 3)."""
+    if rope and all(isinstance(v, dict) for v in rope.values()):
+        return "; ".join(f"{kind}: {_rope_text(v)}" for kind, v in rope.items())
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in rope.items())
 
 
 def _count(n: int) -> str:
@@ -118,12 +130,13 @@ def estimate_memory(p: Pairing, n_gpus: int, seq_len: int, batch_size: int = 1, 
     shard = n_gpus if sharding in ("zero3", "fsdp2") else 1
     b, n = batch_size, seq_len
     n_gain = s.n_layers if n_gain_layers is None else n_gain_layers
-    laid_params = p.n_laid_params + n_gain * (s.n_heads + s.n_kv_heads) * (s.head_dim // 2)
+    gain_heads = 2 if s.qk_norm else s.n_heads + s.n_kv_heads  # one shared q and k gain under a QK-norm
+    laid_params = p.n_laid_params + n_gain * gain_heads * (s.head_dim // 2)
     layer_work = b * n * (6 * s.hidden_size + 2 * s.n_kv_heads * s.head_dim + 4 * s.intermediate_size) * a * 2
     student_act = (s.n_layers * b * n * s.hidden_size * a + layer_work) if gradient_checkpointing else s.n_layers * layer_work
-    patches = 4 * n  # upper bound: every token an image token, 2x2 patches merged into one token
+    patches = s.patches_per_token * n  # upper bound: every token an image token (Qwen: 2x2 patches per token)
     student_vision = s.vision_depth * b * patches * s.vision_hidden_size * a + b * patches * (6 * s.vision_hidden_size + 3 * s.vision_intermediate_size) * a * 2
-    teacher_act = b * n * (4 * t.hidden_size + 2 * t.intermediate_size) * a + b * patches * (4 * t.vision_hidden_size + 2 * t.vision_intermediate_size) * a
+    teacher_act = b * n * (4 * t.hidden_size + 2 * t.intermediate_size) * a + b * t.patches_per_token * n * (4 * t.vision_hidden_size + 2 * t.vision_intermediate_size) * a
     pairs = len(p.layer_pairs)
     qk = pairs * b * n * ((t.n_heads + t.n_kv_heads) * t.head_dim * a + (s.n_heads + s.n_kv_heads) * s.head_dim * 4)
     laid_loss = pairs * b * n * (s.n_heads + s.n_kv_heads) * s.head_dim * 4 * 6
@@ -202,10 +215,10 @@ def register_plan(subparsers) -> None:
     p = subparsers.add_parser(
         "plan",
         help="check that a teacher/student pair can be distilled and print the plan (config files only)",
-        description="From config.json alone: check head_dim, RoPE, layers, vocabularies, processors; print "
+        description="From config.json alone: check the family, head_dim, RoPE, layers, vocabularies, processors; print "
         "layer pairs, mixer shapes, vocabulary handling and a memory estimate per GPU.",
     )
-    p.add_argument("--teacher", required=True, help="teacher model folder (Hugging Face Qwen2.5-VL)")
+    p.add_argument("--teacher", required=True, help="teacher model folder (Hugging Face; Qwen2.5-VL, Qwen2-VL, Qwen3-VL, InternVL3 or Gemma 3)")
     p.add_argument("--student", required=True, help="student model folder")
     p.add_argument("--layer-pairs", default=None, help="STUDENT:TEACHER[,...] layer pairs, negatives from the end (default -1:-1, the last layers)")
     p.add_argument("--layer-map", choices=LAYER_MAPS, default="last",

@@ -122,7 +122,7 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
         from trainers.rope_gain import RopeGain
 
         gain = RopeGain.for_model(student, cfg.rope_gain_layers if cfg.rope_gain_layers is not None else [s for s, _ in pairs])
-    module = DistillModule(student, cfg, pairs, teacher_config, gain)
+    module = DistillModule(student, cfg, pairs, teacher_config, gain, qk_dims=pairing.qk_dims if pairing is not None else None)
     module.train()
     optimizer = build_optimizer(module, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)

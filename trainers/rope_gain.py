@@ -19,9 +19,18 @@ by the G query heads that read that KV head, exactly as the key itself is.
 
 Because the hooks scale the q_proj / k_proj outputs row by row, the gains fold into those
 layers: multiply row (h, d) of the weight AND bias (Qwen2.5 has q/k biases) by g[h, d mod D/2].
-`fold_into_projections` does this, so the exported student is a plain Qwen2.5-VL checkpoint with
+`fold_into_projections` does this, so the exported student is a plain checkpoint of its family with
 zero inference overhead. The post-RoPE Q/K that `laid.model.hooks.record_qk` captures include
 the gains, so the alignment losses train them directly.
+
+QK-norm families (Qwen3-VL, Gemma 3; `laid.model.families`): an RMSNorm over each head's D dims
+sits between q_proj / k_proj and RoPE, so scaling q_proj's rows changes nothing the norm lets
+through (it divides by the row's RMS). There the gain scales the norm's output instead (still
+pre-RoPE, the same commuting argument), and it folds exactly into the norm's weight, which is
+shared by all heads: w' = g (offset + w) - offset (offset 0 for Qwen3-VL's w x-hat, 1 for Gemma 3's
+(1 + w) x-hat). So in these families the gain is one value per (layer, rotary pair) for queries and
+one for keys, shared by every head (`shared=True`, made by `for_model`); a per-head gain could not
+be exported and `fold_into_state_dict` refuses one whose heads differ.
 
 What is identifiable: scaling pair p of q by c and of k by 1/c leaves every attention logit
 unchanged, so only the product g_q[h, p] * g_k[h // G, p] (`product()`) acts on attention; the
@@ -41,9 +50,11 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+from laid.model.families import family_of, pre_rope_module
 from laid.model.hooks import resolve_layers, text_decoder
 
-_PROJ_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.(q|k)_proj\.(weight|bias)$")
+# Text layers only (`language_model.layers`): vision towers have self_attn.q_proj layers too.
+_QK_KEY = re.compile(r"(?:^|\.)language_model\.layers\.(\d+)\.self_attn\.(q|k)_(proj|norm)\.(weight|bias)$")
 
 
 def pair_gain_to_dims(gain: torch.Tensor) -> torch.Tensor:
@@ -52,7 +63,8 @@ def pair_gain_to_dims(gain: torch.Tensor) -> torch.Tensor:
 
 
 class RopeGain(nn.Module):
-    """Gains `q` (L, H, D/2) and `k` (L, H_kv, D/2) for student text layers `layers` (sorted).
+    """Gains `q` (L, H, D/2) and `k` (L, H_kv, D/2) for student text layers `layers` (sorted);
+    with `shared` (QK-norm families) `q` (L, 1, D/2) and `k` (L, 1, D/2), one gain for all heads.
 
     attach(model) / remove() register / remove the forward hooks on q_proj / k_proj;
     `with gains.applied(model): ...` does both around a block.
@@ -64,16 +76,17 @@ class RopeGain(nn.Module):
     unsharded use) the hooks read the parameters.
     """
 
-    def __init__(self, n_heads: int, n_kv_heads: int, head_dim: int, layers: Iterable[int]):
+    def __init__(self, n_heads: int, n_kv_heads: int, head_dim: int, layers: Iterable[int], shared: bool = False):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
         self.layers = sorted(int(i) for i in layers)
         if not self.layers or min(self.layers) < 0:
             raise ValueError(f"RopeGain needs non-negative layer indices, got {self.layers}")
-        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-        self.q = nn.Parameter(torch.ones(len(self.layers), n_heads, head_dim // 2))
-        self.k = nn.Parameter(torch.ones(len(self.layers), n_kv_heads, head_dim // 2))
+        self.n_heads, self.n_kv_heads, self.head_dim, self.shared = n_heads, n_kv_heads, head_dim, shared
+        self.q = nn.Parameter(torch.ones(len(self.layers), 1 if shared else n_heads, head_dim // 2))
+        self.k = nn.Parameter(torch.ones(len(self.layers), 1 if shared else n_kv_heads, head_dim // 2))
+        self._heads_first = False  # the hooked modules output (B, heads, S, D) (Gemma 3's QK-norm)
         self._handles: list = []
         self._current: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -87,11 +100,12 @@ class RopeGain(nn.Module):
 
     @classmethod
     def for_model(cls, model: nn.Module, layers: int | Iterable[int] | None = None) -> "RopeGain":
-        """Gains shaped for `model`'s text decoder; layers None = every layer, negatives from the end."""
+        """Gains shaped for `model`'s text decoder; layers None = every layer, negatives from the end.
+        Shared by all heads where the family has a QK-norm (module docstring)."""
         _, decoder_layers = text_decoder(model)
         attn = decoder_layers[0].self_attn
         return cls(attn.config.num_attention_heads, attn.config.num_key_value_heads, attn.head_dim,
-                   resolve_layers(layers, len(decoder_layers)))
+                   resolve_layers(layers, len(decoder_layers)), shared=_has_qk_norm(attn))
 
     def extra_repr(self) -> str:
         return f"layers={self.layers}, q={tuple(self.q.shape)}, k={tuple(self.k.shape)}"
@@ -101,12 +115,14 @@ class RopeGain(nn.Module):
         if self._handles:
             raise RuntimeError("RopeGain is already attached to a model; remove() it first")
         _, decoder_layers = text_decoder(model)
+        self._heads_first = family_of(model).norm_heads_first
         for slot, layer in enumerate(self.layers):
             attn = decoder_layers[layer].self_attn
             if attn.head_dim != self.head_dim or attn.q_proj.out_features != self.n_heads * self.head_dim:
                 raise ValueError(f"RopeGain shapes do not match layer {layer} of {type(model).__name__}")
-            self._handles.append(attn.q_proj.register_forward_hook(self._hook("q", slot)))
-            self._handles.append(attn.k_proj.register_forward_hook(self._hook("k", slot)))
+            # The gain must act on what RoPE rotates: a QK-norm's output where there is one.
+            self._handles.append(pre_rope_module(attn, "q").register_forward_hook(self._hook("q", slot)))
+            self._handles.append(pre_rope_module(attn, "k").register_forward_hook(self._hook("k", slot)))
         return self
 
     def remove(self) -> None:
@@ -125,50 +141,72 @@ class RopeGain(nn.Module):
 
     def _hook(self, which: str, slot: int):
         def hook(module, inputs, output):
-            b, s, _ = output.shape  # (B, S, heads*D): pre-RoPE, heads contiguous as in the model's view()
             if self._current is not None:  # from use(): gathered under ZeRO-3 / FSDP
-                gain = self._current[0 if which == "q" else 1][slot].to(output.dtype)  # (heads, D)
+                gain = self._current[0 if which == "q" else 1][slot].to(output.dtype)  # (heads or 1, D)
             else:
                 gain = pair_gain_to_dims(getattr(self, which)[slot]).to(output.dtype)
+            if output.ndim == 4:  # a QK-norm's output: (B, S, heads, D), or (B, heads, S, D) with heads_first
+                return output * (gain[:, None, :] if self._heads_first else gain)
+            b, s, _ = output.shape  # (B, S, heads*D): pre-RoPE, heads contiguous as in the model's view()
             return (output.view(b, s, -1, self.head_dim) * gain).view(b, s, -1)
 
         return hook
 
+    def per_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, H, D/2), (L, H_kv, D/2) detached: the gain of every head (a shared one repeated)."""
+        return (self.q.detach().expand(-1, self.n_heads, -1), self.k.detach().expand(-1, self.n_kv_heads, -1))
+
     def product(self) -> torch.Tensor:
         """(L, H, D/2) g_q[l, h, p] * g_k[l, h // G, p]: the gain each attention logit sees (detached)."""
-        group = self.n_heads // self.n_kv_heads
-        return (self.q * self.k.repeat_interleave(group, dim=1)).detach()
+        q, k = self.per_head()
+        return q * k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
 
     # ------------------------------------------------------------------ folding
     def gain_for(self, layer: int, which: str) -> torch.Tensor | None:
-        """(heads, D) per-dim gain of `layer` for 'q' or 'k', None if the layer has no gain."""
+        """(heads, D) per-dim gain of `layer` for 'q' or 'k' (a shared gain repeated), None if the layer has none."""
         if layer not in self.layers:
             return None
-        return pair_gain_to_dims(getattr(self, which)[self.layers.index(layer)].detach())
+        return pair_gain_to_dims(self.per_head()[0 if which == "q" else 1][self.layers.index(layer)])
+
+
+def _has_qk_norm(attn: nn.Module) -> bool:
+    return pre_rope_module(attn, "q") is not attn.q_proj
 
 
 @torch.no_grad()
-def fold_into_state_dict(state_dict: dict[str, torch.Tensor], gains: RopeGain) -> list[str]:
-    """Multiply the q_proj / k_proj rows (weight and bias) of the gained layers in place.
+def fold_into_state_dict(state_dict: dict[str, torch.Tensor], gains: RopeGain, norm_offset: float = 0.0) -> list[str]:
+    """Fold the gains into the gained layers' weights in place; returns the keys it changed.
 
-    Works on a model's state_dict() (its tensors share storage with the parameters) or on a full
-    state dict gathered from a sharded (ZeRO-3 / FSDP) run. Returns the keys it changed; raises if
-    a gained layer's projection is missing.
+    Without a QK-norm: multiply the q_proj / k_proj rows (weight and bias) by g[h, d mod D/2]. With one
+    (the state holds self_attn.q_norm / k_norm weights): w' = g (norm_offset + w) - norm_offset on the
+    norm weight (D,), which needs the same gain for every head (else ValueError, one line). Works on a
+    model's state_dict() (its tensors share storage with the parameters) or on a full state dict
+    gathered from a sharded (ZeRO-3 / FSDP) run; raises if a gained layer's q or k weight is missing.
     """
+    norm_site = any(".self_attn.q_norm." in k for k in state_dict)
     changed = []
     for key, tensor in state_dict.items():
-        m = _PROJ_KEY.search(key)
-        if not m or "visual" in key:
+        m = _QK_KEY.search(key)
+        if not m or (m.group(3) == "norm") != norm_site:
             continue
-        gain = gains.gain_for(int(m.group(1)), m.group(2))
+        layer, which = int(m.group(1)), m.group(2)
+        gain = gains.gain_for(layer, which)  # (heads, D)
         if gain is None:
             continue
-        rows = tensor.view(gain.shape[0], gains.head_dim, -1) if m.group(3) == "weight" else tensor.view(gain.shape[0], gains.head_dim, 1)
-        rows.copy_((rows.float() * gain.float()[:, :, None]).to(tensor.dtype))
+        if norm_site:
+            if not torch.equal(gain, gain[:1].expand_as(gain)):
+                raise ValueError(f"RoPE gain of layer {layer} ({which}) differs between heads: it cannot fold into the "
+                                 f"{which}_norm weight that all heads share; train it with RopeGain(shared=True)")
+            tensor.copy_((gain[0].float() * (norm_offset + tensor.float()) - norm_offset).to(tensor.dtype))
+        else:
+            rows = tensor.view(gain.shape[0], gains.head_dim, -1) if m.group(4) == "weight" else tensor.view(gain.shape[0], gains.head_dim, 1)
+            rows.copy_((rows.float() * gain.float()[:, :, None]).to(tensor.dtype))
         changed.append(key)
-    expected = 4 * len(gains.layers)
-    if len(changed) != expected:
-        raise ValueError(f"folding RoPE gains changed {len(changed)} tensors, expected {expected} (q/k weight+bias of layers {gains.layers})")
+    weights = {(int(m.group(1)), m.group(2)) for k in changed if (m := _QK_KEY.search(k)) and m.group(4) == "weight"}
+    missing = sorted({(i, w) for i in gains.layers for w in "qk"} - weights)
+    if missing:
+        site = "q_norm / k_norm" if norm_site else "q_proj / k_proj"
+        raise ValueError(f"folding RoPE gains found no {site} weight for (layer, q|k) {missing}: not this model's state dict")
     return changed
 
 
@@ -181,5 +219,5 @@ def fold_into_projections(model: nn.Module, gains: RopeGain) -> nn.Module:
     """
     if gains._handles:
         raise RuntimeError("remove() the RoPE gain hooks before folding them into the model")
-    fold_into_state_dict(model.state_dict(keep_vars=True), gains)
+    fold_into_state_dict(model.state_dict(keep_vars=True), gains, family_of(model).norm_offset)
     return model

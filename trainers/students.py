@@ -1,7 +1,7 @@
 """Load the two models of a run: the trainable student (full or LoRA) and the frozen teacher.
 
 Both come from local Hugging Face folders through `laid.model.loading.load_model`, the same path as
-real Qwen2.5-VL checkpoints. The student is kept in fp32 (master weights; on GPU the forward runs
+real checkpoints of every supported family. The student is kept in fp32 (master weights; on GPU the forward runs
 under bf16 autocast), the teacher in bf16 on GPU and fp32 on CPU: it is never updated, so it
 needs no fp32 copy.
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from laid.model.families import family_of
 from laid.model.loading import default_dtype, load_model
 from trainers.config import DistillConfig
 
@@ -84,9 +85,10 @@ def apply_lora(student: nn.Module, cfg: DistillConfig) -> nn.Module:
 def build_student(cfg: DistillConfig) -> nn.Module:
     """Trainable student on CPU in fp32: vision tower frozen (option), LoRA for sft-lora."""
     student = _load(cfg.student_dir, torch.float32)
-    if cfg.freeze_vision:
+    if cfg.freeze_vision:  # the vision tower and its projector / merger, wherever the family keeps them
+        vision = family_of(student).vision_prefixes
         for name, p in student.named_parameters():
-            if ".visual." in f".{name}":
+            if name.startswith(vision):
                 p.requires_grad_(False)
     if cfg.gradient_checkpointing:
         student.config.use_cache = False

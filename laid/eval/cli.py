@@ -22,7 +22,7 @@ def register(subparsers) -> None:
         help="evaluate a model on Visual Haystacks (accuracy per haystack size, effective window)",
         description=__doc__,
     )
-    p.add_argument("--model", required=True, help="Hugging Face model folder (toy zoo or real Qwen2.5-VL)")
+    p.add_argument("--model", required=True, help="Hugging Face model folder (toy zoo or real; any supported family)")
     p.add_argument("--data", required=True, help="a VHs root holding single_needle/ and multi_needle/ (e.g. runs/default/"
                    "data/test), a setting folder (e.g. single_needle/VHs_large) or one visual_haystack_N.json file")
     p.add_argument("--image-root", required=True, help="folder the image paths in the JSON files are relative to")

@@ -1,4 +1,4 @@
-"""Score Visual Haystacks examples with a Qwen2.5-VL model (toy or real, same code).
+"""Score Visual Haystacks examples with a model of any supported family (toy or real, same code).
 
 Two scorings:
 - logits (default): one forward pass; the answer is read from the next-token logits at the last
@@ -22,6 +22,7 @@ import torch
 from transformers import GenerationConfig
 
 from laid.eval.metrics import is_compliant, reference_correct
+from laid.model.families import family_of
 from laid.model.pixel_cache import PixelCache
 from laid.model.prompting import Example, encode_batch, render_prompt
 
@@ -167,18 +168,18 @@ def score_examples(
 
 
 def image_token_count(processor, width: int, height: int) -> int:
-    """Vision tokens the model sees for a width x height image (after resizing and 2x2 merging).
+    """Prompt tokens one width x height image becomes (the processor's family says how).
 
-    Real Qwen2.5-VL: a 448x448 image -> 32x32 patches of 14 px -> 256 tokens after the merge.
+    Real Qwen2.5-VL: a 448x448 image -> 32x32 patches of 14 px -> 256 tokens after the merge;
+    InternVL3: 256 per 448 px tile + <img> </img>; Gemma 3: 256 + <start_of_image> <end_of_image>.
     """
-    ip = processor.image_processor
-    return ip.get_number_of_image_patches(height, width) // ip.merge_size**2
+    return family_of(processor).image_tokens(processor, width, height)
 
 
 def estimate_input_tokens(processor, question: str, image_sizes: Sequence[tuple[int, int]]) -> int:
     """Prompt length in tokens for a haystack, from image sizes (w, h) only (no pixels decoded).
 
-    The rendered prompt holds one <|image_pad|> per image, which the processor expands to the
+    The rendered prompt holds one image placeholder per image, which the processor expands to the
     image's token count; used to plan batches before any image is loaded.
     """
     prompt = render_prompt(processor, len(image_sizes), question)

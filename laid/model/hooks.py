@@ -1,4 +1,4 @@
-"""Record per-head queries and keys of a Qwen2.5-VL text decoder, before and after RoPE.
+"""Record per-head queries and keys of a VLM's text decoder (any supported family), before and after RoPE.
 
     with record_qk(model, layers=[-1], sites=("q_rot", "k_rot")) as rec:
         model(**batch)
@@ -9,8 +9,9 @@ Site names follow TransformerLens: `layers.{i}.attn.{site}`, with i the text dec
 
     q_rot  (B, H, S, D)     post-RoPE queries, exactly what the attention kernel (SDPA) receives
     k_rot  (B, H_kv, S, D)  post-RoPE keys, before repeat_kv (one per KV head, GQA not expanded)
-    q      (B, H, S, D)     pre-RoPE queries: q_proj output split into heads
-    k      (B, H_kv, S, D)  pre-RoPE keys: k_proj output split into heads
+    q      (B, H, S, D)     pre-RoPE queries: what RoPE rotates (q_proj output split into heads, or
+                            the q_norm output in the QK-norm families Qwen3-VL and Gemma 3)
+    k      (B, H_kv, S, D)  pre-RoPE keys: k_proj (k_norm) output split into heads
     v      (B, H_kv, S, D)  values: v_proj output split into heads
 
 How. Post-RoPE tensors only exist inside the attention module's forward, so we route the text
@@ -18,9 +19,11 @@ layers through a registered `transformers.AttentionInterface` function named `la
 that records query/key and then calls the implementation that was active before (`<inner>`, sdpa
 by default), so the compute path and the logits do not change. The same name is registered in
 `AttentionMaskInterface` with the inner implementation's mask function (without it transformers
-builds no causal mask for unknown names). Only the text config's `_attn_implementation` is
-switched: the vision tower keeps its own. Pre-RoPE tensors come from plain forward hooks on
-`self_attn.{q,k,v}_proj`. Everything is undone on exit, also after an exception.
+builds no causal mask for unknown names; for Gemma 3 that would silently drop the sliding-window
+and image-block masks). Only the text config's `_attn_implementation` is switched: the vision tower
+keeps its own. Pre-RoPE tensors come from plain forward hooks on the module RoPE's input comes
+from (`laid.model.families.pre_rope_module`: `q_norm`/`k_norm` where the family has a QK-norm,
+else `q_proj`/`k_proj`) and on `v_proj`. Everything is undone on exit, also after an exception.
 
 Each forward inside the context overwrites `rec.tensors` (the last forward wins); for many
 batches pass `callback(name, tensor)` to stream tensors instead of storing them. With a KV cache
@@ -39,6 +42,9 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from laid.model.families import family_of
+from laid.model.families.base import pre_rope_module, text_decoder  # noqa: F401 (text_decoder re-exported)
+
 ROTARY_SITES = ("q_rot", "k_rot")
 PROJECTION_SITES = {"q": "q_proj", "k": "k_proj", "v": "v_proj"}
 SITES = ROTARY_SITES + tuple(PROJECTION_SITES)
@@ -48,29 +54,6 @@ _RECORDERS_ATTR = "_laid_qk_recorders"  # list of active QKRecorder on a self_at
 
 def site_name(layer: int, site: str) -> str:
     return f"layers.{layer}.attn.{site}"
-
-
-def text_decoder(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
-    """(text model, its decoder layers) of a Qwen2.5-VL model, wrapper or not.
-
-    transformers 5.x: Qwen2_5_VLForConditionalGeneration.model.language_model.layers; we also accept
-    the inner Qwen2_5_VLModel or the text model itself, and fall back to the first `layers` list of
-    blocks with a `self_attn.q_proj` (the vision blocks have `attn`, not `self_attn`).
-    """
-    for path in ("model.language_model", "language_model", "model", ""):
-        obj = model
-        for part in filter(None, path.split(".")):
-            obj = getattr(obj, part, None)
-        if obj is not None and _is_decoder_list(getattr(obj, "layers", None)):
-            return obj, obj.layers
-    for name, mod in model.named_modules():
-        if _is_decoder_list(getattr(mod, "layers", None)) and "visual" not in name:
-            return mod, mod.layers
-    raise ValueError(f"{type(model).__name__} has no text decoder layers with self_attn.q_proj: not a Qwen2.5-VL-like model")
-
-
-def _is_decoder_list(layers) -> bool:
-    return isinstance(layers, nn.ModuleList) and len(layers) > 0 and hasattr(getattr(layers[0], "self_attn", None), "q_proj")
 
 
 def resolve_layers(layers: int | Iterable[int] | None, n_layers: int) -> list[int]:
@@ -184,6 +167,7 @@ def record_qk(
     rec = QKRecorder(resolve_layers(layers, len(decoder_layers)), sites, token_mask, detach, callback)
 
     attns = [decoder_layers[i].self_attn for i in rec.layers]
+    heads_first = family_of(model).norm_heads_first if any(s in ("q", "k") for s in sites) else False
     # Every config object the text path reads its implementation from (normally one, shared).
     configs = {id(c): c for c in [text_model.config] + [layer.self_attn.config for layer in decoder_layers]}
     previous = {key: cfg._attn_implementation for key, cfg in configs.items()}
@@ -199,7 +183,9 @@ def record_qk(
         for i, attn in zip(rec.layers, attns):
             for site, proj in PROJECTION_SITES.items():
                 if site in sites:
-                    handles.append(getattr(attn, proj).register_forward_hook(_projection_hook(rec, i, site, attn.head_dim)))
+                    module = getattr(attn, proj) if site == "v" else pre_rope_module(attn, site)
+                    first = heads_first and module is not getattr(attn, proj)
+                    handles.append(module.register_forward_hook(_projection_hook(rec, i, site, attn.head_dim, first)))
         yield rec
     finally:
         for h in handles:
@@ -214,9 +200,12 @@ def record_qk(
             cfg._attn_implementation = previous[key]
 
 
-def _projection_hook(rec: QKRecorder, layer: int, site: str, head_dim: int):
+def _projection_hook(rec: QKRecorder, layer: int, site: str, head_dim: int, heads_first: bool = False):
     def hook(module, inputs, output):
-        b, s, _ = output.shape  # (B, S, heads*D) -> (B, heads, S, D)
+        if heads_first:  # a QK-norm on (B, heads, S, D) (Gemma 3)
+            rec._emit(layer, site, output)
+            return
+        b, s = output.shape[:2]  # (B, S, heads*D) or, after a QK-norm, (B, S, heads, D) -> (B, heads, S, D)
         rec._emit(layer, site, output.view(b, s, -1, head_dim).transpose(1, 2))
 
     return hook

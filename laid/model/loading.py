@@ -1,8 +1,9 @@
-"""Load and save Qwen2.5-VL model folders: the one code path for toy and real checkpoints.
+"""Load and save model folders of any supported family: one code path for toy and real checkpoints.
 
 Everything in the workbench loads models through `load_model` / `load_processor`, which call
 `AutoModelForImageTextToText.from_pretrained` and `AutoProcessor.from_pretrained` on a local
-folder. A user with real Qwen2.5-VL weights on disk changes only the path.
+folder. A user with real weights on disk changes only the path. The folder's config.json
+`model_type` must belong to a supported family (`laid.model.families`); any other is refused.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from laid.io import atomic_dir
-from laid.model import processor as _processor  # registers the torchvision-free processor
+from laid.model import processor as _processor  # registers the torchvision-free processors
+from laid.model.families import UnknownFamilyError, family_for_type
 
 _processor.register()
 
 
 class ModelFolderError(ValueError):
-    """A model folder is missing or is not a Qwen2.5-VL checkpoint."""
+    """A model folder is missing or holds a model type no family adapter supports."""
 
 
 def check_model_dir(path: str | Path) -> Path:
@@ -28,8 +30,10 @@ def check_model_dir(path: str | Path) -> Path:
     if not (path / "config.json").is_file():
         raise ModelFolderError(f"model folder {path} has no config.json: pass a Hugging Face model folder (see `laid zoo`)")
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    if model_type != "qwen2_5_vl":
-        raise ModelFolderError(f"model folder {path} holds a {model_type!r} model; LAid supports qwen2_5_vl")
+    try:
+        family_for_type(model_type, f"model folder {path}")
+    except UnknownFamilyError as e:
+        raise ModelFolderError(str(e)) from None
     return path
 
 

@@ -1,32 +1,28 @@
-"""A Qwen2.5-VL processor that works without torchvision.
+"""Torchvision-free processors for every supported family, and the toy Qwen image processor.
 
-`Qwen2_5_VLProcessor` insists on a video processor, and the only one in transformers needs
-torchvision. Our subclass declares no video processor (its `__init__` has no such argument, which
-is how `ProcessorMixin` discovers sub-processors) and is registered with `AutoProcessor`, so
-`AutoProcessor.from_pretrained(dir)` returns it for toy folders. Real Qwen2.5-VL folders load the
-same class, which makes the code path identical on a machine without torchvision.
+`Qwen2_5_VLProcessor` (and Qwen2-VL's, Qwen3-VL's, InternVL's) insists on a video processor, and
+the only ones in transformers need torchvision. Each family module defines a subclass that declares
+no video processor (its `__init__` has no such argument, which is how `ProcessorMixin` discovers
+sub-processors); `laid.model.families.register_processors` registers them with `AutoProcessor`, so
+`AutoProcessor.from_pretrained(dir)` returns them for toy and real folders alike, and the code path
+is identical on a machine without torchvision. Gemma 3's processor has no video part: it is used as is.
 """
 
 from __future__ import annotations
 
-from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-
-class LaidQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL processor with images and text only (no video processor, no torchvision)."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+from laid.model.families import register_processors
+from laid.model.families.qwen2_5_vl import LaidQwen2_5_VLProcessor  # noqa: F401 (the zoo's processor class)
 
 
 def register() -> None:
-    """Make AutoProcessor return our processor for Qwen2.5-VL configs (idempotent)."""
-    AutoProcessor.register(Qwen2_5_VLConfig, LaidQwen2_5_VLProcessor, exist_ok=True)
+    """Make AutoProcessor return our processors for every family (idempotent)."""
+    register_processors()
 
 
 def build_image_processor(image_size: int = 56, patch_size: int = 14, merge_size: int = 2):
-    """An image processor that keeps `image_size` x `image_size` images at that size.
+    """A Qwen-VL image processor that keeps `image_size` x `image_size` images at that size.
 
     With 14 px patches and 2x2 merge a 56 px image becomes a 4x4 patch grid = 4 vision tokens.
     """

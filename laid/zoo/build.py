@@ -1,7 +1,9 @@
 """Build a zoo model folder from its YAML config: tokenizer, processor, random-init model.
 
 The folder is an ordinary Hugging Face checkpoint (config.json, model.safetensors, tokenizer and
-processor files), loadable with `laid.model.loading.load_model` exactly like a real Qwen2.5-VL folder.
+processor files), loadable with `laid.model.loading.load_model` exactly like a real checkpoint. The
+shipped zoo is Qwen2.5-VL; `family` builds the same toy in another supported family
+(laid/zoo/toys.py says what each family's toy keeps of the real one).
 """
 
 from __future__ import annotations
@@ -10,26 +12,31 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers import AutoModelForImageTextToText
 
-from laid.model.loading import save_folder_atomically
 from laid.config import to_dict
+from laid.model.loading import save_folder_atomically
+from laid.zoo import toys
 from laid.zoo.configs import ZooModelConfig
-from laid.model.processor import LaidQwen2_5_VLProcessor, build_image_processor
-from laid.zoo.tokenizer import build_tokenizer
+
+DEFAULT_FAMILY = "qwen2_5_vl"
 
 
-def build_processor(image_size: int = 56) -> LaidQwen2_5_VLProcessor:
-    tok = build_tokenizer()
-    return LaidQwen2_5_VLProcessor(build_image_processor(image_size), tok, chat_template=tok.chat_template)
+def build_processor(image_size: int = 56, family: str = DEFAULT_FAMILY, cfg: ZooModelConfig | None = None):
+    """The toy processor of `family` (cfg: the zoo model, for families whose processor needs its vision settings)."""
+    if cfg is None:
+        cfg = ZooModelConfig(name="toy", role="student", mirrors="", image_size=image_size)
+    return toys.build_processor(family, cfg)
 
 
-def build_model(cfg: ZooModelConfig, seed: int | None = None) -> Qwen2_5_VLForConditionalGeneration:
+def build_model(cfg: ZooModelConfig, seed: int | None = None, family: str = DEFAULT_FAMILY, **text_overrides):
     """A random-init model for `cfg` (seeded by cfg.pretrain.seed unless `seed` is given)."""
     torch.manual_seed(cfg.pretrain.seed if seed is None else seed)
-    hf = cfg.to_hf(build_tokenizer())
+    hf = toys.hf_config(family, cfg, toys.build_tokenizer(family), **text_overrides)
     hf._attn_implementation = "sdpa"
-    return Qwen2_5_VLForConditionalGeneration(hf).float()
+    model = AutoModelForImageTextToText.from_config(hf).float()
+    toys.init_toy(model, family, cfg)
+    return model
 
 
 def save_zoo_folder(model, processor, cfg: ZooModelConfig, out_dir: str | Path, log: dict | None = None) -> Path:
@@ -37,6 +44,7 @@ def save_zoo_folder(model, processor, cfg: ZooModelConfig, out_dir: str | Path, 
     return save_folder_atomically(model, processor, out_dir, extra_files=extra)
 
 
-def build_random_folder(cfg: ZooModelConfig, out_dir: str | Path) -> Path:
+def build_random_folder(cfg: ZooModelConfig, out_dir: str | Path, family: str = DEFAULT_FAMILY, **text_overrides) -> Path:
     """Random-init folder (for tests and shape checks); `laid zoo` pretrains on top of this."""
-    return save_zoo_folder(build_model(cfg), build_processor(cfg.image_size), cfg, out_dir)
+    model = build_model(cfg, family=family, **text_overrides)
+    return save_zoo_folder(model, build_processor(cfg.image_size, family, cfg), cfg, out_dir)

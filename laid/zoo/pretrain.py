@@ -41,6 +41,7 @@ from laid.model.prompting import Example, encode_batch
 from laid.schedule import learning_rate
 from laid.zoo.configs import RETRIEVAL_QUERIES, PretrainConfig
 from laid.zoo.image_bank import FreshImages, ImageBank, encoder_outputs
+from laid.model.families import family_of
 from laid.model.hooks import record_qk, site_name
 from laid.zoo.retrieval_attention import RetrievalAttentionLoss, needle_token_mask
 
@@ -239,15 +240,15 @@ def pretrain_vision(
     answer even one-image questions within the CPU budget. Nothing is added to the model.
     """
     rng = np.random.default_rng(cfg.seed + 1000)
-    visual = model.model.visual
+    family = family_of(model)
     embed = model.get_input_embeddings()
     ids = torch.tensor(category_token_ids(processor))
     bias = torch.nn.Parameter(torch.full((len(CATEGORIES),), -2.0))
     log_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))  # learnable inverse temperature
-    params = [*visual.parameters(), embed.weight, bias, log_scale]
+    params = [*family.vision_parameters(model), embed.weight, bias, log_scale]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     log = {"vision_loss": [], "vision_step": []}
-    visual.train()
+    model.train()
     ema = None
     for step in tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0, position=position):
         for g in opt.param_groups:
@@ -258,7 +259,7 @@ def pretrain_vision(
             images.append(image)
             labels[i, [CATEGORIES.index(c) for c in cats]] = 1.0
         pix = processor.image_processor(images=images, return_tensors="pt")
-        feats = visual(pix["pixel_values"], grid_thw=pix["image_grid_thw"]).pooler_output  # (n_img * T, H)
+        feats = family.image_features(model, pix).flatten(0, 1)  # (n_img * T, H)
         words = embed.weight[ids]  # (C, H)
         # Cosine similarity, not a raw dot product: the LM sees every token through RMSNorm, so only
         # directions matter; a raw dot product against small word embeddings instead drove the
@@ -274,6 +275,14 @@ def pretrain_vision(
             log["vision_loss"].append(round(ema, 5))
             log["vision_step"].append(step)
     return log
+
+
+def image_token_runs(input_ids: torch.Tensor, image_token_id: int) -> list[int]:
+    """Tokens of each image of a batch (B, S), rows in order: the lengths of the image-token runs
+    (every family puts one image's placeholders in one run)."""
+    img = torch.nn.functional.pad((input_ids == image_token_id).int(), (1, 1))  # (B, S + 2)
+    edges = torch.diff(img, dim=-1)
+    return [int(e - s) for row in edges for s, e in zip((row == 1).nonzero().squeeze(-1), (row == -1).nonzero().squeeze(-1))]
 
 
 def anchor_positions(input_ids: torch.Tensor, image_token_id: int, colour_ids: torch.Tensor) -> torch.Tensor:
@@ -298,16 +307,15 @@ class _RetrievalSupervision:
         if query not in RETRIEVAL_QUERIES:  # configs are checked at load; this guards direct callers
             raise ValueError(f"pretrain.retrieval_attention_query is {query!r}; use one of {list(RETRIEVAL_QUERIES)}")
         self.loss = RetrievalAttentionLoss(head=0)
-        self.image_token_id = model.config.image_token_id
-        self.merge = model.config.vision_config.spatial_merge_size
+        self.image_token_id = family_of(model).image_token_id(model.config)
         self.query = query
         self.colour_ids = torch.tensor(category_token_ids(processor))  # (C,)
 
     def __call__(self, batch, examples, rec) -> torch.Tensor:
         layer = rec.layers[0]
         q, k = rec.tensors[site_name(layer, "q_rot")], rec.tensors[site_name(layer, "k_rot")]  # (B, H, S, D), (B, H_kv, S, D)
-        per_image = (batch["image_grid_thw"].prod(-1) // self.merge**2).tolist()
-        needles = needle_token_mask(batch["input_ids"], self.image_token_id, per_image, [ex.needles for ex in examples])
+        needles = needle_token_mask(batch["input_ids"], self.image_token_id, image_token_runs(batch["input_ids"], self.image_token_id),
+                                    [ex.needles for ex in examples])
         if self.query == "anchor":
             query_pos = anchor_positions(batch["input_ids"], self.image_token_id, self.colour_ids)
         else:  # the position that predicts the first answer token: one before the first labelled one
@@ -353,13 +361,17 @@ def pretrain(
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     source = None
+    family = family_of(model)
     if cfg.freeze_vision:
         # The vision tower keeps what stage 1 taught it (as LLaVA-style VLMs keep their CLIP tower
         # frozen while the LM learns to use it; docs/HISTORY.md has the A/B), and its features can
-        # be cached, which makes a step 1.5-2.1x faster (laid/zoo/image_bank.py).
-        model.model.visual.requires_grad_(False)
-        source = ImageBank(model, processor, cfg.image_bank_size, cfg.seed + 2000, image_size=image_size,
-                           progress=progress, desc=desc)
+        # be cached, which makes a step 1.5-2.1x faster (laid/zoo/image_bank.py), in the families
+        # whose models take cached features; the others render fresh images through the frozen tower.
+        for p in family.vision_parameters(model):
+            p.requires_grad_(False)
+        if family.encoder_cache:
+            source = ImageBank(model, processor, cfg.image_bank_size, cfg.seed + 2000, image_size=image_size,
+                               progress=progress, desc=desc)
     sampler = TaskSampler(cfg, rng, source)
     model.train()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -408,7 +420,8 @@ def pretrain(
             log["step"].append(step)
             bar.set_postfix(loss=f"{ema:.3f}")
     log["seconds"] = round(time.time() - t0, 1)
-    model.model.visual.requires_grad_(True)  # later stages (distillation) decide for themselves
+    for p in family.vision_parameters(model):
+        p.requires_grad_(True)  # later stages (distillation) decide for themselves
     model.eval()
     log["max_position"] = max_position_seen(model, processor, cfg)
     log["max_haystack"] = cfg.max_haystack

@@ -1,11 +1,14 @@
-"""A word-level tokenizer for the synthetic Visual Haystacks vocabulary, with Qwen's special tokens.
+"""A word-level tokenizer for the synthetic Visual Haystacks vocabulary, with a family's special tokens.
 
 Built offline with the `tokenizers` library and wrapped in `PreTrainedTokenizerFast`, so it saves
-into and loads from a model folder like any Hugging Face tokenizer. The special tokens carry the
-same names as Qwen2.5-VL's, so prompts and chat templates are written once for toy and real models.
+into and loads from a model folder like any Hugging Face tokenizer. The special tokens and the chat
+template carry the same names and format as the real family's (`TokenizerSpec`: Qwen's by default,
+also InternVL3's and Gemma 3's), so prompts are written once for toy and real models.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -44,26 +47,38 @@ CHAT_TEMPLATE = (
 )
 
 
-def vocabulary() -> list[str]:
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """A family's special tokens (ids 0.. in this order), pad / eos, the named ones its processor
+    reads as tokenizer attributes (e.g. Gemma 3's `boi_token`), extra words and its chat template."""
+
+    special_tokens: tuple[str, ...] = tuple(SPECIAL_TOKENS)
+    pad: str = PAD
+    eos: str = IM_END
+    chat_template: str = CHAT_TEMPLATE
+    named: dict[str, str] = field(default_factory=dict)
+    extra_words: tuple[str, ...] = ()
+
+
+QWEN = TokenizerSpec()
+
+
+def vocabulary(spec: TokenizerSpec = QWEN) -> list[str]:
     """Tokens in id order: special tokens first (as in Qwen, they get fixed low ids here)."""
-    words = list(dict.fromkeys([*TASK_WORDS, *COLOURS, *SHAPES, *PUNCTUATION]))
-    return [*SPECIAL_TOKENS, UNK, *words]
+    words = list(dict.fromkeys([*TASK_WORDS, *COLOURS, *SHAPES, *PUNCTUATION, *spec.extra_words]))
+    return [*spec.special_tokens, UNK, *words]
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {tok: i for i, tok in enumerate(vocabulary())}
+def build_tokenizer(spec: TokenizerSpec = QWEN) -> PreTrainedTokenizerFast:
+    vocab = {tok: i for i, tok in enumerate(vocabulary(spec))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.Whitespace()  # words and punctuation runs
     core.decoder = decoders.WordPiece(prefix="##")  # joins tokens with spaces
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token=UNK,
-        pad_token=PAD,
-        eos_token=IM_END,
-        additional_special_tokens=SPECIAL_TOKENS,
-        model_max_length=1 << 20,
-        padding_side="left",
-    )
-    tok.chat_template = CHAT_TEMPLATE
+    kw = {"extra_special_tokens": dict(spec.named)} if spec.named else {"additional_special_tokens": list(spec.special_tokens)}
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token=UNK, pad_token=spec.pad, eos_token=spec.eos,
+                                  model_max_length=1 << 20, padding_side="left", **kw)
+    if spec.named:  # both keywords at construction would silently drop the list
+        tok.add_special_tokens({"additional_special_tokens": list(spec.special_tokens)}, replace_extra_special_tokens=False)
+    tok.chat_template = spec.chat_template
     return tok

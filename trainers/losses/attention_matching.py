@@ -56,7 +56,9 @@ We take d_ij = max_a |pos_a(i) - pos_a(j)| from the model's own position ids (`p
 difference; for a text query and an image key it is the temporal difference (the image's start
 versus the text position, the largest of the three); inside an image it is the Chebyshev distance
 of the patches. A 20-image haystack spans ~8k tokens but only ~600 positions, so token distances
-would overstate how far RoPE has rotated. `positions=None` falls back to the token index.
+would overstate how far RoPE has rotated. `positions=None` falls back to the token index. The
+positions come from the student's family (`laid.model.families`): (3, B, S) M-RoPE ids for the
+Qwen-VL families, (1, B, S) token indices for InternVL3 and Gemma 3, whose RoPE is 1-D.
 
 Distance weights (`DistanceWeighting`): w(d, t) = 1 + alpha(t) * f(d / d_max) with d_max the
 largest distance between two valid tokens of the row's sequence (so the farthest pair of every
@@ -65,10 +67,20 @@ sequence gets 1 + alpha, whatever its length), f(x) = x^p ("power") or log(1 + d
 cosine, or constant): early training matches attention uniformly, later it emphasises long
 distances, the paper's "progressive ... dynamically emphasizes longer position differences".
 
+Masks and scales (`student_pattern`, `target_pattern`: `laid.model.families.AttentionPattern`, from
+each model's family adapter for the paired layer): every attention map here is the layer's real
+one, with its own mask (causal; Gemma 3 adds the sliding window on local layers and bidirectional
+attention inside each image block) and its own logit scale (Gemma 3: query_pre_attn_scalar ** -0.5).
+None = plain causal at head_dim ** -0.5 (Qwen2.5-VL's; for Gemma 3 the degenerate reading the tests
+fail). The target is restricted to the keys the student's layer can see and renormalised there
+(identical to the teacher's map when both masks agree, as for same-type layers of one family): a key
+the student cannot attend to would make the divergence infinite and carries nothing it can learn.
+
 Memory: queries are processed in chunks of `chunk_size`, so a chunk's logits are (B, H, chunk, S)
 (the teacher's (B, H_t, chunk, S)) and never (S, S); each chunk is wrapped in activation
 checkpointing when gradients are needed, so the backward pass also keeps only O(chunk x S) live,
-i.e. memory grows linearly with S. GQA: query head h uses KV head h // (H / H_kv), as in the model.
+i.e. memory grows linearly with S (a chunk's keys end at its last row, or at the end of an image
+block one of its rows lies in). GQA: query head h uses KV head h // (H / H_kv), as in the model.
 """
 
 from __future__ import annotations
@@ -79,6 +91,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from laid.model.families import AttentionPattern
 
 _MASKED = -1e9  # finite fill for masked logits: exp -> 0 and no NaN in gradients (fp32)
 
@@ -137,13 +151,10 @@ def _logits(q, k, scale):
     return torch.einsum("bkgcd,bksd->bkgcs", q.float().view(b, h_kv, h // h_kv, c, d), k.float()).reshape(b, h, c, s) * scale
 
 
-def _allowed(start, c, s, key_valid, query_valid, device):
-    """(B, 1, c, S) causal & valid; padding query rows keep their diagonal so softmax stays finite."""
-    i = torch.arange(start, start + c, device=device)[:, None]
-    j = torch.arange(s, device=device)[None, :]
-    allowed = (j <= i)[None] & key_valid[:, None, :] & query_valid[:, :, None]
-    allowed = allowed | ((j == i)[None] & ~query_valid[:, :, None])
-    return allowed[:, None]
+def _patterns(student_pattern, target_pattern, student_q, target_q):
+    """The two sides' patterns; None = plain causal at each side's head_dim ** -0.5."""
+    s = student_pattern or AttentionPattern.causal(student_q.shape[-1])
+    return s, target_pattern or AttentionPattern.causal(target_q.shape[-1])
 
 
 def _target_probs(tq, tk, mix, allowed, scale):
@@ -161,20 +172,20 @@ def _chunk_divergence(*args):
 
 
 def _chunk_divergence_fp32(sq, sk, tq, tk, mix, start, key_valid, query_valid, query_rows, distance, d_max, weighting,
-                           progress):
+                           progress, s_pattern, t_pattern):
     """Weighted divergence summed over one query chunk.
 
     sq (B, H, c, D) student queries of rows [start, start + c), sk (B, H_kv, S, D) keys 0 .. S-1
-    (only keys a causal row of the chunk can see); tq / tk the teacher's (raw heads with `mix`,
-    else already-mixed targets shaped like sq / sk); key_valid (B, S) bool; query_valid (B, c)
-    bool; query_rows (B, c) bool, the valid rows that count (attn_rows); distance (B, c, S); d_max
-    (B,). Returns a 0-d tensor (sum).
+    (every key a row of the chunk can see); tq / tk the teacher's (raw heads with `mix`, else
+    already-mixed targets shaped like sq / sk); key_valid (B, S) bool; query_valid (B, c) bool;
+    query_rows (B, c) bool, the valid rows that count (attn_rows); distance (B, c, S); d_max (B,);
+    s_pattern / t_pattern the two layers' AttentionPatterns. Returns a 0-d tensor (sum).
     """
     c, s = sq.shape[2], sk.shape[2]
-    scale = sq.shape[-1] ** -0.5
-    allowed = _allowed(start, c, s, key_valid, query_valid, sq.device)  # (B, 1, c, S)
-    p = _target_probs(tq, tk, mix, allowed, scale)  # (B, H, c, S)
-    log_q = torch.log_softmax(_logits(sq, sk, scale).masked_fill(~allowed, _MASKED), dim=-1)  # student
+    allowed = s_pattern.allowed(start, c, s, key_valid, query_valid)  # (B, 1, c, S) the student's real mask
+    seen = allowed & t_pattern.allowed(start, c, s, key_valid, query_valid)  # the target, where the student can look
+    p = _target_probs(tq, tk, mix, seen, t_pattern.scaling)  # (B, H, c, S)
+    log_q = torch.log_softmax(_logits(sq, sk, s_pattern.scaling).masked_fill(~allowed, _MASKED), dim=-1)  # student
     q = log_q.exp()
     cross = torch.where(p > 0, p * (p.clamp(min=1e-38).log() - log_q), torch.zeros((), device=p.device))
     term = cross - p + q  # (B, H, c, S), >= 0
@@ -206,7 +217,8 @@ class AttentionMatchingLoss(nn.Module):
 
     forward(student_q (B, H, S, D), student_k (B, H_kv, S, D), target_q, target_k,
             mask (B, S) bool valid tokens or None, progress t in [0, 1],
-            mix (H, H_t) convex rows or None, positions (3, B, S) M-RoPE ids or None,
+            mix (H, H_t) convex rows or None, positions (A, B, S) position ids or None,
+            student_pattern / target_pattern: each layer's AttentionPattern or None (causal, head_dim ** -0.5),
             query_mask (B, S) bool query rows that are matched or None = every valid row)
     -> scalar: weighted divergence averaged over the matched query rows and heads (keys: every
     valid token). `query_mask` restricts the rows (the recipe's `attn_rows`: text or question rows).
@@ -227,6 +239,7 @@ class AttentionMatchingLoss(nn.Module):
         self.use_checkpoint = use_checkpoint
 
     def forward(self, student_q, student_k, target_q, target_k, mask=None, progress: float = 0.0, mix=None, positions=None,
+                student_pattern: AttentionPattern | None = None, target_pattern: AttentionPattern | None = None,
                 query_mask=None) -> torch.Tensor:
         b, h, s, _ = student_q.shape
         if mix is None and (student_q.shape != target_q.shape or student_k.shape != target_k.shape):
@@ -243,6 +256,7 @@ class AttentionMatchingLoss(nn.Module):
                 raise ValueError(f"{name}: {q.shape[1]} query heads are not a multiple of {k.shape[1]} KV heads")
         if self.direction_only:  # gradients turn the student's vectors, with no component along them
             student_q, student_k = direction_only(student_q), direction_only(student_k)
+        s_pat, t_pat = _patterns(student_pattern, target_pattern, student_q, target_q)
         mask = torch.ones(b, s, dtype=torch.bool, device=student_q.device) if mask is None else mask.bool()
         rows = mask if query_mask is None else mask & query_mask.to(mask.device).bool()  # (B, S) matched rows
         pos = _positions_or_index(positions, b, s, student_q.device)  # (A, B, S)
@@ -255,12 +269,13 @@ class AttentionMatchingLoss(nn.Module):
         first = int(any_row[0]) if any_row.numel() else s
         for start in range(first, s, self.chunk_size):
             stop = min(start + self.chunk_size, s)
-            # Causal: rows < stop see keys < stop only, so later keys are not even multiplied.
-            distance = pair_distance(pos[:, :, start:stop], pos[:, :, :stop])  # (B, c, stop)
+            # Rows < stop see keys < stop only (causal), or up to the end of an image block they are in.
+            kstop = max(s_pat.key_stop(start, stop), t_pat.key_stop(start, stop))
+            distance = pair_distance(pos[:, :, start:stop], pos[:, :, :kstop])  # (B, c, kstop)
             args = (
-                student_q[:, :, start:stop], student_k[:, :, :stop], target_q[:, :, start:stop], target_k[:, :, :stop],
-                mix, start, mask[:, :stop], mask[:, start:stop], rows[:, start:stop], distance, d_max, self.weighting,
-                float(progress),
+                student_q[:, :, start:stop], student_k[:, :, :kstop], target_q[:, :, start:stop], target_k[:, :, :kstop],
+                mix, start, mask[:, :kstop], mask[:, start:stop], rows[:, start:stop], distance, d_max, self.weighting,
+                float(progress), s_pat, t_pat,
             )
             if grad and self.use_checkpoint:
                 total = total + checkpoint(_chunk_divergence, *args, use_reentrant=False)
@@ -270,20 +285,25 @@ class AttentionMatchingLoss(nn.Module):
 
 
 @torch.no_grad()
-def attention_entropy(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int = 256) -> torch.Tensor:
-    """Mean entropy (nats) of the causal attention rows of q (B, H, S, D), k (B, H_kv, S, D).
+def attention_entropy(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int = 256,
+                      pattern: AttentionPattern | None = None) -> torch.Tensor:
+    """Mean entropy (nats) of the attention rows of q (B, H, S, D), k (B, H_kv, S, D) under the
+    layer's `pattern` (None: causal at head_dim ** -0.5).
 
     Averaged over valid query rows and heads; chunked in queries like the loss (memory linear in S).
     A row that sees n keys has entropy between 0 (one key) and log n (uniform).
     """
     b, h, s, d = q.shape
+    pattern = pattern or AttentionPattern.causal(d)
     mask = torch.ones(b, s, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
     total = torch.zeros((), dtype=torch.float64, device=q.device)
     for start in range(0, s, chunk_size):
         stop = min(start + chunk_size, s)
-        allowed = _allowed(start, stop - start, stop, mask[:, :stop], mask[:, start:stop], q.device)
+        kstop = pattern.key_stop(start, stop)
+        allowed = pattern.allowed(start, stop - start, kstop, mask[:, :kstop], mask[:, start:stop])
         with torch.autocast(device_type=q.device.type, enabled=False):
-            logp = torch.log_softmax(_logits(q[:, :, start:stop], k[:, :, :stop], d**-0.5).masked_fill(~allowed, _MASKED), -1)
+            logits = _logits(q[:, :, start:stop], k[:, :, :kstop], pattern.scaling)
+            logp = torch.log_softmax(logits.masked_fill(~allowed, _MASKED), -1)
         ent = -(logp.exp() * logp).masked_fill(~allowed, 0.0).sum(-1)  # (B, H, c)
         total += (ent * mask[:, None, start:stop]).sum().double()
     return (total / (mask.sum() * h).clamp(min=1)).float()

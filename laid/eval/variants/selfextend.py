@@ -1,4 +1,4 @@
-"""SelfExtend (Jin et al. 2024) for Qwen2.5-VL's M-RoPE, as a transformers attention function.
+"""SelfExtend (Jin et al. 2024) for every supported family's RoPE, as a transformers attention function.
 
 SelfExtend keeps every relative position the model sees inside the range it was trained on:
 - neighbour attention: keys within the window W of the query use their normal positions;
@@ -7,12 +7,18 @@ SelfExtend keeps every relative position the model sees inside the range it was 
 - merge: per query-key pair, the neighbour logit where the distance is < W, the grouped one otherwise,
   then one softmax over the row.
 
-M-RoPE: a position is 3-D (temporal, height, width); rotary pair p takes its position component
-from `mrope_section` (pairs [0, s0) temporal, [s0, s0+s1) height, the rest width). Grouping is
-applied to each component, and the distance of a pair is max_c |pos_i[c] - pos_j[c]| (the largest
-relative position any rotary pair sees; text-only input: i - j, the original SelfExtend). Within one
-image the temporal component is constant and height/width differ by the grid, so an image attends
-to itself with normal positions unless it is wider than W.
+Positions per family (`laid.model.families`): M-RoPE positions are 3-D (temporal, height, width) and
+rotary pair p takes the component its family's rotary layout gives it (Qwen2/2.5-VL: contiguous
+mrope_section blocks; Qwen3-VL: interleaved); InternVL3 and Gemma 3 have one component, the token
+index. Grouping is applied to each component, and the distance of a pair is max_c |pos_i[c] - pos_j[c]|
+(the largest relative position any rotary pair sees; text-only input: i - j, the original
+SelfExtend). Within one Qwen-VL image the temporal component is constant and height/width differ by
+the grid, so an image attends to itself with normal positions unless it is wider than W.
+
+Layers: SelfExtend acts on the layers whose RoPE spans the context (`Family.long_rope_layers`):
+every layer, except in Gemma 3, where the sliding-window layers (1024 tokens, inside their trained
+range) keep plain attention and only the full-attention layers are extended. The layer's own mask
+(sliding window, Gemma's image blocks) is the one the model passes in and is applied as is.
 
 How (clean with post-RoPE inputs): the attention function receives q/k already rotated at their
 normal positions. RoPE is a rotation by angle pos * inv_freq, so rotating the post-RoPE vector by
@@ -39,6 +45,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from laid.model.families import RotaryLayout, family_of
 from laid.model.loading import load_model as load_plain
 from laid.model.hooks import text_decoder
 from laid.eval.variants.yarn import training_length
@@ -60,17 +67,14 @@ class SelfExtendConfig:
 
 
 class SelfExtendState:
-    """Shared by the text attention modules of one model: config, rotary frequencies, positions."""
+    """Shared by the extended text attention modules of one model: config, each layer's rotary
+    layout (frequency and position component per pair, as the model's rotary module holds them, so
+    YaRN + SelfExtend composes), and the positions of the current forward."""
 
-    def __init__(self, config: SelfExtendConfig, rotary: nn.Module):
+    def __init__(self, config: SelfExtendConfig, layouts: dict[int, RotaryLayout]):
         self.config = config
-        self.rotary = rotary
-        self.positions: torch.Tensor | None = None  # (3, B, S) of the current forward
-
-    def pair_component(self, device) -> torch.Tensor:
-        """(D/2,) long: which position component (0 t, 1 h, 2 w) rotary pair p uses."""
-        sections = self.rotary.mrope_section
-        return torch.cat([torch.full((n,), c % 3, dtype=torch.long) for c, n in enumerate(sections)]).to(device)
+        self.layouts = layouts  # text layer -> RotaryLayout
+        self.positions: torch.Tensor | None = None  # (A, B, S) of the current forward
 
 
 def _rotate_half(x):
@@ -78,11 +82,11 @@ def _rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-def _shift(x: torch.Tensor, delta: torch.Tensor, state: SelfExtendState) -> torch.Tensor:
-    """Rotate post-RoPE x (B, H, S, D) by delta positions (3, B, S) per M-RoPE component."""
-    comp = state.pair_component(x.device)  # (D/2,)
+def _shift(x: torch.Tensor, delta: torch.Tensor, layout: RotaryLayout) -> torch.Tensor:
+    """Rotate post-RoPE x (B, H, S, D) by delta positions (A, B, S), each pair by its own component."""
+    comp = torch.tensor(layout.axis, device=x.device)  # (D/2,)
     d = delta.float().permute(1, 2, 0)[..., comp]  # (B, S, D/2): delta of the component of each pair
-    angle = d * state.rotary.inv_freq.to(x.device, torch.float)  # (B, S, D/2)
+    angle = d * layout.inv_freq.to(x.device, torch.float)  # (B, S, D/2)
     angle = torch.cat([angle, angle], dim=-1)[:, None]  # (B, 1, S, D): pairs are (p, p + D/2)
     xf = x.float()
     return (xf * angle.cos() + _rotate_half(xf) * angle.sin()).to(x.dtype)
@@ -99,7 +103,8 @@ def selfextend_attention(module, query, key, value, attention_mask, scaling=None
     g = h // h_kv
     scaling = d**-0.5 if scaling is None else scaling
 
-    q_pos = state.positions.to(query.device)  # (3, B, Sq)
+    layout = state.layouts[module.layer_idx]
+    q_pos = state.positions.to(query.device)  # (A, B, Sq)
     if s_k == s_q:
         k_pos = q_pos
     else:  # cached decoding: this layer's earlier key positions + the new ones
@@ -111,8 +116,8 @@ def selfextend_attention(module, query, key, value, attention_mask, scaling=None
     G, W = cfg.group_size, cfg.window
     q_grouped = torch.div(q_pos, G, rounding_mode="floor") + (W - W // G)
     k_grouped = torch.div(k_pos, G, rounding_mode="floor")
-    q_g = _shift(query, q_grouped - q_pos, state)  # query rotated at its grouped position
-    k_g = _shift(key, k_grouped - k_pos, state)
+    q_g = _shift(query, q_grouped - q_pos, layout)  # query rotated at its grouped position
+    k_g = _shift(key, k_grouped - k_pos, layout)
 
     if attention_mask is None:  # causal, queries are the last Sq positions
         i = torch.arange(s_k - s_q, s_k, device=query.device)[:, None]
@@ -148,21 +153,24 @@ AttentionMaskInterface.register(ATTN_NAME, _boolean_causal_mask)
 
 
 def enable_selfextend(model: nn.Module, config: SelfExtendConfig) -> SelfExtendState:
-    """Route `model`'s text decoder attention through SelfExtend (in place); returns the shared state."""
+    """Route `model`'s text decoder attention through SelfExtend (in place) on the family's
+    long-RoPE layers (module docstring); returns the shared state."""
     text_model, layers = text_decoder(model)
-    if hasattr(layers[0].self_attn, _STATE):
+    if any(hasattr(layer.self_attn, _STATE) for layer in layers):
         raise RuntimeError("SelfExtend is already enabled on this model; load a fresh model to change its settings")
-    state = SelfExtendState(config, text_model.rotary_emb)
+    family = family_of(model)
+    extended = family.long_rope_layers(model.config)
+    state = SelfExtendState(config, {i: family.layer_rotary_layout(model, i) for i in extended})
 
     def remember_positions(module, args):
-        position_ids = args[1]  # forward(x, position_ids): (3, B, S) or (B, S)
-        state.positions = position_ids.expand(3, *position_ids.shape[-2:]) if position_ids.ndim == 3 else position_ids[None].expand(3, -1, -1)
+        position_ids = args[1]  # forward(x, position_ids[, layer_type]): (3, B, S) M-RoPE or (B, S)
+        state.positions = position_ids if position_ids.ndim == 3 else position_ids[None]
 
     state.handle = text_model.rotary_emb.register_forward_pre_hook(remember_positions)
     for cfg in {id(c): c for c in [text_model.config] + [layer.self_attn.config for layer in layers]}.values():
-        cfg._attn_implementation = ATTN_NAME
-    for layer in layers:
-        setattr(layer.self_attn, _STATE, state)
+        cfg._attn_implementation = ATTN_NAME  # layers without a state fall back to plain SDPA
+    for i in extended:
+        setattr(layers[i].self_attn, _STATE, state)
     return state
 
 

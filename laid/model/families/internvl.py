@@ -1,0 +1,42 @@
+"""InternVL3 (transformers' `internvl`, the "-hf" checkpoints): plain 1-D RoPE over all tokens.
+
+- The language model is `AutoModel.from_config(text_config)`: a Qwen2 model for the InternVL3 sizes
+  (Qwen2.5 LMs), at `model.language_model.layers`; q/k/v biases, no QK-norm, causal attention at
+  head_dim ** -0.5 (sliding window only with `use_sliding_window`, off in the published configs).
+- Positions: consecutive token indices, image tokens included (no get_rope_index, no V2PE in the HF
+  code), so a haystack's distance is its token count.
+- Images: `<img>` + image_seq_length x `<IMG_CONTEXT>` per 448 px tile + `</img>` (crop_to_patches adds
+  tiles and a thumbnail); vision tower `model.vision_tower`, projector `model.multi_modal_projector`.
+  No injection into intermediate text layers. A RoPE gain folds into q_proj / k_proj weight and bias.
+"""
+
+from __future__ import annotations
+
+from transformers import InternVLConfig, InternVLProcessor
+
+from laid.model.families.base import Family
+
+
+class LaidInternVLProcessor(InternVLProcessor):
+    """InternVLProcessor with images and text only (no video processor, so no torchvision)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, image_seq_length=image_seq_length, chat_template=chat_template, **kwargs)
+
+
+class InternVL(Family):
+    name, label = "internvl", "InternVL3"
+    model_types = ("internvl",)
+    vision_prefixes = ("model.vision_tower.", "model.multi_modal_projector.")
+    token_keys = ("image_token_id", "image_seq_length", "downsample_ratio")
+    vision_keys = ("image_size", "patch_size")
+    processor_keys = ("crop_to_patches", "min_patches", "max_patches", "image_mean", "image_std", "size",
+                      "do_normalize", "do_rescale", "rescale_factor")
+    processor_class, config_class = LaidInternVLProcessor, InternVLConfig
+
+    def patches_per_token(self, config) -> int:
+        return round(1 / config.downsample_ratio**2)  # pixel shuffle
+
+    def image_tokens(self, processor, width: int, height: int) -> int:
+        tiles = processor.image_processor.get_number_of_image_patches(height, width, {})
+        return processor.image_seq_length * tiles + 2  # <img> ... </img>
