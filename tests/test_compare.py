@@ -102,7 +102,8 @@ def test_mini_comparison_runs_and_resumes(random_zoo, tmp_path_factory, tmp_path
     (run / "data").symlink_to(quick_vhs(tmp_path_factory))
     cfg = load_compare_config(
         REPO / "configs" / "experiments" / "compare.yaml",
-        {"students": ["tiny-7b"], "variants": ["base"], "methods": ["kd"], "seeds": [0], "eval.sizes": [1, 2], "eval.samples_per_size": 2,
+        {"students": ["tiny-7b"], "distill_configs": {"tiny-7b": str(REPO / "configs/distill/tiny-32b_to_tiny-7b.yaml")},
+         "variants": ["base"], "methods": ["kd"], "seeds": [0], "eval.sizes": [1, 2], "eval.samples_per_size": 2,
          "method_overrides": {"kd": {"max_steps": 1, "per_device_batch_size": 1}}},
     )  # fmt: skip
     # An existing eval of the student made with other settings is left alone (not overwritten).
