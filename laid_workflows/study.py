@@ -49,6 +49,7 @@ class Arm:
     overrides: dict[str, Any] = field(default_factory=dict)  # distill config keys (layer_map, attn_rows, ...)
     seeds: list[int] | None = None  # None = the study's seeds
     budgets: list[int] | None = None  # None = the study's budgets
+    students: list[str] | None = None  # None = every student of the study
 
 
 @dataclass
@@ -86,6 +87,8 @@ class StudyConfig:
             check_method(arm.method, TRAINED_METHODS, f"method of arm {name!r}")
             if arm.budgets is not None and not set(arm.budgets) <= set(self.budgets):
                 raise ValueError(f"arm {name!r}: budgets {arm.budgets} must be among the study's {self.budgets}")
+            if arm.students is not None and not set(arm.students) <= set(self.students):
+                raise ValueError(f"arm {name!r}: students {arm.students} must be among the study's {self.students}")
         if not self.budgets or sorted(set(self.budgets)) != list(self.budgets) or self.budgets[0] < 1:
             raise ValueError(f"budgets must be increasing optimizer steps >= 1, got {self.budgets}")
         for student, budgets in self.student_budgets.items():
@@ -98,10 +101,12 @@ class StudyConfig:
             raise ValueError(f"groups must define 'short' and 'long' (the headline groups), got {list(self.groups)}")
 
     def grid(self, full: bool = False) -> list[tuple[str, str, int, list[int]]]:
-        """(student, arm, seed, budgets) of every run; `full`: every arm at all seeds and budgets."""
+        """(student, arm, seed, budgets) of every run; `full`: every arm at all seeds, budgets and students."""
         out = []
         for student in self.students:
             for name, arm in self.arms.items():
+                if not full and arm.students is not None and student not in arm.students:
+                    continue
                 seeds = self.seeds if full or arm.seeds is None else arm.seeds
                 budgets = self.budgets if full or arm.budgets is None else arm.budgets
                 if not full and student in self.student_budgets:
@@ -178,7 +183,7 @@ class Study:
 
             old = load_distill_config(saved).to_dict()
             new = dcfg.to_dict()
-            diff = sorted(k for k in new if old.get(k) != new[k] and k not in ("max_steps", "export_steps"))
+            diff = sorted(k for k in new if old.get(k) != new[k] and k not in ("max_steps", "export_steps", "output_dir"))
             if diff:
                 raise ValueError(f"{dcfg.output_dir} was trained with other {diff}; give the arm another name or rerun with --force")
 
