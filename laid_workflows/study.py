@@ -181,9 +181,8 @@ class Study:
         if saved.is_file():
             from trainers.config import load_config as load_distill_config
 
-            old = load_distill_config(saved).to_dict()
-            new = dcfg.to_dict()
-            diff = sorted(k for k in new if old.get(k) != new[k] and k not in ("max_steps", "export_steps", "output_dir"))
+            old, new = load_distill_config(saved).training_signature(), dcfg.training_signature()
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if diff:
                 raise ValueError(f"{dcfg.output_dir} was trained with other {diff}; give the arm another name or rerun with --force")
 

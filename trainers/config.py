@@ -276,6 +276,25 @@ class DistillConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
+    # Keys that change what a run trains only through the LAid terms / the gains.
+    _MIXER_KEYS = ("layer_pairs", "layer_map", "teacher_diagnosis", "diagnosed_layers", "diagnosis_rows", "attn_rows",
+                   "alignment", "attention_target", "attn_mix_power", "attn_distance", "attn_grad", "attention_matching",
+                   "attn_ramp_steps", "attn_chunk_size", "mixer_init", "lr_aux", "norm_warn_fraction")
+    _GAIN_KEYS = ("rope_gain", "rope_gain_layers", "lr_gain")
+    _RUN_KEYS = ("output_dir", "max_steps", "epochs", "export_steps", "save_every", "keep_last", "log_every", "report_to",
+                 "push_to_hub", "eval")
+
+    def training_signature(self) -> dict[str, Any]:
+        """The settings that decide the trained weights, step by step: the config without paths of
+        the run, its length and logging, with the loss weights as the method uses them and without
+        the settings of terms or parameters the method does not have (a KD run is the same run
+        whatever its unused LAid weights). Two runs with equal signatures train identically up to
+        the shorter one's last step."""
+        d = {k: v for k, v in self.to_dict().items() if k not in self._RUN_KEYS}
+        d["lambdas"] = self.weights()
+        drop = (() if self.uses_mixers else self._MIXER_KEYS) + (() if self.uses_gain else self._GAIN_KEYS)
+        return {k: v for k, v in d.items() if k not in drop}
+
     def to_yaml(self) -> str:
         return to_yaml(self)
 
