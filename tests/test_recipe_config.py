@@ -113,3 +113,16 @@ def test_real_configs_give_the_papers_global_batch_on_their_documented_gpus():
     for name in ("qwen2.5-vl-32b_to_7b", "qwen2.5-vl-32b_to_3b"):
         cfg = load_config(root / "distill" / f"{name}.yaml")
         assert cfg.per_device_batch_size * cfg.grad_accum * 4 == 8, name
+
+
+def test_training_signature_keeps_what_decides_the_weights():
+    # A KD run is the same run whatever its unused LAid weights, gain rate or length; a LAid run is not.
+    from trainers.config import load_config
+
+    sig = lambda **kw: load_config(None, kw).training_signature()  # noqa: E731
+    light = {"laid": 0.1, "attn": 0.1, "kl": 0.3, "sft": 0.7}
+    assert sig(method="kd") == sig(method="kd", lambdas=light, lr_gain=1e-3, max_steps=99, output_dir="elsewhere")
+    assert sig(method="kd") != sig(method="kd", lambdas={**light, "kl": 0.5})
+    assert sig(method="laid") != sig(method="laid", lambdas=light)
+    assert sig(method="laid") != sig(method="laid", lr_gain=1e-3) and sig(method="laid") != sig(method="laid", attn_rows="question")
+    assert sig(method="laid") == sig(method="laid", export_steps=[5], keep_last=3)

@@ -5,6 +5,7 @@ up where it was put. The page of a real run is checked in tests/test_main_quick.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import xarray as xr
@@ -57,7 +58,8 @@ def test_numbers_on_the_page_are_the_netcdf_numbers(run):
     assert "| compare | 200 |" in text and "| total | 244 |" in text
     assert "2 distill runs took 30-42 s each; 1 eval run took 12 s." in text
     assert "acc short [1, 2] | acc long [5, 20]" in text
-    assert "Not in this run folder, so not shown: other-comparisons (`compare/<name>.nc`), figures" in text
+    assert ("Not in this run folder, so not shown: learning-curves (`study/<name>.nc`), other-comparisons "
+            "(`compare/<name>.nc`), figures") in text
 
 
 def test_absent_sources_are_named_and_links_are_relative(tmp_path, run):
@@ -76,11 +78,44 @@ def test_absent_sources_are_named_and_links_are_relative(tmp_path, run):
 
 def test_a_registered_section_appears_where_it_was_put(run, monkeypatch):
     monkeypatch.setattr(results_page, "SECTIONS", list(results_page.SECTIONS))
-    study = lambda ctx: "## Learning curves\n\nfrom study/" if (ctx.run.root / "timings.json").is_file() else None  # noqa: E731
-    add_section(Section("learning-curves", "study/<name>.nc", study), after="headline")
+    extra = lambda ctx: "## Extra\n\nfrom somewhere" if (ctx.run.root / "timings.json").is_file() else None  # noqa: E731
+    add_section(Section("extra", "extra/<name>.nc", extra), after="headline")
     text = results_markdown(PageContext(run, run.results_page))
-    assert text.index("## Headline comparison") < text.index("## Learning curves") < text.index("## Per-size tables")
+    assert text.index("## Headline comparison") < text.index("## Extra") < text.index("## Per-size tables")
     with pytest.raises(ValueError, match="exists already"):
-        add_section(Section("learning-curves", "x", study))
+        add_section(Section("extra", "x", extra))
     with pytest.raises(ValueError, match="'nope' not found"):
-        add_section(Section("other", "x", study), after="nope")
+        add_section(Section("other", "x", extra), after="nope")
+
+
+def test_study_section_numbers_are_the_study_netcdf(run, tmp_path):
+    """A study (`laid study`) in the run gets its section: every paired cell equals study/<name>.nc."""
+    import shutil
+
+    from laid_workflows.study_stats import build_study
+
+    root = tmp_path / "run"
+    shutil.copytree(run.root, root)
+    layout = RunLayout(root)
+    teacher, base = (xr.load_dataset(layout.eval_result(m)) for m in ("tiny-32b", "tiny-7b"))
+    evals = {("tiny-7b", "kd", 10): [fake_eval([16, 15, 12, 11], "kd")], ("tiny-7b", "kd", 20): [fake_eval([17, 16, 15, 13], "kd")],
+             ("tiny-7b", "laid", 10): [fake_eval([18, 15, 10, 10], "laid")]}
+    study = build_study(evals, {"tiny-7b": base}, teacher, ["tiny-7b"], ["kd", "laid"], [10, 20],
+                        {"short": [1, 2], "long": [5, 20]}, global_batch=8, attrs={"timings_s": json.dumps({"total": 61.0})},
+                        n_boot=200)
+    write_netcdf(study, layout.study_result("testbed"))
+    text = write_results_page(root, root / "results.md").read_text()
+    assert "## Learning curves (`laid study`)" in text and "this invocation took 61 s" in text
+    rows = parse_table("\n| arm |" + text.split("### `study/testbed.nc`")[1].split("\n| arm |", 1)[1], "\n")
+    checked = 0
+    for row in rows:
+        arm = {"KD": "kd", "LAid": "laid"}[row[0]]
+        sel = {"student": "tiny-7b", "arm": arm, "budget": int(row[1])}
+        for col, (group, ref) in enumerate([(g, r) for g in ("long", "short") for r in ("base", "kd", "sft")], start=4):
+            want = [float(study["diff" + s].sel({**sel, "group": group, "ref": ref})) for s in ("", "_ci_low", "_ci_high")]
+            if row[col] == "-":
+                assert math.isnan(want[0])
+                continue
+            assert numbers(row[col]) == pytest.approx([round(100 * v, 1) for v in want], abs=1e-9), (sel, group, ref)
+            checked += 1
+    assert len(rows) == 3 and checked == 8  # KD at two budgets vs base (long, short); LAid vs base and KD at one
