@@ -228,17 +228,18 @@ class Study:
                 evals.setdefault((student, arm, b), []).append(xr.load_dataset(self.layout.study_eval(student, arm, seed, b)))
                 d = self.layout.study_diagnosis(student, arm, seed, b)
                 if seed == min(c.diagnose.seeds, default=-1) and d.is_file():
-                    retrieval[(student, arm, b)] = best_retrieval(xr.load_dataset(d))
+                    retrieval[(student, arm, b)] = best_retrieval(xr.load_dataset(d), c.diagnose.sizes)
         for s in c.students:
             d = self.layout.study_diagnosis(s, "base", 0, 0)
             if d.is_file():
-                retrieval[(s, "base")] = best_retrieval(xr.load_dataset(d))
+                retrieval[(s, "base")] = best_retrieval(xr.load_dataset(d), c.diagnose.sizes)
         if self.layout.teacher_diagnosis(c.teacher).is_file():
-            retrieval["teacher"] = best_retrieval(xr.load_dataset(self.layout.teacher_diagnosis(c.teacher)))
+            retrieval["teacher"] = best_retrieval(xr.load_dataset(self.layout.teacher_diagnosis(c.teacher)), c.diagnose.sizes)
         dcfg = self.distill_config(c.students[0], next(iter(c.arms)), 0, c.budgets)
         ds = build_study(evals, base, teacher, c.students, list(c.arms), c.budgets, c.groups,
                          dcfg.per_device_batch_size * dcfg.grad_accum, retrieval,
                          attrs={"config": json.dumps(asdict(c)), "full_grid": int(self.full), "device": self.device,
+                                "diagnose_sizes": json.dumps(c.diagnose.sizes),
                                 "timings_s": json.dumps({"total": round(time.time() - t0, 1),
                                                          **{k: v["seconds"] for k, v in timings.items()}})})
         write_netcdf(ds, self.layout.study_result(c.name))

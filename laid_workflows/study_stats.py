@@ -13,8 +13,8 @@ into one Dataset (docs/CONTRACTS.md "Study"):
     teacher_accuracy(haystack_size), teacher_acc(group) [+ ci],
     teacher_lead(student, group) [+ ci]                 teacher - base student, paired
     retrieval_mass(student, arm, budget)                the student's best head's needle mass from the
-                                                       question rows at long sizes (seed 0; NaN if not
-                                                       diagnosed), base_retrieval_mass(student),
+                                                       question rows at the study's diagnosis sizes (seed 0;
+                                                       NaN if not diagnosed), base_retrieval_mass(student),
                                                        teacher_retrieval_mass; retrieval_layer(...) where
 
 Groups (attrs `groups`): sizes inside the distillation data's 2-20 images vs beyond them, the
@@ -113,7 +113,7 @@ def _add_retrieval(out: xr.Dataset, retrieval: dict, students, arms, budgets) ->
             for k, b in enumerate(budgets):
                 mass[i, j, k], layer[i, j, k] = retrieval.get((s, a, b), (np.nan, np.nan))
     t_mass, t_layer = retrieval.get("teacher", (np.nan, np.nan))
-    long_name = "best head's attention mass on the needle from the question rows, mean over long sizes (seed 0)"
+    long_name = "best head's attention mass on the needle from the question rows, mean over the diagnosis sizes (seed 0)"
     out["retrieval_mass"] = (("student", "arm", "budget"), mass, {"long_name": long_name, "units": "1"})
     out["retrieval_layer"] = (("student", "arm", "budget"), layer, {"long_name": "layer of that head"})
     out["base_retrieval_mass"] = (("student",), base_mass, {"long_name": long_name, "units": "1"})
@@ -122,9 +122,12 @@ def _add_retrieval(out: xr.Dataset, retrieval: dict, students, arms, budgets) ->
     out["teacher_retrieval_layer"] = ((), t_layer)
 
 
-def best_retrieval(diagnostics: xr.Dataset, min_size: int = 5) -> tuple[float, int]:
-    """(mass, layer) of the head with the largest mean needle_mass_question over sizes >= min_size."""
-    sizes = [int(s) for s in diagnostics["haystack_size"].values if s >= min_size]
+def best_retrieval(diagnostics: xr.Dataset, sizes: Sequence[int]) -> tuple[float, int]:
+    """(mass, layer) of the head with the largest mean needle_mass_question over `sizes` (those of
+    them the diagnosis has: every model of a study is read at the same sizes)."""
+    sizes = [int(s) for s in diagnostics["haystack_size"].values if int(s) in set(sizes)]
+    if not sizes:
+        raise ValueError(f"diagnosis of {diagnostics.attrs.get('model_name', '?')} has none of the sizes {list(sizes)}")
     m = diagnostics["needle_mass_question_mean"].sel(haystack_size=sizes).mean("haystack_size")  # (layer, head)
     flat = m.stack(lh=("layer", "head"))
     best = int(np.argmax(flat.fillna(-1).values))
@@ -174,7 +177,7 @@ def study_markdown(ds: xr.Dataset) -> str:
                 lines.append("| " + " | ".join(cells) + " |")
         bm, tm = float(ds["base_retrieval_mass"].sel(st)), float(ds["teacher_retrieval_mass"])
         if not math.isnan(bm):
-            lines += ["", f"Retrieval mass (best head, needle mass from the question rows at >= 5 images): base {bm:.2f} "
+            lines += ["", f"Retrieval mass (best head, needle mass from the question rows at {ds.attrs.get('diagnose_sizes', '?')} images): base {bm:.2f} "
                       f"(layer {int(ds['base_retrieval_layer'].sel(st))}), teacher {tm:.2f} (layer {int(ds['teacher_retrieval_layer'])})."]
         lines.append("")
     lines += [f"Groups: {groups}. Differences in percentage points, arm - reference at the same budget, paired on the same "
