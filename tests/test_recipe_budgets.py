@@ -79,3 +79,11 @@ def test_rope_gains_train_at_their_own_rate(random_zoo, vhs, tmp_path):
         row = _steps(tmp_path / name)[0]
         assert row["lr_gain"] == pytest.approx(lr_gain or 1e-2) and row["lr_aux"] == pytest.approx(1e-2)
     assert 5e-3 < moved["aux"] < 2e-2 and moved["own"] < 2e-5
+
+
+def test_matched_heads_target_trains(random_zoo, vhs, tmp_path):
+    torch.set_num_threads(1)
+    distill(tiny_config(random_zoo, vhs, tmp_path / "m", attention_target="matched_heads", attn_rows="question",
+                        max_steps=1, grad_accum=1), progress=False)
+    row = _steps(tmp_path / "m")[0]
+    assert row["attn_loss"] > 0 and row["attn_grad_norm"] > 0

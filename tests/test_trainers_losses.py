@@ -186,6 +186,28 @@ def test_attention_matching_query_rows_average_over_the_selected_rows_only():
     assert sq2.grad[:, :, :5].abs().max() == 0 and sq2.grad[:, :, 5:].abs().max() > 0
 
 
+def test_matched_heads_pair_student_heads_with_the_teacher_heads_that_attend_alike():
+    # Planted: the student is the teacher with its heads in another order (Q and K permuted together).
+    # Matching by attention finds the permutation and the loss is 0 there; the identity pairing (what a
+    # mixer that missed the permutation gives) leaves a loss, which matching by function does not.
+    from trainers.losses.attention_matching import head_divergence, matched_mix
+
+    b, h, s, d = 2, 3, 9, 4
+    g = torch.Generator().manual_seed(5)
+    tq, tk = 2 * torch.randn(b, h, s, d, generator=g), 2 * torch.randn(b, h, s, d, generator=g)
+    perm = [2, 0, 1]
+    sq, sk = tq[:, perm], tk[:, perm]
+    div = head_divergence(sq, sk, tq, tk)
+    assert div.shape == (h, h) and torch.all(div >= -1e-6)
+    mix = matched_mix(div)
+    assert mix.argmax(-1).tolist() == perm
+    loss = AttentionMatchingLoss(DistanceWeighting(alpha_start=0, alpha_end=0))
+    assert loss(sq, sk, tq, tk, mix=mix).item() == pytest.approx(0.0, abs=1e-5)
+    assert loss(sq, sk, tq, tk, mix=torch.eye(h)).item() > 0.05
+    rows = torch.arange(s)[None].expand(b, s) >= 6  # compared on some rows only: the same pairing
+    assert matched_mix(head_divergence(sq, sk, tq, tk, query_mask=rows)).argmax(-1).tolist() == perm
+
+
 def test_attention_matching_mixed_qk_ablation_zero_at_target_and_grads_reach_mixers():
     # The ablation target (softmax of mixed Q/K, mix=None): gradients reach the mixers through it.
     sq, sk, tq, tk = qk_tensors(hs=4, hs_kv=2, ht=8, ht_kv=4)

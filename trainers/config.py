@@ -42,7 +42,7 @@ LAYER_MAPS = ("last", "proportional", "diagnosed")  # trainers.pairing.map_layer
 ATTN_ROWS = ("all", "text", "question")  # laid.model.token_masks
 DIAGNOSIS_ROWS = ("question", "answer")  # trainers.layer_choice
 ALIGNMENTS = ("cosine", "paper")  # trainers.losses.qk_alignment
-ATTENTION_TARGETS = ("teacher_heads", "mixed_qk")  # trainers.losses.attention_matching
+ATTENTION_TARGETS = ("teacher_heads", "matched_heads", "mixed_qk")  # trainers.losses.attention_matching
 ATTN_DISTANCES = ("mrope", "token")
 ATTN_GRADS = ("direction", "full")  # trainers.losses.attention_matching.direction_only
 
@@ -128,8 +128,11 @@ class DistillConfig:
     # the degenerate ablation. trainers.losses.qk_alignment explains both.
     alignment: str = "cosine"
     # Attention-matching target: "teacher_heads" = convex mix of the teacher's own per-head attention
-    # maps (detached mix weights); "mixed_qk" = softmax of the mixed Q/K (the earlier ablation, which
-    # contains cross-KV-group terms and trains the mixers towards the student).
+    # maps, weighted by the Q/K head mixer (detached); "matched_heads" = for each student head the one
+    # teacher head whose attention on the batch's matched rows is closest to its own (KL; pairs heads by
+    # function: the Q/K mixer paired the testbed student's retrieval head with the teacher's
+    # non-retrieval heads, docs/HISTORY.md session 7); "mixed_qk" = softmax of the mixed Q/K (the
+    # earlier ablation, which contains cross-KV-group terms and trains the mixers towards the student).
     attention_target: str = "teacher_heads"
     # Sharpness of the attention target's mix over teacher heads: a_ij ~ (w_ij^2 e_j)^power. 1 = the
     # energy shares; larger values approach each student head's dominant teacher head (a mix of maps

@@ -46,6 +46,7 @@ from trainers import health as hl
 from trainers.config import DistillConfig
 from trainers.head_mixer import attention_mix
 from trainers.losses import AttentionMatchingLoss, KLDistillationLoss, QKAlignmentLoss, SFTLoss, answer_logit_mask
+from trainers.losses.attention_matching import head_divergence, matched_mix
 
 
 @dataclass
@@ -225,7 +226,11 @@ class DistillModule(nn.Module):
                     mq, mk = align.mixer(tq_a, tk_a)  # (B, Hs, S, D), (B, Hs_kv, S, D)
                 if w["laid"] > 0:
                     laid.append(sum(align.terms(sq_a, sk_a, mq, mk, mask)))
-                if w["attn"] > 0 and self.attention_target == "teacher_heads":
+                if w["attn"] > 0 and self.attention_target == "matched_heads":
+                    mix = matched_mix(head_divergence(sq, sk, tq, tk, mask, rows, s_pat, t_pat, self.attn_loss.chunk_size))
+                    attn.append(self.attn_loss(sq, sk, tq, tk, mask, progress, mix=mix, positions=positions,
+                                               student_pattern=s_pat, target_pattern=t_pat, query_mask=rows))
+                elif w["attn"] > 0 and self.attention_target == "teacher_heads":
                     mix = attention_mix(align.mixer.q.effective(), head_energy(tq, mask), self.attn_mix_power)  # (Hs, Ht), detached
                     attn.append(self.attn_loss(sq, sk, tq, tk, mask, progress, mix=mix, positions=positions,
                                                student_pattern=s_pat, target_pattern=t_pat, query_mask=rows))

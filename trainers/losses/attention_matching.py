@@ -194,6 +194,46 @@ def _chunk_divergence_fp32(sq, sk, tq, tk, mix, start, key_valid, query_valid, q
     return term.sum()
 
 
+@torch.no_grad()
+def head_divergence(sq, sk, tq, tk, mask=None, query_mask=None, student_pattern=None, target_pattern=None,
+                    chunk_size: int = 256) -> torch.Tensor:
+    """(H_s, H_t) mean over the matched query rows of KL(P^t_j || P^s_h): how far each student head's
+    attention is from each teacher head's, on this batch.
+
+    sq (B, H_s, S, D), sk (B, H_s_kv, S, D), tq (B, H_t, S, D), tk (B, H_t_kv, S, D); mask (B, S) valid
+    tokens; query_mask (B, S) the rows compared (None = every valid row); patterns as in the loss.
+    What `matched_mix` pairs heads by: function (what a head attends to), not Q/K geometry."""
+    b, hs, s, _ = sq.shape
+    s_pat, t_pat = _patterns(student_pattern, target_pattern, sq, tq)
+    mask = torch.ones(b, s, dtype=torch.bool, device=sq.device) if mask is None else mask.bool()
+    rows = mask if query_mask is None else mask & query_mask.to(mask.device).bool()
+    total = torch.zeros(hs, tq.shape[1], dtype=torch.float64, device=sq.device)
+    with torch.autocast(device_type=sq.device.type, enabled=False):
+        for start in range(0, s, chunk_size):
+            stop = min(start + chunk_size, s)
+            r = rows[:, start:stop]  # (B, c)
+            if not bool(r.any()):
+                continue
+            kstop = max(s_pat.key_stop(start, stop), t_pat.key_stop(start, stop))
+            allowed = s_pat.allowed(start, stop - start, kstop, mask[:, :kstop], mask[:, start:stop])
+            seen = allowed & t_pat.allowed(start, stop - start, kstop, mask[:, :kstop], mask[:, start:stop])
+            log_q = torch.log_softmax(_logits(sq[:, :, start:stop], sk[:, :, :kstop], s_pat.scaling).masked_fill(~allowed, _MASKED), -1)
+            log_p = torch.log_softmax(_logits(tq[:, :, start:stop], tk[:, :, :kstop], t_pat.scaling).masked_fill(~seen, _MASKED), -1)
+            p = log_p.exp() * r[:, None, :, None]  # (B, H_t, c, K), rows not compared zeroed
+            own = (p * log_p.masked_fill(~seen, 0.0)).sum((0, 2, 3))  # (H_t,) sum p log p
+            cross = torch.einsum("bjck,bhck->hj", p, log_q.masked_fill(~allowed, 0.0))  # (H_s, H_t) sum p log q
+            total += (own[None, :] - cross).double()
+    return (total / rows.sum().clamp(min=1)).float()
+
+
+def matched_mix(divergence: torch.Tensor) -> torch.Tensor:
+    """(H_s, H_t) one-hot rows: each student head's target is the teacher head whose attention is
+    closest to its own (`head_divergence`), so matching pulls a head towards the teacher head that
+    does what it does (a retrieval head to the teacher's retrieval head) rather than towards the
+    heads a Q/K-geometry mixer happens to weight."""
+    return torch.nn.functional.one_hot(divergence.argmin(-1), divergence.shape[1]).float()
+
+
 def direction_only(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """x (..., D) with the same value and a gradient orthogonal to each vector x[..., :]."""
     n = x.norm(dim=-1, keepdim=True)
