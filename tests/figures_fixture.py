@@ -74,6 +74,26 @@ def comparison_dataset() -> xr.Dataset:
     return build_comparison(comparison_evals(), eval_dataset(TEACHER, "base"), STUDENTS, METHODS, {"teacher": TEACHER, "threshold": 0.6})
 
 
+STUDY_GROUPS = {"short": [1, 2], "long": [5, 10, 20]}
+STUDY_BUDGETS = [10, 40]
+
+
+def study_dataset() -> xr.Dataset:
+    """study/testbed.nc through the real producer (laid_workflows.study_stats.build_study): per arm
+    and budget the comparison's evaluations of that method, with more right at the larger budget."""
+    from laid_workflows.study_stats import build_study
+
+    evals = {}
+    for s, student in enumerate(STUDENTS):
+        for m, method in enumerate(("sft", "kd", "laid")):
+            for k, budget in enumerate(STUDY_BUDGETS):
+                right = [min(20, comparison_correct(s, m, n) + 2 * k) for n in SIZES]
+                evals[(student, method, budget)] = [eval_dataset(student, method, right, 20)]
+    base = {st: eval_dataset(st, "base", [comparison_correct(s, 0, n) for n in SIZES], 20) for s, st in enumerate(STUDENTS)}
+    return build_study(evals, base, eval_dataset(TEACHER, "base", [20, 20, 19, 18, 18], 20), STUDENTS, ["sft", "kd", "laid"],
+                       STUDY_BUDGETS, STUDY_GROUPS, global_batch=8, n_boot=50)
+
+
 def key_activation(label: str, layer: int, head: int, size: int) -> float:
     """Students' heads decay with size before LAid, hold after; teacher heads: even local, odd global."""
     model, method = label.split("__")
@@ -229,6 +249,8 @@ def build_run(root: Path) -> Path:
         analysis_dataset(label).to_netcdf(folder / "diagnostics.nc")
         analysis_dataset(f"{TEACHER}__base", layers=[1, 2, 3]).to_netcdf(folder / "reference.nc")
         preservation_dataset(label).to_netcdf(folder / "comparison.nc")
+    (run / "study").mkdir(parents=True, exist_ok=True)
+    study_dataset().to_netcdf(run / "study" / "testbed.nc")  # `laid study`: the learning-curve notebook
     (run / "distill" / "tiny-7b__laid").mkdir(parents=True, exist_ok=True)
     head_weights_dataset("tiny-7b").to_netcdf(run / "distill" / "tiny-7b__laid" / "head_weights.nc")
     return run

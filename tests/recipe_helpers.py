@@ -32,6 +32,15 @@ def trained_looking(module):
     return module.eval()
 
 
+def mini_run(zoo: dict, tmp_path_factory, root: Path) -> Path:
+    """A run folder at `root` whose zoo/ links the random zoo and whose data/ is the quick VHs."""
+    (root / "zoo").mkdir(parents=True)
+    for name, path in zoo.items():
+        (root / "zoo" / name).symlink_to(path)
+    (root / "data").symlink_to(quick_vhs(tmp_path_factory))
+    return root
+
+
 def tiny_config(zoo: dict, data: Path, out: Path, method: str = "laid", student: str = "tiny-7b", **overrides) -> DistillConfig:
     """A few-step distill config on the random zoo (large learning rates so one step shows)."""
     base = {

@@ -9,7 +9,7 @@ import pytest
 import torch
 import xarray as xr
 import yaml
-from recipe_helpers import quick_vhs
+from recipe_helpers import mini_run
 
 from laid.eval.results import SampleResult, build_result
 from laid.methods import ALL_METHODS, INFERENCE_VARIANTS
@@ -95,11 +95,7 @@ def test_shipped_comparison_configs_load():
 
 def test_mini_comparison_runs_and_resumes(random_zoo, tmp_path_factory, tmp_path):
     torch.set_num_threads(1)
-    run = tmp_path / "run"
-    (run / "zoo").mkdir(parents=True)
-    for name, path in random_zoo.items():
-        (run / "zoo" / name).symlink_to(path)
-    (run / "data").symlink_to(quick_vhs(tmp_path_factory))
+    run = mini_run(random_zoo, tmp_path_factory, tmp_path / "run")
     cfg = load_compare_config(
         REPO / "configs" / "experiments" / "compare.yaml",
         {"students": ["tiny-7b"], "distill_configs": {"tiny-7b": str(REPO / "configs/distill/tiny-32b_to_tiny-7b.yaml")},

@@ -17,7 +17,8 @@ import figures_fixture as fx
 from laid_workflows import figures
 from laid_workflows.figures import NOTEBOOK_DIR, NOTEBOOKS, run_figures, run_notebook
 
-FIGURES = ["fig1_effective_window", "fig3_distillation_bars", "fig4_key_activations", "head_weights", "spectra"]
+FIGURES = ["fig1_effective_window", "fig3_distillation_bars", "fig4_key_activations", "head_weights", "spectra",
+           "learning_curves_testbed"]
 
 
 def digest(path) -> str:
@@ -190,6 +191,22 @@ def test_tables_data_and_markdown(executed):
 
 
 # ---------------------------------------------------------------- bad parameters
+
+
+def test_learning_curve_data_equals_study(executed):
+    data = figure_data(executed, "learning_curves_testbed")
+    study = xr.load_dataset(executed["run"] / "study" / "testbed.nc")
+    for student in data.student.values:
+        for group in data.group.values:
+            for arm in data.arm.values:
+                want = study.acc.sel(student=student, group=group, arm=arm)
+                np.testing.assert_allclose(data.accuracy.sel(student=student, group=group, arm=arm).values, want.values)
+            np.testing.assert_allclose(float(data.teacher_accuracy.sel(student=student, group=group)),
+                                       float(study.teacher_acc.sel(group=group)))
+            np.testing.assert_allclose(float(data.base_accuracy.sel(student=student, group=group)),
+                                       float(study.base_acc.sel(student=student, group=group)))
+    assert data.haystacks.values.tolist() == [80, 320]  # budgets 10 and 40 of 8 haystacks
+    assert (executed["figures"] / "learning_curves_testbed.png").stat().st_size > 10_000
 
 
 def test_missing_results_stop_with_parameter_name_or_skip(tmp_path):

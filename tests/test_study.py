@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from recipe_helpers import quick_vhs
+from recipe_helpers import mini_run
 
 from laid.eval.paired import paired_difference, stack_seeds
 from laid.eval.results import SampleResult, build_result
@@ -78,11 +78,7 @@ def test_markdown_and_curve_show_what_the_intervals_support(planted):
 
 def test_mini_study_runs_resumes_and_refuses_changed_arms(random_zoo, tmp_path_factory, tmp_path):
     torch.set_num_threads(1)
-    run = tmp_path / "run"
-    (run / "zoo").mkdir(parents=True)
-    for name, path in random_zoo.items():
-        (run / "zoo" / name).symlink_to(path)
-    (run / "data").symlink_to(quick_vhs(tmp_path_factory))
+    run = mini_run(random_zoo, tmp_path_factory, tmp_path / "run")
     overrides = {
         "students": ["tiny-7b"], "distill_configs": {"tiny-7b": str(REPO / "configs/distill/tiny-32b_testbed.yaml")},
         "seeds": [0, 1], "budgets": [1, 2], "student_budgets": {}, "save_every": 1,
