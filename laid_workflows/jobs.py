@@ -90,18 +90,21 @@ def run_jobs(jobs: list[Job], workers: int | None = None, device: str = "cpu", l
     results: dict[str, dict] = {}
     if workers == 1:
         for i, job in enumerate(jobs, 1):
-            results[job.key] = _timed(job)
+            try:
+                results[job.key] = _timed(job)
+            except Exception as e:  # the same one line as from a worker: which job, then why
+                raise RuntimeError(f"{job.key}: {e}") from e
             log(f"[{i}/{len(jobs)}] {job.key}: {results[job.key]['seconds']:.0f} s")
         return results
     import multiprocessing as mp
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(threads, device)) as pool:
         futures = {pool.submit(_timed, job): job for job in jobs}
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)  # a line per finished job, the first failure at once
             for f in done:
                 job = futures[f]
                 if f.exception() is not None:
