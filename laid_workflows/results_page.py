@@ -173,6 +173,23 @@ def other_comparisons(ctx: PageContext) -> str | None:
     return "\n".join(["## Other comparisons in this run", "", *parts]).rstrip() if parts else None
 
 
+def diagnosed_pairing(ctx: PageContext) -> str | None:
+    """Where the teacher's diagnosis (analysis/<teacher>__base) puts the layer pairing of
+    `layer_map: diagnosed`, with the evidence per layer, by the question rows and by the answer row."""
+    from trainers.layer_choice import choose_layers
+
+    teacher = _run_config(ctx.run).get("teacher")
+    path = ctx.run.teacher_diagnosis(teacher) if teacher else None
+    if path is None or not path.is_file():
+        return None
+    lines = ["## The teacher's diagnosis: which layer reads the needle", "",
+             f"The run's `analysis/{teacher}__base/diagnostics.nc` read by `layer_map: diagnosed` (trainers/layer_choice.py), "
+             "as `laid plan --layer-map diagnosed` prints it; the answer-row reading is the ablation:", "", "```"]
+    for rows in ("question", "answer"):
+        lines += [line.replace(str(path), "diagnostics.nc") for line in choose_layers(path, rows=rows).describe()]
+    return "\n".join([*lines, "```"])
+
+
 def learning_curves(ctx: PageContext) -> str | None:
     """Every study of the run (study/<name>.nc, `laid study`): paired differences per budget, the
     learning-curve figure and the study's measured time."""
@@ -253,6 +270,7 @@ SECTIONS: list[Section] = [
     Section("base-models", "eval/<model>__base.nc", base_models),
     Section("headline", "compare/comparison.nc", headline),
     Section("learning-curves", "study/<name>.nc", learning_curves),
+    Section("diagnosed-pairing", "analysis/<teacher>__base/diagnostics.nc", diagnosed_pairing),
     Section("per-size", "compare/comparison.nc", per_size),
     Section("other-comparisons", "compare/<name>.nc", other_comparisons),
     Section("figures", "<figures_dir>/*.png", figures),
