@@ -116,3 +116,18 @@ def test_pairs_follow_depth_and_plan_prints_the_evidence(diagnosed):
     with pytest.raises(ValueError, match="diagnoses a model with 5 layers, the teacher has 4"):
         check_pair(TEACHER, REPO / "checkpoints" / "zoo" / "tiny-7b", layer_map="diagnosed",
                    diagnosis=Diagnosis(str(diagnosed["planted"])))
+
+
+def test_results_page_reports_the_teachers_pick(diagnosed, tmp_path):
+    """The results page's section is the diagnosis's own pick and evidence (laid_workflows.results_page)."""
+    from laid.layout import RunLayout
+    from laid_workflows.results_page import PageContext, diagnosed_pairing
+
+    run = RunLayout(tmp_path / "run")
+    run.teacher_diagnosis("tiny-32b").parent.mkdir(parents=True)
+    shutil.copy(diagnosed["teacher"] / "diagnostics.nc", run.teacher_diagnosis("tiny-32b"))
+    assert diagnosed_pairing(PageContext(run, tmp_path / "results.md")) is None  # no config naming the teacher
+    run.config.write_text("teacher: tiny-32b\n")
+    text = diagnosed_pairing(PageContext(run, tmp_path / "results.md"))
+    assert "rows=question" in text and "teacher layers [0]" in text and "* layer   0 head   0" in text
+    assert "rows=answer" in text
