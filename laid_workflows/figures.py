@@ -133,6 +133,27 @@ def _repo_on_kernel_path():
             os.environ["PYTHONPATH"] = old
 
 
+def run_parameters(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Per-notebook parameters naming the run's own models, from its config.yaml (teacher and
+    students of `laid main`); {} when the run has none (the notebooks' defaults name the toy zoo's
+    tiny-32b / tiny-7b). The first student is the one whose per-student figures are drawn."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    cfg = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    teacher, students = cfg.get("teacher"), list(cfg.get("students") or [])
+    if not teacher or not students:
+        return {}
+    s = students[0]
+    return {
+        "fig1_effective_window": {"models": [teacher, *students]},
+        "fig4_key_activations": {"student_before": f"{s}__base", "student_after": f"{s}__laid", "teacher": f"{teacher}__base"},
+        "head_weights": {"student": s},
+        "spectra": {"checkpoints": {"teacher": f"{teacher}__base", "base": f"{s}__base", "kd": f"{s}__kd", "laid": f"{s}__laid"}},
+        "tables": {"teacher": teacher},
+    }
+
+
 def run_figures(
     run_dir: str | Path = "runs/default",
     figures_dir: str | Path = "figures",
@@ -148,8 +169,8 @@ def run_figures(
     """Run the figure notebooks on one run folder; figures land in `figures_dir`.
 
     Executed copies go to `executed_dir` (default: notebooks/executed/ beside the sources, git-ignored).
-    Every notebook gets run_dir, figures_dir, quick and interactive=False; `overrides` adds
-    parameters per notebook name (e.g. {"fig1_effective_window": {"models": ["tiny-32b"]}}).
+    Every notebook gets run_dir, figures_dir, quick and interactive=False, and the run's own model
+    names (`run_parameters`, from its config.yaml); `overrides` adds parameters per notebook name (e.g. {"fig1_effective_window": {"models": ["tiny-32b"]}}).
     A notebook that stops because a results file is missing is skipped with a warning when
     `allow_missing`; any other failure (and a missing file by default) is reported as one line per
     notebook, and after all notebooks ran, a RuntimeError with the first failure is raised.
@@ -170,6 +191,7 @@ def run_figures(
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} not found; run `laid main` first or pass --run-dir")
     check_kernel(kernel)
+    from_run = run_parameters(run_dir)  # the run's own teacher and students, under any explicit overrides
     executed_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
 
@@ -178,6 +200,7 @@ def run_figures(
     for name in bar:
         bar.set_postfix_str(name)
         params = {"run_dir": str(run_dir), "figures_dir": str(figures_dir), "quick": bool(quick), "interactive": False}
+        params.update(from_run.get(name, {}))
         params.update((overrides or {}).get(name, {}))
         start = time.perf_counter()
         try:
