@@ -34,6 +34,14 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def _portable(default) -> str:
+    """A default as the page shows it: paths inside the checkout relative to it, so the page does not
+    depend on where the repository was cloned."""
+    text = str(default)
+    root = str(REPO)
+    return text.replace(root + "/", "").replace(root, ".") if root in text else text
+
+
 def _options_table(parser: argparse.ArgumentParser) -> list[str]:
     formatter = parser._get_formatter()
     rows = []
@@ -47,7 +55,7 @@ def _options_table(parser: argparse.ArgumentParser) -> list[str]:
         elif action.default in (None, False, argparse.SUPPRESS) or isinstance(action, argparse._StoreTrueAction):
             default = ""
         else:
-            default = f"`{action.default}`"
+            default = f"`{_portable(action.default)}`"
         rows.append(f"| `{_cell(invocation)}` | {default} | {_cell(help_text)} |")
     return ["| argument | default | what it does |", "|---|---|---|", *rows] if rows else []
 

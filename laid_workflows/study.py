@@ -210,7 +210,9 @@ class Study:
 
         c, t0 = self.cfg, time.time()
         self.ensure_inputs()
-        if any(a.overrides.get("layer_map") == "diagnosed" for a in c.arms.values()):
+        # The teacher's diagnosis picks the layers of `layer_map: diagnosed` arms and is the reference of the
+        # retrieval-mass column (where the teacher's mechanism sits against the students').
+        if c.diagnose.seeds or any(a.overrides.get("layer_map") == "diagnosed" for a in c.arms.values()):
             from laid_workflows.diagnosis import ensure_teacher_diagnosis
 
             ensure_teacher_diagnosis(self.layout, c.teacher, c.zoo_dir, log=self.log)

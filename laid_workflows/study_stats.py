@@ -148,6 +148,12 @@ def _cell(ds: xr.Dataset, name: str, sel: dict, signed: bool = True) -> str:
     return f"**{text}**" if signed and (lo > 0 or hi < 0) else text
 
 
+def _mass(mass: xr.DataArray, layer: xr.DataArray) -> str:
+    """'0.74 (layer 0)', or '-' where that model was not diagnosed (NaN)."""
+    m = float(mass)
+    return "-" if math.isnan(m) else f"{m:.2f} (layer {int(layer)})"
+
+
 def study_markdown(ds: xr.Dataset) -> str:
     """Per student: the teacher's lead, then per arm and budget the paired differences."""
     groups = json.loads(ds.attrs["groups"])
@@ -172,13 +178,13 @@ def study_markdown(ds: xr.Dataset) -> str:
                 cells = [LABELS.get(str(arm), str(arm)), str(int(budget)), str(int(ds["haystacks"].sel(budget=budget))), str(n)]
                 cells += [_cell(ds, "diff", {**sel, "group": g, "ref": r}) for g in ("long", "short") for r in ("base", "kd", "sft")]
                 cells += [_cell(ds, "diff", {**sel, "group": g, "ref": "base"}) for g in ("inside", "beyond")]
-                m = float(ds["retrieval_mass"].sel(sel))
-                cells.append("-" if math.isnan(m) else f"{m:.2f} (layer {int(ds['retrieval_layer'].sel(sel))})")
+                cells.append(_mass(ds["retrieval_mass"].sel(sel), ds["retrieval_layer"].sel(sel)))
                 lines.append("| " + " | ".join(cells) + " |")
-        bm, tm = float(ds["base_retrieval_mass"].sel(st)), float(ds["teacher_retrieval_mass"])
-        if not math.isnan(bm):
-            lines += ["", f"Retrieval mass (best head, needle mass from the question rows at {ds.attrs.get('diagnose_sizes', '?')} images): base {bm:.2f} "
-                      f"(layer {int(ds['base_retrieval_layer'].sel(st))}), teacher {tm:.2f} (layer {int(ds['teacher_retrieval_layer'])})."]
+        base = _mass(ds["base_retrieval_mass"].sel(st), ds["base_retrieval_layer"].sel(st))
+        teacher = _mass(ds["teacher_retrieval_mass"], ds["teacher_retrieval_layer"])
+        if (base, teacher) != ("-", "-"):
+            lines += ["", f"Retrieval mass (best head, needle mass from the question rows at {ds.attrs.get('diagnose_sizes', '?')} images): "
+                      f"base {base}, teacher {teacher}."]
         lines.append("")
     lines += [f"Groups: {groups}. Differences in percentage points, arm - reference at the same budget, paired on the same "
               "questions; [95% bootstrap interval over questions and training seeds]. **Bold**: the interval excludes 0, "

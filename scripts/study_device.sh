@@ -27,7 +27,7 @@ laid() { "$PY" -m laid_workflows.cli "$@"; }
 start=$(date +%s)
 if [ "$DRY" = 1 ]; then
   laid data synth --out "$RUN/data" --quick
-  ARGS=(--quick --workers 2 --device cpu --override 'students=[tiny-32b-short]'
+  ARGS=(--quick --workers 2 --device cpu --override 'students=[tiny-32b-short]' --override 'student_budgets={}'
         --override 'arms={sft: {method: sft}, kd: {method: kd}, laid: {method: laid}}')
 else
   laid data synth --out "$RUN/data"
