@@ -130,6 +130,11 @@ class RunLayout:
         """study/runs/<student>__<arm>__seed<k>: one training run; its budget exports under budgets/."""
         return self.study / "runs" / f"{run_label(student, arm)}__seed{seed}"
 
+    def study_job_seconds(self, student: str, arm: str, seed: int) -> Path:
+        """study/runs/<...>/job_seconds.json: wall seconds the run's job (train, export, evaluate, diagnose)
+        took, summed over the invocations that worked on it (a resumed run keeps counting)."""
+        return self.study_run(student, arm, seed) / "job_seconds.json"
+
     def study_eval(self, student: str, arm: str, seed: int, step: int) -> Path:
         return self.study_run(student, arm, seed) / "evals" / f"step-{step:08d}.nc"
 

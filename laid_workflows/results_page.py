@@ -204,8 +204,7 @@ def learning_curves(ctx: PageContext) -> str | None:
         times = json.loads(ds.attrs.get("timings_s", "{}"))
         grid = "the whole grid" if int(ds.attrs.get("full_grid", 0)) else "the config's CPU grid"
         parts += [f"### `study/{path.name}`", "",
-                  f"{grid.capitalize()} on {ds.attrs.get('device', '?')}; this invocation took {times.get('total', float('nan')):.0f} s "
-                  "(runs reused from an earlier invocation are not timed).", ""]
+                  f"{grid.capitalize()} on {ds.attrs.get('device', '?')}: {_study_time(ds, times)}", ""]
         parts += ["#" + line if line.startswith("### ") else line for line in study_markdown(ds).splitlines()]
         png = ctx.figures_dir / f"learning_curves_{path.stem}.png" if ctx.figures_dir is not None else None
         if png is not None and png.is_file():
@@ -244,6 +243,16 @@ def figures(ctx: PageContext) -> str | None:
 
 def _seconds_range(values: list[float]) -> str:
     return f"{min(values):.0f} s" if len(values) == 1 else f"{min(values):.0f}-{max(values):.0f} s"
+
+
+def _study_time(ds, times: dict) -> str:
+    """The study's measured time: this invocation's wall clock and the grid's job seconds over all invocations."""
+    line = f"this invocation took {times.get('total', float('nan')):.0f} s"
+    n, timed = int(ds.attrs.get("jobs", 0)), int(ds.attrs.get("jobs_timed", 0))
+    if n:
+        line += (f"; the grid's {n} training runs (train, export, evaluate, diagnose) took {float(ds.attrs['job_seconds']) / 60:.0f} "
+                 f"worker-minutes over all invocations ({timed} of {n} runs timed; {int(ds.attrs['workers'])} workers side by side)")
+    return line + "."
 
 
 def stage_times(ctx: PageContext) -> str | None:

@@ -33,10 +33,10 @@ import xarray as xr
 
 from laid.config import load_config
 from laid.eval.settings import EvalSettings
-from laid.io import write_netcdf, write_text
+from laid.io import write_json, write_netcdf, write_text
 from laid.layout import RunLayout
 from laid.methods import TRAINED_METHODS, check_method
-from laid_workflows.jobs import DEVICES, Job, log_line, run_jobs
+from laid_workflows.jobs import DEVICES, Job, cores, log_line, run_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -186,6 +186,24 @@ class Study:
             if diff:
                 raise ValueError(f"{dcfg.output_dir} was trained with other {diff}; give the arm another name or rerun with --force")
 
+    def _record_job_seconds(self, timings: dict) -> None:
+        """Add this invocation's seconds of each run's job to the run's job_seconds.json."""
+        for student, arm, seed, _ in self.cfg.grid(self.full):
+            name = f"{student} {arm} seed {seed}"
+            if name in timings:
+                path = self.layout.study_job_seconds(student, arm, seed)
+                old = json.loads(path.read_text())["seconds"] if path.is_file() else 0.0
+                write_json({"seconds": round(old + timings[name]["seconds"], 1), "workers": self.workers or cores(),
+                            "device": self.device}, path)
+
+    def _grid_seconds(self) -> dict:
+        """Worker seconds of the grid's jobs summed over every invocation, and how many jobs were timed
+        (runs trained before job timing existed have no record)."""
+        grid = self.cfg.grid(self.full)
+        paths = [self.layout.study_job_seconds(s, a, k) for s, a, k, _ in grid]
+        timed = [json.loads(p.read_text())["seconds"] for p in paths if p.is_file()]
+        return {"job_seconds": round(sum(timed), 1), "jobs_timed": len(timed), "jobs": len(grid), "workers": self.workers or cores()}
+
     def jobs(self) -> list[Job]:
         ev = self.cfg.eval
         out = []
@@ -223,6 +241,7 @@ class Study:
             data=str(self.data), diagnose=asdict(c.diagnose), label=f"{s}-base"))
             for s in c.students if c.diagnose.seeds and not self.layout.study_diagnosis(s, "base", 0, 0).is_file()]
         timings = run_jobs(base_jobs + self.jobs(), self.workers, self.device, self.log)
+        self._record_job_seconds(timings)
         evals: dict[tuple[str, str, int], list[xr.Dataset]] = {}
         retrieval: dict = {}
         for student, arm, seed, budgets in c.grid(self.full):
@@ -243,7 +262,8 @@ class Study:
                          attrs={"config": json.dumps(asdict(c)), "full_grid": int(self.full), "device": self.device,
                                 "diagnose_sizes": json.dumps(c.diagnose.sizes),
                                 "timings_s": json.dumps({"total": round(time.time() - t0, 1),
-                                                         **{k: v["seconds"] for k, v in timings.items()}})})
+                                                         **{k: v["seconds"] for k, v in timings.items()}}),
+                                **self._grid_seconds()})
         write_netcdf(ds, self.layout.study_result(c.name))
         write_text(f"## Study {c.name}\n\n" + study_markdown(ds), self.layout.study_result(c.name, ".md"))
         if self.figures_dir is not None:

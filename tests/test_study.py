@@ -100,8 +100,12 @@ def test_mini_study_runs_resumes_and_refuses_changed_arms(random_zoo, tmp_path_f
     assert float(got) == pytest.approx(want.value)
     assert int(ds["n_seeds"].sel(student="tiny-7b", arm="kd", budget=2)) == 2
     assert not np.isnan(float(ds["retrieval_mass"].sel(student="tiny-7b", arm="laid", budget=2)))
-    # resume: nothing left to do
+    # every run's job time is kept with the run, so a resumed study still reports the whole grid's time
+    assert int(ds.attrs["jobs_timed"]) == int(ds.attrs["jobs"]) == 4 and float(ds.attrs["job_seconds"]) > 0
+    # resume: nothing left to do, and the job seconds are not lost
     assert Study(cfg, run, workers=1).jobs() == []
+    again = Study(cfg, run, workers=1, log=lambda *a: None).run()
+    assert float(again.attrs["job_seconds"]) == float(ds.attrs["job_seconds"])
     # an arm whose settings changed under the same name is refused, not silently mixed
     cfg.arms["laid"].overrides["attn_rows"] = "text"
     with pytest.raises(ValueError, match=r"was trained with other \['attn_rows'\]"):
