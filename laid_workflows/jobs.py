@@ -1,11 +1,11 @@
 """Independent training / evaluation jobs run side by side in worker processes.
 
-The toy models use a CPU core far better one per process than several threads in one process
-(a 4-layer, 128-wide model: one KD step takes ~0.27 s with 2 threads, ~0.35 s with 1, so two
-1-thread processes do ~1.5x the work of one 2-thread process; bench/distill_speed.md). The
-comparison and the study therefore train their runs in `workers` processes, each with
-cores // workers torch threads. On a GPU machine (`device="cuda"`) several processes share the GPU:
-the tiny models leave it mostly idle, so running runs side by side is what makes a grid fast there.
+The toy models use a CPU core better one per process than several threads in one process (two
+1-thread KD runs side by side do 1.16x the steps per second of the same runs in one 2-thread
+process on 2 cores; bench/study_workers.md). The comparison and the study therefore train their
+runs in `workers` processes, each with cores // workers torch threads. On a GPU machine
+(`device="cuda"`) several processes share the GPU: the tiny models leave it mostly idle, so running
+runs side by side is what makes a grid fast there.
 
 A job is a top-level function and its keyword arguments (picklable); it writes its results to disk
 and returns a small dict (timings). Jobs are independent: a failure stops the pool and is raised
