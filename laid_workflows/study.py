@@ -189,7 +189,7 @@ class Study:
     def _record_job_seconds(self, timings: dict) -> None:
         """Add this invocation's seconds of each run's job to the run's job_seconds.json."""
         for student, arm, seed, _ in self.cfg.grid(self.full):
-            name = f"{student} {arm} seed {seed}"
+            name = _job_key(student, arm, seed)
             if name in timings:
                 path = self.layout.study_job_seconds(student, arm, seed)
                 old = json.loads(path.read_text())["seconds"] if path.is_file() else 0.0
@@ -217,7 +217,7 @@ class Study:
             diag = {b: self.layout.study_diagnosis(student, arm, seed, b) for b in budgets} if seed in self.cfg.diagnose.seeds else {}
             if all(_eval_done(p, ev) for p in evals.values()) and all(p.is_file() for p in diag.values()):
                 continue
-            out.append(Job(f"{student} {arm} seed {seed}", run_arm, dict(
+            out.append(Job(_job_key(student, arm, seed), run_arm, dict(
                 config=dcfg.to_dict(), evals={b: str(p) for b, p in evals.items()}, diagnoses={b: str(p) for b, p in diag.items()},
                 data=str(self.data), eval_settings=asdict(ev), diagnose=asdict(self.cfg.diagnose), name=f"{student}-{arm}-seed{seed}")))
         return out
@@ -277,6 +277,11 @@ class Study:
 
             write_results_page(self.run_dir, self.results_page, self.figures_dir)
         return ds
+
+
+def _job_key(student: str, arm: str, seed: int) -> str:
+    """The name of a run's job: its progress line and its key in run_jobs' timings."""
+    return f"{student} {arm} seed {seed}"
 
 
 def _eval_done(path: Path, settings: EvalSettings) -> bool:
