@@ -122,3 +122,19 @@ def test_shipped_study_config_loads_and_its_grid():
         assert all(b == [150, 625, 1250, 2500] for a, _, b in same_arch if a == arm)
     full = cfg.grid(full=True)
     assert len(full) == len(cfg.students) * len(cfg.arms) * len(cfg.seeds) and all(b == cfg.budgets for *_, b in full)
+
+
+def test_shipped_studies_agree_on_every_shared_run(tmp_path):
+    """Study configs share run folders (student__arm__seed): an arm name must mean one training in
+    every config, or a second study would refuse (or, worse, mix) the first one's runs."""
+    configs = [p for p in sorted((REPO / "configs" / "experiments").glob("*.yaml")) if "arms:" in p.read_text()]
+    assert {"testbed.yaml", "testbed_variants.yaml", "testbed_seeds.yaml"} <= {p.name for p in configs}
+    seen: dict[tuple, tuple[str, dict]] = {}
+    for path in configs:
+        cfg = load_study_config(path)
+        study = Study(cfg, tmp_path, workers=1)
+        for student, arm, seed, budgets in cfg.grid(full=True):
+            sig = study.distill_config(student, arm, seed, budgets).training_signature()
+            first = seen.setdefault((student, arm, seed), (path.name, sig))
+            assert first[1] == sig, f"{student}__{arm}__seed{seed}: {first[0]} and {path.name} train it differently"
+    assert ("tiny-7b-ret", "laid", 3) in seen and ("tiny-32b-short", "laid", 0) in seen
