@@ -41,6 +41,7 @@ from laid_workflows.headline import add_paired_statistics
 from laid_workflows.jobs import DEVICES, Job, run_jobs
 from laid_workflows.tables import build_comparison, comparison_markdown
 from trainers.config import load_config as load_distill_config
+from trainers.config import trained_differently
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,11 +168,15 @@ class Comparison:
         for student, method, seed in self._entries():
             dcfg = self.distill_config(student, method, seed)
             run = Path(dcfg.output_dir)
-            result = run / "eval.nc"
-            if result.is_file() and not self.force and self.cfg.eval.matches(xr.load_dataset(result)):
-                continue
             if self.force and run.exists():
                 shutil.rmtree(run)  # --force: this comparison recomputes what it owns
+            diff = trained_differently(dcfg)
+            if diff:  # an edited config must not pass off the old run (or its evaluation) as its own
+                raise ValueError(f"{run} was trained with other {diff} than {self.cfg.distill_configs[student]} gives now; "
+                                 "move that folder away (its results are kept) or rerun `laid compare` with --force")
+            result = run / "eval.nc"
+            if result.is_file() and self.cfg.eval.matches(xr.load_dataset(result)):
+                continue
             name = f"{student}-{method}" + (f"-seed{seed}" if seed else "")
             jobs.append(Job(f"{student} {method} seed {seed}", train_and_evaluate, dict(
                 config=dcfg.to_dict(), result=str(result), eval_settings=asdict(self.cfg.eval), data=str(self.data), name=name)))

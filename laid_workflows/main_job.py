@@ -176,12 +176,13 @@ def _stage_analysis(cfg: MainConfig, log) -> None:
         for method in ANALYSED_METHODS:
             label = run_label(student, method)
             out = run.analysis(label)
-            if (out / "report.html").is_file():
-                folders[label] = out
-                continue
             model_dir = run.zoo_model(student) if method == "base" else run.export(student, method)
             if not (model_dir / "config.json").is_file():
                 log(f"analysis: skipping {label}: no model at {model_dir}")
+                continue
+            report = out / "report.html"  # reused unless the model was written after it (a retrained run)
+            if report.is_file() and report.stat().st_mtime >= (model_dir / "config.json").stat().st_mtime:
+                folders[label] = out
                 continue
             hw = run.head_weights(student, method)
             diagnose(

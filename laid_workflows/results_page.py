@@ -220,7 +220,7 @@ FIGURES = {
                               "with 95% paired bootstrap intervals over questions and seeds",
     "fig4_key_activations": "Figure 4: attention on the needle image per head at the aligned layer, before and after "
                             "distillation, with 95% bootstrap intervals over haystacks",
-    "head_weights": "Head weights: the learned LAid head mixers (student heads x teacher heads)",
+    "head_weights": "Head weights: the LAid head mixers (student heads x teacher heads); the title says whether a term trained them",
     "spectra": "Spectra: per-rotary-pair spectrum and distance profile of a student head against its virtual teacher head",
 }
 

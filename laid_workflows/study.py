@@ -177,14 +177,11 @@ class Study:
         return load_distill_config(path if path.is_absolute() or path.is_file() else REPO / path, overrides)
 
     def _check_existing(self, dcfg) -> None:
-        saved = Path(dcfg.output_dir) / "distill_config.yaml"
-        if saved.is_file():
-            from trainers.config import load_config as load_distill_config
+        from trainers.config import trained_differently
 
-            old, new = load_distill_config(saved).training_signature(), dcfg.training_signature()
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            if diff:
-                raise ValueError(f"{dcfg.output_dir} was trained with other {diff}; give the arm another name or rerun with --force")
+        diff = trained_differently(dcfg)
+        if diff:
+            raise ValueError(f"{dcfg.output_dir} was trained with other {diff}; give the arm another name or rerun with --force")
 
     def _record_job_seconds(self, timings: dict) -> None:
         """Add this invocation's seconds of each run's job to the run's job_seconds.json."""

@@ -220,6 +220,7 @@ def head_weights_dataset(student: str) -> xr.Dataset:
         {"w_q": (("layer_pair", "student_head", "teacher_head"), w_q), "w_k": (("layer_pair", "student_kv_head", "teacher_kv_head"), w_k)},
         coords={"layer_pair": [0, 1], "student_layer": ("layer_pair", [1, 2]), "teacher_layer": ("layer_pair", [2, 3]),
                 "student_head": range(heads), "teacher_head": range(t_heads), "student_kv_head": range(kv), "teacher_kv_head": range(t_kv)},
+        attrs={"mixers_trained": 0, "mixer_init": "least_squares"},  # the testbed default: no alignment term
     )  # fmt: skip
 
 

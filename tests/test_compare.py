@@ -131,6 +131,13 @@ def test_mini_comparison_runs_and_resumes(random_zoo, tmp_path_factory, tmp_path
     assert study.timings == {} and (run / "compare" / "study.nc").is_file() and (run / "compare" / "study.md").is_file()
     assert (run / "compare" / "comparison.nc").read_bytes() == headline
 
+    # An edited distill config does not pass off the old run as its own: refused, the run kept.
+    cfg.method_overrides["kd"]["lambdas"] = {"kl": 0.5, "sft": 0.5}
+    kept = (run / "distill" / "tiny-7b__kd" / "eval.nc").read_bytes()
+    with pytest.raises(ValueError, match=r"tiny-7b__kd was trained with other \['lambdas'\]"):
+        Comparison(cfg, run, progress=False).training_jobs()
+    assert (run / "distill" / "tiny-7b__kd" / "eval.nc").read_bytes() == kept
+
 
 def test_headline_bolds_only_what_the_paired_interval_supports():
     """Planted: KD answers 30 more of 100 questions per long size than base (same questions); LAid

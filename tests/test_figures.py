@@ -143,7 +143,9 @@ def test_head_weights_data_equals_distill_file(executed):
     w = expected.w_q.values[1, 0]
     np.testing.assert_allclose(data.w_q_share.values[1, 0], np.abs(w) / np.abs(w).sum())
     assert list(data.attrs["pairs"]) == ["student layer 1 <- teacher layer 2", "student layer 2 <- teacher layer 3"]
+    assert data.attrs["mixers"] == "not trained (their least_squares start)"  # not to be read as learned
     html = (executed["figures"] / "head_weights.html").read_text()
+    assert "not trained (their least_squares start)" in html
     assert "student layer 1 \\u003c- teacher layer 2" in html  # the other pair, behind the dropdown (JSON-escaped "<")
 
 

@@ -125,3 +125,20 @@ def test_existing_run_needs_resume(random_zoo, vhs, tmp_path):
     distill(cfg, progress=False)
     with pytest.raises(ValueError, match="already holds checkpoints; pass --resume"):
         distill(cfg, progress=False)
+
+
+@pytest.mark.parametrize("align", [0.0, 1.0])
+def test_head_mixers_train_only_with_the_alignment_term(align, random_zoo, vhs, tmp_path):
+    """Attention matching to the teacher's own maps weights them by the mixers, detached: without the
+    Q/K alignment term (the testbed default) the mixers stay at their first-batch fit, and
+    head_weights.nc says so, so a figure of them is not read as learned."""
+    torch.set_num_threads(1)
+    lambdas = {"laid": align, "attn": 1.0, "kl": 0.3, "sft": 0.7}
+    cfg = tiny_config(random_zoo, vhs, tmp_path, lambdas=lambdas, max_steps=3, export_steps=[1], grad_accum=1,
+                      mixer_init="least_squares")
+    distill(cfg, progress=False)
+    early = xr.load_dataset(tmp_path / "budgets" / "step-00000001" / "head_weights.nc")
+    final = xr.load_dataset(tmp_path / "head_weights.nc")
+    moved = float(abs(final["w_q"] - early["w_q"]).max())
+    assert final.attrs["mixers_trained"] == int(align > 0) and final.attrs["mixer_init"] == "least_squares"
+    assert (moved > 1e-6) == (align > 0), moved

@@ -269,6 +269,14 @@ class DistillConfig:
         return w["laid"] > 0 or w["attn"] > 0
 
     @property
+    def trains_mixers(self) -> bool:
+        """Whether any term's gradient reaches the head mixers: the Q/K alignment term, or attention
+        matching to the mixed Q/K. Otherwise they keep their `mixer_init` values and only weight the
+        teacher maps attention matching targets (detached)."""
+        w = self.weights()
+        return w["laid"] > 0 or (w["attn"] > 0 and self.attention_target == "mixed_qk")
+
+    @property
     def uses_gain(self) -> bool:
         return self.rope_gain and self.method.startswith("laid")
 
@@ -305,3 +313,14 @@ class DistillConfig:
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> DistillConfig:
     """Read a YAML distill config (or defaults when path is None) and apply key=value overrides."""
     return _load(DistillConfig, path, overrides, what="distill config")
+
+
+def trained_differently(cfg: DistillConfig) -> list[str]:
+    """The training-signature keys in which `cfg` differs from the config its output_dir was trained
+    with (distill_config.yaml there); [] when nothing was trained there yet. A workflow that reuses
+    a run folder asks this first, so that an edited config never passes off the old run as its own."""
+    saved = Path(cfg.output_dir) / "distill_config.yaml"
+    if not saved.is_file():
+        return []
+    old, new = load_config(saved).training_signature(), cfg.training_signature()
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

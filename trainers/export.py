@@ -18,6 +18,7 @@ head_weights.nc (xarray, named dims):
     coords student_layer(layer_pair), teacher_layer(layer_pair); attrs student_layers, teacher_layers
     gain_q (gain_layer, student_head, rotary_pair), gain_k (gain_layer, student_kv_head, rotary_pair)
     when RoPE gains were trained (their values before folding).
+    attrs mixers_trained (1 when a term trains them, else they are their `mixer_init` values), mixer_init.
     w_q / w_k are the effective weights (unit rows under `alignment: cosine`); the health telemetry
     (`trainers.health.add_health`: mixer_row_norm, mixer_entropy, gain_product, and the logged
     series over `step`) is added to the same dataset.
@@ -145,7 +146,8 @@ def export_run(accelerator, module, cfg: DistillConfig, processor, pairs, out: s
         extra[CARD] = model_card(cfg, extra["train_log.jsonl"])  # rewritten with the eval table after evaluation
         save_folder_atomically(student, processor, export_dir, extra_files=extra)
         os.chmod(export_dir, 0o755)  # the atomic save's temp folder is owner-only
-        attrs = {"method": cfg.method, "teacher_dir": str(cfg.teacher_dir), "student_dir": str(cfg.student_dir)}
+        attrs = {"method": cfg.method, "teacher_dir": str(cfg.teacher_dir), "student_dir": str(cfg.student_dir),
+                 "mixers_trained": int(cfg.trains_mixers), "mixer_init": cfg.mixer_init}
         from trainers.health import add_health
         from trainers.losses.qk_alignment import ROWS_FOR_FORM
         from trainers.trainlog import read_log
