@@ -217,7 +217,7 @@ def learning_curves(ctx: PageContext) -> str | None:
 FIGURES = {
     "fig1_effective_window": "Figure 1: accuracy per haystack size and effective window of the teacher and the students",
     "fig3_distillation_bars": "Figure 3: accuracy per method; lower row, each method minus base on the same questions "
-                              "with 95% paired bootstrap intervals over questions and seeds",
+                              "with 95% paired intervals counting questions and seeds",
     "fig4_key_activations": "Figure 4: attention on the needle image per head at the aligned layer, before and after "
                             "distillation, with 95% bootstrap intervals over haystacks",
     "head_weights": "Head weights: the LAid head mixers (student heads x teacher heads); the title says whether a term trained them",
