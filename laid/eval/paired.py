@@ -25,9 +25,9 @@ fiducial (generalized pivotal) distribution of the variance: each seed term as i
 S - 1 df, the question term as known (hundreds of questions). With one trained side and a small
 question term this is the t-interval with S - 1 df (t = 4.3 at 3 seeds, 2.8 at 5); it never plugs
 a df estimated from the same small seed variance into the quantile, which is what makes
-Welch-Satterthwaite too narrow exactly when 3 seeds happen to agree (7.6% false exclusions against
-the base model, tests/test_eval_paired_calibration.py). With two trained sides of equal seed spread
-it is conservative (about 1% at 95%). A trained side with one seed has no estimable seed variance:
+Welch-Satterthwaite too narrow exactly when 3 seeds happen to agree (7.6% false exclusions in
+simulated nulls against a base model, docs/method.md). With two trained sides of equal seed spread
+it is conservative (0-2% at 95%, tests/test_eval_paired_calibration.py). A trained side with one seed has no estimable seed variance:
 the interval then counts questions only and says so (`seed_variance_estimable=False`); tables
 never claim it.
 
