@@ -350,7 +350,8 @@ def _prereg(args: argparse.Namespace) -> int:
         ds = xr.load_dataset(path) if path is not None and path.is_file() else None
     absent = "pass --run-dir to judge its hypotheses" if args.run_dir is None else f"its study is not in {args.run_dir}"
     print("\n".join(report(args.file, prereg, ds, absent)))
-    return 0 if freeze_status(args.file).frozen and not config_problems(prereg, args.file) else 1
+    freeze = freeze_status(args.file)
+    return 0 if freeze.frozen and not config_problems(prereg, args.file, freeze) else 1
 
 
 def register(subparsers) -> None:

@@ -134,6 +134,9 @@ def test_seed_spread_counts_with_its_few_degrees_of_freedom():
     assert not d.claims()
     boot = paired_difference(_correct(np.stack(seeds)), _correct(b), SIZES[:4], method="bootstrap")
     assert boot.ci_low > 0.02  # the ablation claims it
+    wide = paired_difference(_correct(np.stack(seeds)), _correct(b).assign_attrs(deterministic=1), SIZES[:4], confidence=0.99)
+    t99 = 9.924843200918276 * np.std([0.12, 0.08, 0.04], ddof=1) / np.sqrt(3)  # t(0.995, 2 df) x SE
+    assert 0.8 * t99 < wide.ci_high - wide.value < 1.3 * t99
 
 
 def test_non_inferiority_reads_the_lower_bound_against_the_margin():

@@ -240,7 +240,8 @@ def _pivotal_interval(point: float, seeds: Sequence[_SeedTerm], question: float,
     if not np.any(sd > 0):
         return point, point, se
     coverage = lambda c: float(np.mean(2.0 * special.ndtr(c / np.where(sd > 0, sd, 1e-300)) - 1.0)) - confidence  # noqa: E731
-    half = optimize.brentq(coverage, 0.0, 5.0 * float(np.quantile(sd, 0.999)) + 1e-300, xtol=1e-9 * float(np.median(sd)) + 1e-15)
+    top = 10.0 * float(np.quantile(sd, 1.0 - (1.0 - confidence) / 10)) + 1e-300  # covers more than `confidence`
+    half = optimize.brentq(coverage, 0.0, top, xtol=1e-9 * float(np.median(sd)) + 1e-15)
     return point - half, point + half, se
 
 
