@@ -65,6 +65,11 @@ class RunLayout:
         return self.data / "train"
 
     @property
+    def val_data(self) -> Path:
+        """The validation split: what screens, defaults and budget choices read (claims read test_data)."""
+        return self.data / "val"
+
+    @property
     def zoo(self) -> Path:
         return self.root / "zoo"
 

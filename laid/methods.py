@@ -11,6 +11,9 @@ attention matching and the RoPE gains stay (docs/HISTORY.md, "paper inconsistenc
 
 from __future__ import annotations
 
+import math
+from typing import Mapping, Sequence
+
 INFERENCE_VARIANTS: tuple[str, ...] = ("base", "yarn", "selfextend")
 TRAINED_METHODS: tuple[str, ...] = ("sft-lora", "sft", "kd", "laid", "laid-no-kl", "laid-no-laid")
 # Comparison entries that train one of TRAINED_METHODS with other settings (the comparison config's
@@ -41,3 +44,40 @@ def check_method(name: str, allowed: tuple[str, ...] = ALL_METHODS, what: str = 
     if name not in allowed:
         raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(allowed)}")
     return name
+
+
+# What a row label calls each loss term (the trainer's `lambdas.<term>`) and the RoPE gain.
+TERM_NAMES: dict[str, str] = {"laid": "Q/K alignment", "attn": "attention matching", "kl": "KL", "sft": "SFT"}
+GAIN_NAME = "RoPE gain"
+# The terms each family of trained methods has in the paper (Eq. 9 for LAid; KD = KL + SFT).
+FAMILY_TERMS: dict[str, tuple[str, ...]] = {"LAid": ("laid", "attn", "kl", "sft"), "KD": ("kl", "sft")}
+
+
+def label_for(method: str, weights: Mapping[str, float], rope_gain: bool, paper_weights: Mapping[str, float],
+              qualifiers: Sequence[str] = ()) -> str:
+    """The row label of a trained run, from what trained (its training signature), not its method name.
+
+    `method`: the trainer method (TRAINED_METHODS); `weights`: the loss weights as the run used them
+    (a term the method does not have is 0: the trainer's `DistillConfig.weights()`); `rope_gain`:
+    whether RoPE gains trained; `paper_weights`: each term's weight in the paper's method (the
+    trainer's `Lambdas()` defaults); `qualifiers`: other settings worth naming ("all layers").
+    "LAid" alone only when every term of the paper's LAid trains at its weight with the gain on;
+    otherwise what it is: "LAid without Q/K alignment, attention matching x0.1". A label never
+    claims a term that did not train, so a table cannot print an ablation as the method.
+    """
+    family = "LAid" if method.startswith("laid") else "KD" if method == "kd" else None
+    if family is None:  # SFT on the labels, SFT-LoRA: one term, nothing to name
+        label = LABELS.get(method, method)
+        return f"{label} ({', '.join(qualifiers)})" if qualifiers else label
+    terms = FAMILY_TERMS[family]
+    off = [TERM_NAMES[t] for t in terms if not float(weights.get(t, 0.0)) > 0]
+    if family == "LAid" and not rope_gain:
+        off.append(GAIN_NAME)
+    scaled = []
+    for t in terms:
+        w, ref = float(weights.get(t, 0.0)), float(paper_weights.get(t, 0.0))
+        if w > 0 and ref > 0 and not math.isclose(w, ref, rel_tol=1e-6):
+            scaled.append(f"{TERM_NAMES[t]} x{w / ref:.2g}")
+    label = family + (" without " + " and ".join(off) if off else "")
+    label += "".join(f", {s}" for s in scaled)
+    return f"{label} ({', '.join(qualifiers)})" if qualifiers else label

@@ -37,7 +37,8 @@ from laid.eval.settings import EvalSettings
 from laid.io import write_netcdf, write_text
 from laid.layout import RunLayout
 from laid.methods import ALL_METHODS, DERIVED_METHODS, INFERENCE_VARIANTS, TRAINED_METHODS, trained_method
-from laid_workflows.headline import add_paired_statistics
+from laid.eval.paired import DEFAULT_MARGIN
+from laid_workflows.headline import add_labels, add_paired_statistics, run_label
 from laid_workflows.jobs import DEVICES, Job, run_jobs
 from laid_workflows.tables import build_comparison, comparison_markdown
 from trainers.config import load_config as load_distill_config
@@ -65,6 +66,7 @@ class CompareConfig:
     # Sizes of the headline statistic (laid_workflows/headline.py): mean accuracy over each group.
     short_sizes: list[int] = field(default_factory=lambda: [1, 2])
     long_sizes: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    non_inferiority_margin: float = DEFAULT_MARGIN  # "no harm" at short range: lower bound of short - base > -margin
 
     def __post_init__(self):
         known = (*TRAINED_METHODS, *DERIVED_METHODS)
@@ -202,7 +204,8 @@ class Comparison:
         attrs = {"teacher": c.teacher, "threshold": c.eval.threshold, "config": json.dumps(asdict(c)),
                  "timings_s": json.dumps(self.timings), "seeds": list(c.seeds)}  # fmt: skip
         ds = build_comparison(evals, teacher, c.students, order, attrs)
-        ds = add_paired_statistics(ds, evals, c.short_sizes, c.long_sizes, c.eval.threshold)
+        ds = add_paired_statistics(ds, evals, c.short_sizes, c.long_sizes, c.eval.threshold, margin=c.non_inferiority_margin)
+        ds = add_labels(ds, {(s, m): run_label(self.distill_config(s, m)) for s in c.students for m in c.methods})
         write_netcdf(ds, self.layout.comparison_result(c.name))
         write_text(comparison_markdown(ds), self.layout.comparison_result(c.name, ".md"))
         return ds

@@ -189,10 +189,11 @@ def load_sample_results(run_dir: Path, student: str, method: str, param: str = "
 def paired_differences(run_dir: Path, student: str, methods: Sequence[str], sizes: Sequence[int], reference: str = "base",
                        param: str = "methods") -> xr.Dataset:
     """accuracy(method) - accuracy(reference) per (diff_method, haystack_size), paired on the same
-    questions (laid.eval.paired.paired_difference at each size: questions resampled together,
-    training seeds independently): difference, difference_lo/_hi (95% percentile bootstrap),
-    n_questions, n_seeds. Results on other questions are refused (laid.eval.paired.stack_seeds)."""
-    from laid.eval.paired import paired_difference, stack_seeds
+    questions (laid.eval.paired.paired_difference at each size: questions paired, each trained side's
+    seeds counted): difference, difference_lo/_hi (95%), n_questions, n_seeds. Results on other
+    questions are refused (laid.eval.paired.stack_seeds)."""
+    from laid.eval.paired import interval_description, paired_difference, stack_seeds
+    from laid.methods import INFERENCE_VARIANTS
 
     ref_runs = load_sample_results(run_dir, student, reference, param)
     out = []
@@ -200,7 +201,8 @@ def paired_differences(run_dir: Path, student: str, methods: Sequence[str], size
         runs = load_sample_results(run_dir, student, m, param)
         common = [int(n) for n in sizes if all(int(n) in r["haystack_size"].values for r in runs + ref_runs)]
         try:
-            a, b = stack_seeds(runs, common), stack_seeds(ref_runs, common)
+            a = stack_seeds(runs, common, deterministic=m in INFERENCE_VARIANTS and len(runs) == 1)
+            b = stack_seeds(ref_runs, common, deterministic=reference in INFERENCE_VARIANTS and len(ref_runs) == 1)
             stack_seeds([runs[0], ref_runs[0]], common)  # the two methods on the same questions
         except ValueError as e:
             raise ValueError(f"parameter {param}: {student} {m} and {reference} were not evaluated on the same questions "
@@ -216,7 +218,7 @@ def paired_differences(run_dir: Path, student: str, methods: Sequence[str], size
     ds = xr.concat(out, dim="diff_method", join="outer") if out else xr.Dataset()
     for v in ("difference", "difference_lo", "difference_hi"):
         ds[v].attrs.update(units="1", long_name=f"accuracy - {reference} accuracy, same questions",
-                           interval="95% percentile bootstrap, questions paired, training seeds resampled (laid.eval.paired)")
+                           interval=interval_description())
     return ds
 
 

@@ -3,8 +3,12 @@
 Primary statistic: mean accuracy over the *long* sizes (beyond the students' training length, up to
 where the teacher still holds) and over the *short* sizes, per student and method, averaged over
 training seeds. Every method is compared with the student's base model and with KD on the same
-questions (laid.eval.paired): a difference is bold only when its 95% interval excludes 0. The
-effective window is reported beside it with the paired interval of its ratio to base.
+questions (laid.eval.paired, intervals that count questions and training seeds): a difference is
+bold only when its 95% interval excludes 0 and counts the seed variance of every trained side (a
+trained row with one seed claims nothing). Short range is read as "no harm": non-inferior to base
+at a margin stated before the run (`non_inferiority_margin`, default 3 points). The effective
+window is reported beside it with the paired interval of its ratio to base. Rows are labelled by
+what trained (`run_label`, laid.methods.label_for), not by the entry's name.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import numpy as np
 import xarray as xr
 
 from laid.eval.metrics import DEFAULT_THRESHOLD
-from laid.eval.paired import Interval, mean_accuracy, paired_difference, stack_seeds, window_ratio
-from laid.methods import LABELS
+from laid.eval.paired import (DEFAULT_MARGIN, Interval, interval_description, mean_accuracy, non_inferior,
+                              paired_difference, stack_seeds, window_ratio)
+from laid.methods import INFERENCE_VARIANTS, LABELS, label_for
 
 # (variable, reference method) of the paired differences in long and short mean accuracy
 COMPARISONS = (("vs_base", "base"), ("vs_kd", "kd"))
@@ -26,16 +31,70 @@ COMPARISONS = (("vs_base", "base"), ("vs_kd", "kd"))
 def _put(data: dict, name: str, i: int, j: int, iv: Interval, shape) -> None:
     for suffix, value in (("", iv.value), ("_ci_low", iv.ci_low), ("_ci_high", iv.ci_high)):
         data.setdefault(name + suffix, np.full(shape, np.nan))[i, j] = value
+    data.setdefault(name + "_seeds_counted", np.zeros(shape, dtype=np.int8))[i, j] = int(iv.seed_variance_estimable)
+    if iv.mc_error:
+        data.setdefault(name + "_mc_error", np.full(shape, np.nan))[i, j] = iv.mc_error
+
+
+def run_label(dcfg) -> str:
+    """The row label of a trained comparison entry or study arm from its distill config (trainers.config):
+    what trained (its loss weights as the method uses them, the RoPE gain), and the alignment form and
+    an all-layer pairing where they apply."""
+    from dataclasses import asdict
+
+    from trainers.config import Lambdas
+
+    w = dcfg.weights()
+    qualifiers = []
+    if w["laid"] > 0 and dcfg.alignment == "paper":
+        qualifiers.append("literal Eq. 7 alignment")
+    if dcfg.uses_mixers and dcfg.layer_map == "proportional" and not dcfg.layer_pairs:
+        qualifiers.append("all layers")
+    return label_for(dcfg.method, w, dcfg.uses_gain, asdict(Lambdas()), qualifiers)
+
+
+def add_labels(ds: xr.Dataset, labels: dict[tuple[str, str], str], dim: str = "method") -> xr.Dataset:
+    """Give `ds` the coordinate label(student, dim): `labels[(student, entry)]`, else the registry's label."""
+    values = [[labels.get((str(s), str(m)), LABELS.get(str(m), str(m))) for m in ds[dim].values] for s in ds["student"].values]
+    return ds.assign_coords(label=(("student", dim), np.array(values, dtype=object)))
+
+
+def row_label(ds: xr.Dataset, student, entry, dim: str = "method") -> str:
+    """A row's label: the `label` coordinate when the Dataset has one, else the registry's."""
+    if "label" in ds.coords:
+        return str(ds["label"].sel({"student": student, dim: entry}).values)
+    return LABELS.get(str(entry), str(entry))
+
+
+def claimed(ds: xr.Dataset, name: str, sel: dict, null: float = 0.0) -> bool:
+    """Whether a stored interval may be claimed: it excludes `null` and counted every side's seeds."""
+    lo, hi = float(ds[name + "_ci_low"].sel(sel)), float(ds[name + "_ci_high"].sel(sel))
+    counted = name + "_seeds_counted" not in ds or bool(int(ds[name + "_seeds_counted"].sel(sel)))
+    return counted and (lo > null or hi < null)
+
+
+def no_harm(ds: xr.Dataset, name: str, sel: dict) -> str:
+    """'yes' / 'no' / '-': the stored difference non-inferior at the Dataset's margin (laid.eval.paired.non_inferior)."""
+    if name not in ds or np.isnan(float(ds[name].sel(sel))):
+        return "-"
+    counted = name + "_seeds_counted" not in ds or bool(int(ds[name + "_seeds_counted"].sel(sel)))
+    iv = Interval(float(ds[name].sel(sel)), float(ds[name + "_ci_low"].sel(sel)), float(ds[name + "_ci_high"].sel(sel)),
+                  seed_variance_estimable=counted)
+    verdict = non_inferior(iv, float(ds.attrs.get("non_inferiority_margin", DEFAULT_MARGIN)))
+    return "-" if verdict is None else "yes" if verdict else "no"
 
 
 def add_paired_statistics(ds: xr.Dataset, evals: dict, short_sizes: Sequence[int], long_sizes: Sequence[int],
-                          threshold: float = DEFAULT_THRESHOLD, n_boot: int = 2000) -> xr.Dataset:
+                          threshold: float = DEFAULT_THRESHOLD, n_boot: int = 2000,
+                          margin: float = DEFAULT_MARGIN) -> xr.Dataset:
     """Add mean short/long accuracy, paired differences vs base and KD, and the paired window ratio.
 
     `evals` is {(student, method): eval Dataset or list of them (one per training seed)}, the
-    input of build_comparison. Variables (student, method), each with _ci_low / _ci_high:
-    acc_short, acc_long, diff_long_vs_base, diff_short_vs_base, diff_long_vs_kd, diff_short_vs_kd,
-    window_ratio_paired; plus n_seeds.
+    input of build_comparison; inference-time variants (base, YaRN, SelfExtend) are deterministic.
+    Variables (student, method), each with _ci_low / _ci_high / _seeds_counted: acc_short,
+    acc_long, diff_long_vs_base, diff_short_vs_base, diff_long_vs_kd, diff_short_vs_kd,
+    window_ratio_paired (+ _mc_error); plus n_seeds. `n_boot`: resamples of the bootstrap ablation
+    only (the default interval needs none). `margin`: the non-inferiority margin (attrs).
     """
     students, methods = [str(s) for s in ds["student"].values], [str(m) for m in ds["method"].values]
     shape = (len(students), len(methods))
@@ -45,7 +104,7 @@ def add_paired_statistics(ds: xr.Dataset, evals: dict, short_sizes: Sequence[int
     correct = {}
     for (student, method), runs in evals.items():
         runs = list(runs) if isinstance(runs, (list, tuple)) else [runs]
-        correct[(student, method)] = stack_seeds(runs, sizes)
+        correct[(student, method)] = stack_seeds(runs, sizes, deterministic=method in INFERENCE_VARIANTS)
     data: dict[str, np.ndarray] = {"n_seeds": np.zeros(shape, dtype=np.int64)}
     for i, student in enumerate(students):
         for j, method in enumerate(methods):
@@ -63,22 +122,23 @@ def add_paired_statistics(ds: xr.Dataset, evals: dict, short_sizes: Sequence[int
                         _put(data, f"diff_{group}_{name}", i, j, paired_difference(c, r, group_sizes, n_boot), shape)
             base = correct.get((student, "base"))
             if base is not None and method != "base":
-                _put(data, "window_ratio_paired", i, j, window_ratio(c, base, threshold, n_boot=min(n_boot, 500)), shape)
+                _put(data, "window_ratio_paired", i, j, window_ratio(c, base, threshold), shape)
     dims = ("student", "method")
-    units = {"acc": "1", "diff": "1", "window": "1"}
     out = ds.copy()
     for name, values in data.items():
-        kind = name.split("_")[0]
-        out[name] = (dims, values, {"units": units.get(kind, "1"),
-                                    "long_name": _describe(name, short, long_), "interval": "95% paired percentile bootstrap "
-                                    "over questions (shared between methods) and training seeds (per method)"})
-    out.attrs.update(short_sizes=list(short), long_sizes=list(long_))
+        out[name] = (dims, values, {"units": "1", "long_name": _describe(name, short, long_),
+                                    "interval": interval_description()})
+    out.attrs.update(short_sizes=list(short), long_sizes=list(long_), non_inferiority_margin=float(margin))
     return out
 
 
 def _describe(name: str, short, long_) -> str:
     if name == "n_seeds":
         return "training seeds behind the row"
+    if name.endswith("_seeds_counted"):
+        return "1: the interval counts the seed variance of every trained side (>= 2 seeds each); 0: questions only, never claimed"
+    if name.endswith("_mc_error"):
+        return "Monte-Carlo standard error of the interval's bounds (question resamples)"
     which = "short" if "short" in name else "long"
     sizes = short if which == "short" else long_
     if name.startswith("acc"):
@@ -97,11 +157,11 @@ def _fmt(ds: xr.Dataset, name: str, sel: dict, bold_if_excludes_zero: bool = Fal
         return "-"
     if ratio:
         text = f"{v:.2f}x [{lo:.2f}, {hi:.2f}]"
-        return f"**{text}**" if bold_if_excludes_zero and (lo > 1 or hi < 1) else text
+        return f"**{text}**" if bold_if_excludes_zero and claimed(ds, name, sel, 1.0) else text
     k = 100 if pct else 1
     sign = "+" if bold_if_excludes_zero else ""
     text = f"{k * v:{sign}.1f} [{k * lo:{sign}.1f}, {k * hi:{sign}.1f}]"
-    return f"**{text}**" if bold_if_excludes_zero and (lo > 0 or hi < 0) else text
+    return f"**{text}**" if bold_if_excludes_zero and claimed(ds, name, sel) else text
 
 
 def sizes_attr(ds: xr.Dataset, name: str) -> list[int]:
@@ -115,8 +175,9 @@ def headline_markdown(ds: xr.Dataset, methods: Sequence[str] | None = None) -> l
         return []
     short, long_ = sizes_attr(ds, "short_sizes"), sizes_attr(ds, "long_sizes")
     methods = [m for m in (methods or ds["method"].values) if m in ds["method"].values]
+    margin = 100 * float(ds.attrs.get("non_inferiority_margin", DEFAULT_MARGIN))
     head = ["Student", "Method", "seeds", f"acc short {short}", f"acc long {long_}", "long - base", "long - KD",
-            "short - base", "eff. window", "window / base"]
+            "short - base", f"short no harm (margin {margin:g})", "eff. window", "window / base"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for student in ds["student"].values:
         for k, method in enumerate(methods):
@@ -127,13 +188,15 @@ def headline_markdown(ds: xr.Dataset, methods: Sequence[str] | None = None) -> l
             w = ds.sel(sel)
             window = "below range" if bool(w["effective_window_below_range"]) else (
                 f"{'>= ' if bool(w['effective_window_censored']) else ''}{float(w['effective_window']):.1f}")
-            row = [str(student) if k == 0 else "", LABELS.get(str(method), str(method)), str(n),
+            row = [str(student) if k == 0 else "", row_label(ds, student, method), str(n),
                    _fmt(ds, "acc_short", sel), _fmt(ds, "acc_long", sel),
                    _fmt(ds, "diff_long_vs_base", sel, True), _fmt(ds, "diff_long_vs_kd", sel, True),
-                   _fmt(ds, "diff_short_vs_base", sel, True), window,
+                   _fmt(ds, "diff_short_vs_base", sel, True), no_harm(ds, "diff_short_vs_base", sel), window,
                    _fmt(ds, "window_ratio_paired", sel, True, ratio=True)]
             lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Accuracies and differences in percentage points; [95% paired bootstrap interval over questions "
-              "(shared between methods) and training seeds]. **Bold**: the interval excludes 0 (or 1 for the window "
-              "ratio), the only differences the table claims."]
+    lines += ["", "Accuracies and differences in percentage points; [95% interval counting questions (paired between "
+              "methods) and training seeds (laid.eval.paired)]. **Bold**: the interval excludes 0 (or 1 for the window "
+              "ratio) and counts the seed variance of every trained row (>= 2 seeds), the only differences the table "
+              f"claims. Short no harm: the lower bound of short - base above -{margin:g} points (the margin set before "
+              "the run); - : no verdict (one training seed). Labels say which terms trained (laid.methods.label_for)."]
     return lines

@@ -141,6 +141,19 @@ def _seeds_sentence(ds: xr.Dataset) -> str:
     return f"training seeds {', '.join(map(str, seeds))}; " if seeds else ""
 
 
+def preregistered(ctx: PageContext) -> str | None:
+    """Every preregistration whose study is in this run folder (laid_workflows.prereg.page_section)."""
+    from laid_workflows.prereg import page_section
+
+    return page_section(ctx.run)
+
+
+def _exploratory(study: str | None = None) -> str:
+    from laid_workflows.prereg import study_status
+
+    return study_status(study)
+
+
 def headline(ctx: PageContext) -> str | None:
     """The headline comparison (compare/comparison.nc): paired differences with 95% intervals."""
     ds = _comparison(ctx)
@@ -148,7 +161,7 @@ def headline(ctx: PageContext) -> str | None:
     if not lines:
         return None
     intro = (f"`compare/comparison.nc` ({_seeds_sentence(ds)}every row evaluated on the same questions; short = sizes "
-             f"{sizes_attr(ds, 'short_sizes')}, long = {sizes_attr(ds, 'long_sizes')} images).")
+             f"{sizes_attr(ds, 'short_sizes')}, long = {sizes_attr(ds, 'long_sizes')} images). {_exploratory()}")
     return "\n".join(["## Headline comparison", "", intro, "", *lines])
 
 
@@ -204,7 +217,7 @@ def learning_curves(ctx: PageContext) -> str | None:
         times = json.loads(ds.attrs.get("timings_s", "{}"))
         grid = "the whole grid" if int(ds.attrs.get("full_grid", 0)) else "the config's CPU grid"
         parts += [f"### `study/{path.name}`", "",
-                  f"{grid.capitalize()} on {ds.attrs.get('device', '?')}: {_study_time(ds, times)}", ""]
+                  f"{grid.capitalize()} on {ds.attrs.get('device', '?')}: {_study_time(ds, times)} {_exploratory(path.stem)}", ""]
         parts += ["#" + line if line.startswith("### ") else line for line in study_markdown(ds).splitlines()]
         png = ctx.figures_dir / f"learning_curves_{path.stem}.png" if ctx.figures_dir is not None else None
         if png is not None and png.is_file():
@@ -217,7 +230,7 @@ def learning_curves(ctx: PageContext) -> str | None:
 FIGURES = {
     "fig1_effective_window": "Figure 1: accuracy per haystack size and effective window of the teacher and the students",
     "fig3_distillation_bars": "Figure 3: accuracy per method; lower row, each method minus base on the same questions "
-                              "with 95% paired bootstrap intervals over questions and seeds",
+                              "with 95% paired intervals counting questions and seeds",
     "fig4_key_activations": "Figure 4: attention on the needle image per head at the aligned layer, before and after "
                             "distillation, with 95% bootstrap intervals over haystacks",
     "head_weights": "Head weights: the LAid head mixers (student heads x teacher heads); the title says whether a term trained them",
@@ -277,6 +290,7 @@ def stage_times(ctx: PageContext) -> str | None:
 SECTIONS: list[Section] = [
     Section("provenance", "eval/*.nc", provenance),
     Section("base-models", "eval/<model>__base.nc", base_models),
+    Section("preregistered", "configs/preregistration/*.yaml + study/<name>.nc", preregistered),
     Section("headline", "compare/comparison.nc", headline),
     Section("learning-curves", "study/<name>.nc", learning_curves),
     Section("diagnosed-pairing", "analysis/<teacher>__base/diagnostics.nc", diagnosed_pairing),

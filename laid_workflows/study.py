@@ -32,6 +32,7 @@ from typing import Any
 import xarray as xr
 
 from laid.config import load_config
+from laid.eval.paired import DEFAULT_MARGIN
 from laid.eval.settings import EvalSettings
 from laid.io import write_json, write_netcdf, write_text
 from laid.layout import RunLayout
@@ -77,6 +78,7 @@ class StudyConfig:
     save_every: int = 250  # checkpoint interval (resume)
     groups: dict[str, list[int]] = field(default_factory=lambda: {
         "short": [1, 2], "inside": [5, 10, 20], "beyond": [50, 100], "long": [5, 10, 20, 50]})
+    non_inferiority_margin: float = DEFAULT_MARGIN  # "no harm": lower bound of short - reference > -margin
     eval: EvalSettings = field(default_factory=lambda: EvalSettings(sizes=[1, 2, 5, 10, 20, 50, 100]))
     diagnose: DiagnoseSpec = field(default_factory=DiagnoseSpec)
     zoo_dir: str = "zoo"
@@ -254,8 +256,11 @@ class Study:
         if self.layout.teacher_diagnosis(c.teacher).is_file():
             retrieval["teacher"] = best_retrieval(xr.load_dataset(self.layout.teacher_diagnosis(c.teacher)), c.diagnose.sizes)
         dcfg = self.distill_config(c.students[0], next(iter(c.arms)), 0, c.budgets)
+        from laid_workflows.headline import run_label  # the arms' labels: what each trained
+
+        labels = {(s, a): run_label(self.distill_config(s, a, 0, c.budgets)) for s in c.students for a in c.arms}
         ds = build_study(evals, base, teacher, c.students, list(c.arms), c.budgets, c.groups,
-                         dcfg.per_device_batch_size * dcfg.grad_accum, retrieval,
+                         dcfg.per_device_batch_size * dcfg.grad_accum, retrieval, labels=labels, margin=c.non_inferiority_margin,
                          attrs={"config": json.dumps(asdict(c)), "full_grid": int(self.full), "device": self.device,
                                 "diagnose_sizes": json.dumps(c.diagnose.sizes),
                                 "timings_s": json.dumps({"total": round(time.time() - t0, 1),

@@ -5,9 +5,10 @@ Pure functions over evaluation results (laid.eval Datasets), no models. `build_s
 into one Dataset (docs/CONTRACTS.md "Study"):
 
     accuracy(student, arm, budget, haystack_size)      mean over training seeds
-    acc(student, arm, budget, group) [+ _ci_low/_ci_high]   mean accuracy over the group's sizes
+    acc(student, arm, budget, group) [+ _ci_low/_ci_high/_seeds_counted]   mean accuracy over the group's sizes
     diff(student, arm, budget, group, ref) [+ ci]      arm - ref at the same budget (ref: base, kd, sft),
-                                                       paired on questions, seeds resampled per side
+                                                       paired on questions, each side's seeds counted
+    label(student, arm) (coordinate)                   what the arm trained (laid.methods.label_for)
     n_seeds(student, arm, budget); haystacks(budget) = budget x global batch (haystacks seen)
     base_accuracy(student, haystack_size), base_acc(student, group) [+ ci]
     teacher_accuracy(haystack_size), teacher_acc(group) [+ ci],
@@ -19,7 +20,9 @@ into one Dataset (docs/CONTRACTS.md "Study"):
 
 Groups (attrs `groups`): sizes inside the distillation data's 2-20 images vs beyond them, the
 students' own short window, and the headline's long group. A difference is claimed (bold in the
-markdown) only when its 95% interval excludes 0.
+markdown) only when its 95% interval (laid.eval.paired: questions and seeds counted) excludes 0 and
+every trained side had >= 2 seeds; short range is read as non-inferiority at the margin in attrs
+`non_inferiority_margin`. The base student and the teacher are deterministic (no seed term).
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
-from laid.eval.paired import Interval, mean_accuracy, paired_difference, stack_seeds
-from laid.methods import LABELS
+from laid.eval.paired import DEFAULT_MARGIN, Interval, interval_description, mean_accuracy, paired_difference, stack_seeds
+from laid_workflows.headline import add_labels, claimed, no_harm, row_label
 
 REFERENCES = ("base", "kd", "sft")
 
@@ -40,14 +43,17 @@ REFERENCES = ("base", "kd", "sft")
 def _put(data: dict, name: str, idx: tuple, iv: Interval, shape: tuple) -> None:
     for suffix, value in (("", iv.value), ("_ci_low", iv.ci_low), ("_ci_high", iv.ci_high)):
         data.setdefault(name + suffix, np.full(shape, np.nan))[idx] = value
+    data.setdefault(name + "_seeds_counted", np.zeros(shape, dtype=np.int8))[idx] = int(iv.seed_variance_estimable)
 
 
 def build_study(evals: dict[tuple[str, str, int], list[xr.Dataset]], base: dict[str, xr.Dataset], teacher: xr.Dataset,
                 students: Sequence[str], arms: Sequence[str], budgets: Sequence[int], groups: dict[str, list[int]],
                 global_batch: int, retrieval: dict | None = None, attrs: dict | None = None,
-                n_boot: int = 2000) -> xr.Dataset:
+                n_boot: int = 2000, labels: dict | None = None, margin: float = DEFAULT_MARGIN) -> xr.Dataset:
     """The study Dataset (module doc). `retrieval`: {(student, arm, budget) | (student, "base") |
-    "teacher": (mass, layer)} from the diagnoses; missing cells are NaN."""
+    "teacher": (mass, layer)} from the diagnoses; missing cells are NaN. `labels`: {(student, arm):
+    label} (headline.run_label of the arm's distill config; default the registry's). `n_boot`: the
+    bootstrap ablation's resamples only. `margin`: the non-inferiority margin (attrs)."""
     students, arms, budgets = list(students), list(arms), [int(b) for b in budgets]
     sizes = sorted({int(s) for s in teacher["haystack_size"].values})
     gnames = list(groups)
@@ -60,8 +66,8 @@ def build_study(evals: dict[tuple[str, str, int], list[xr.Dataset]], base: dict[
     n_seeds = np.zeros(s3, dtype=np.int64)
     data: dict[str, np.ndarray] = {}
     correct = {k: stack_seeds(v, sizes) for k, v in evals.items() if v}
-    base_c = {s: stack_seeds([base[s]], sizes) for s in students}
-    teacher_c = stack_seeds([teacher], sizes)
+    base_c = {s: stack_seeds([base[s]], sizes, deterministic=True) for s in students}
+    teacher_c = stack_seeds([teacher], sizes, deterministic=True)
     for i, student in enumerate(students):
         for j, arm in enumerate(arms):
             for k, budget in enumerate(budgets):
@@ -87,20 +93,23 @@ def build_study(evals: dict[tuple[str, str, int], list[xr.Dataset]], base: dict[
         _put(data, "teacher_acc", (g,), mean_accuracy(teacher_c, groups[group], n_boot), (len(gnames),))
     dims = {"acc": ("student", "arm", "budget", "group"), "diff": ("student", "arm", "budget", "group", "ref"),
             "base_acc": ("student", "group"), "teacher_lead": ("student", "group"), "teacher_acc": ("group",)}
-    interval = "95% percentile bootstrap over questions (paired between the two sides) and training seeds"
+    interval = interval_description()
     out = xr.Dataset(coords={"student": students, "arm": arms, "budget": budgets, "group": gnames,
                              "ref": list(REFERENCES), "haystack_size": sizes})
     out["accuracy"] = (("student", "arm", "budget", "haystack_size"), acc_curve, {"long_name": "accuracy, mean over seeds", "units": "1"})
     out["n_seeds"] = (("student", "arm", "budget"), n_seeds, {"long_name": "training seeds behind the cell"})
     for name, values in data.items():
-        stem = name.replace("_ci_low", "").replace("_ci_high", "")
-        out[name] = (dims[stem], values, {"units": "1", "interval": interval})
+        stem = name.replace("_ci_low", "").replace("_ci_high", "").replace("_seeds_counted", "")
+        out[name] = (dims[stem], values, {"units": "1", "interval": interval} if not name.endswith("_seeds_counted") else
+                     {"long_name": "1: the interval counts the seed variance of every trained side (>= 2 seeds each)"})
     out["haystacks"] = (("budget",), np.asarray(budgets) * global_batch, {"long_name": "training haystacks seen", "units": "haystacks"})
     out["base_accuracy"] = (("student", "haystack_size"), np.stack([base[s]["accuracy"].sel(haystack_size=sizes).values
                                                                      for s in students]), {"units": "1"})
     out["teacher_accuracy"] = (("haystack_size",), teacher["accuracy"].sel(haystack_size=sizes).values, {"units": "1"})
     _add_retrieval(out, retrieval or {}, students, arms, budgets)
-    out.attrs.update({"groups": json.dumps(groups), "global_batch": global_batch, **(attrs or {})})
+    out = add_labels(out, labels or {}, dim="arm")
+    out.attrs.update({"groups": json.dumps(groups), "global_batch": global_batch, "non_inferiority_margin": float(margin),
+                      **(attrs or {})})
     return out
 
 
@@ -145,7 +154,16 @@ def _cell(ds: xr.Dataset, name: str, sel: dict, signed: bool = True) -> str:
         return "-"
     f = "+.1f" if signed else ".1f"
     text = f"{100 * v:{f}} [{100 * lo:{f}}, {100 * hi:{f}}]"
-    return f"**{text}**" if signed and (lo > 0 or hi < 0) else text
+    return f"**{text}**" if signed and claimed(ds, name, sel) else text
+
+
+def _no_harm(ds: xr.Dataset, sel: dict) -> str:
+    """Short range non-inferior to base / to KD: 'yes / no', '-' where there is no verdict."""
+    cells = []
+    for ref in ("base", "kd"):
+        s = {**sel, "group": "short", "ref": ref}
+        cells.append("-" if "short" not in ds["group"].values else no_harm(ds, "diff", s))
+    return " / ".join(cells)
 
 
 def _mass(mass: xr.DataArray, layer: xr.DataArray) -> str:
@@ -166,17 +184,23 @@ def study_markdown(ds: xr.Dataset) -> str:
         for g, sizes in groups.items():
             lines.append(f"| {g} | {sizes} | {_cell(ds, 'base_acc', {**st, 'group': g}, False)} | "
                          f"{_cell(ds, 'teacher_acc', {'group': g}, False)} | {_cell(ds, 'teacher_lead', {**st, 'group': g})} |")
+        margin = 100 * float(ds.attrs.get("non_inferiority_margin", DEFAULT_MARGIN))
         head = ["arm", "budget (steps)", "haystacks", "seeds"] + [f"{g} - {r}" for g in ("long", "short") for r in ("base", "KD", "SFT")] + \
-               ["inside - base", "beyond - base", "retrieval mass"]
+               [f"short no harm vs base / KD (margin {margin:g})", "inside - base", "beyond - base", "retrieval mass"]
         lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        labels = {str(arm): row_label(ds, student, arm, dim="arm") for arm in ds["arm"].values}
+        shared = {lab for lab in labels.values() if list(labels.values()).count(lab) > 1}
         for arm in ds["arm"].values:
+            # arms that trained the same terms (other layers, rows, rates) are told apart by their name
+            name = labels[str(arm)] + (f" (`{arm}`)" if labels[str(arm)] in shared else "")
             for budget in ds["budget"].values:
                 sel = {**st, "arm": arm, "budget": budget}
                 n = int(ds["n_seeds"].sel(sel))
                 if n == 0:
                     continue
-                cells = [LABELS.get(str(arm), str(arm)), str(int(budget)), str(int(ds["haystacks"].sel(budget=budget))), str(n)]
+                cells = [name, str(int(budget)), str(int(ds["haystacks"].sel(budget=budget))), str(n)]
                 cells += [_cell(ds, "diff", {**sel, "group": g, "ref": r}) for g in ("long", "short") for r in ("base", "kd", "sft")]
+                cells.append(_no_harm(ds, sel))
                 cells += [_cell(ds, "diff", {**sel, "group": g, "ref": "base"}) for g in ("inside", "beyond")]
                 cells.append(_mass(ds["retrieval_mass"].sel(sel), ds["retrieval_layer"].sel(sel)))
                 lines.append("| " + " | ".join(cells) + " |")
@@ -187,9 +211,11 @@ def study_markdown(ds: xr.Dataset) -> str:
                       f"base {base}, teacher {teacher}."]
         lines.append("")
     lines += [f"Groups: {groups}. Differences in percentage points, arm - reference at the same budget, paired on the same "
-              "questions; [95% bootstrap interval over questions and training seeds]. **Bold**: the interval excludes 0, "
-              "the only differences claimed. Budgets of one run per seed are exports of that run along a constant "
-              "learning-rate schedule (docs: zoo-and-testbeds)."]
+              "questions; [95% interval counting questions and each side's training seeds (laid.eval.paired)]. **Bold**: "
+              "the interval excludes 0 and every trained side had >= 2 seeds, the only differences claimed. Short no harm: "
+              "the lower bound of short - reference above minus the margin (set before the run); - : no verdict. Arms are "
+              "labelled by the terms that trained (laid.methods.label_for). Budgets of one run per seed are exports of "
+              "that run along a constant learning-rate schedule (docs: zoo-and-testbeds)."]
     return "\n".join(lines) + "\n"
 
 

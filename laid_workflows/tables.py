@@ -14,8 +14,8 @@ import numpy as np
 import xarray as xr
 
 from laid.eval.metrics import DEFAULT_THRESHOLD, LONG_WINDOW, SHORT_WINDOW, average_gains, effective_window
-from laid.methods import LABELS, TABLE1_METHODS, TABLE3_METHODS
-from laid_workflows.headline import headline_markdown
+from laid.methods import TABLE1_METHODS, TABLE3_METHODS
+from laid_workflows.headline import headline_markdown, row_label
 
 
 
@@ -130,7 +130,7 @@ def _table(ds: xr.Dataset, methods: tuple[str, ...], teacher_row: bool) -> list[
             w = sub.sel({"method": method})
             window = _fmt_window(float(w["effective_window"]), bool(w["effective_window_censored"]), bool(w["effective_window_below_range"]))
             ratio = float(w["window_ratio"])
-            row = [str(student) if k == 0 else "", LABELS.get(method, method)] + cells + [
+            row = [str(student) if k == 0 else "", row_label(ds, student, method)] + cells + [
                 "-" if base else _cell(_fmt_gain(g_s[k])),
                 "-" if base else _cell(_fmt_gain(g_l[k])),
                 window,
@@ -141,7 +141,7 @@ def _table(ds: xr.Dataset, methods: tuple[str, ...], teacher_row: bool) -> list[
 
 
 def window_ratio_lines(ds: xr.Dataset) -> list[str]:
-    """One line per student: effective window of LAid and of base, and their ratio."""
+    """One line per student: effective window of the `laid` entry (by its label) and of base, and their ratio."""
     out = []
     if "laid" not in ds["method"].values or "base" not in ds["method"].values:
         return out
@@ -155,7 +155,7 @@ def window_ratio_lines(ds: xr.Dataset) -> list[str]:
         if bool(lw["effective_window_censored"]) or bool(bw["effective_window_censored"]):
             note = " (a window that never fell below the threshold is a lower bound, so the ratio is not exact)"
         ratio = "undefined" if math.isnan(r) else f"{r:.2f}x"
-        out.append(f"- {student}: effective window LAid {fl} vs base {fb} images -> ratio {ratio}{note}")
+        out.append(f"- {student}: effective window {row_label(ds, student, 'laid')} {fl} vs base {fb} images -> ratio {ratio}{note}")
     return out
 
 
@@ -172,7 +172,7 @@ def per_size_markdown(ds: xr.Dataset) -> list[str]:
         "",
         *_table(ds, TABLE3_METHODS, teacher_row=False),
         "",
-        "### Effective-window ratio LAid / base (the paper reports up to 3.2x on real Qwen2.5-VL)",
+        "### Effective-window ratio of the `laid` entry / base (the paper reports up to 3.2x on real Qwen2.5-VL)",
         "",
         *window_ratio_lines(ds),
         "",

@@ -69,9 +69,17 @@ def comparison_evals() -> dict[tuple[str, str], xr.Dataset]:
     }
 
 
+# What the toy's `laid` entry trains (laid_workflows.headline.run_label of configs/distill/tiny-32b_testbed.yaml)
+LAID_LABEL = "LAid without Q/K alignment, attention matching x0.1"
+
+
 def comparison_dataset() -> xr.Dataset:
-    """compare/comparison.nc through the real producer (laid_workflows.tables.build_comparison)."""
-    return build_comparison(comparison_evals(), eval_dataset(TEACHER, "base"), STUDENTS, METHODS, {"teacher": TEACHER, "threshold": 0.6})
+    """compare/comparison.nc through the real producers (laid_workflows.tables.build_comparison, the
+    labels of what trained as laid_workflows.compare adds them)."""
+    from laid_workflows.headline import add_labels
+
+    ds = build_comparison(comparison_evals(), eval_dataset(TEACHER, "base"), STUDENTS, METHODS, {"teacher": TEACHER, "threshold": 0.6})
+    return add_labels(ds, {(st, "laid"): LAID_LABEL for st in STUDENTS})
 
 
 STUDY_GROUPS = {"short": [1, 2], "long": [5, 10, 20]}
@@ -91,7 +99,7 @@ def study_dataset() -> xr.Dataset:
                 evals[(student, method, budget)] = [eval_dataset(student, method, right, 20)]
     base = {st: eval_dataset(st, "base", [comparison_correct(s, 0, n) for n in SIZES], 20) for s, st in enumerate(STUDENTS)}
     return build_study(evals, base, eval_dataset(TEACHER, "base", [20, 20, 19, 18, 18], 20), STUDENTS, ["sft", "kd", "laid"],
-                       STUDY_BUDGETS, STUDY_GROUPS, global_batch=8, n_boot=50)
+                       STUDY_BUDGETS, STUDY_GROUPS, global_batch=8, n_boot=50, labels={(st, "laid"): LAID_LABEL for st in STUDENTS})
 
 
 def key_activation(label: str, layer: int, head: int, size: int) -> float:

@@ -16,7 +16,7 @@ from laid.methods import LABELS
 METHOD_OF_LABEL = {label: method for method, label in LABELS.items()}
 # headline column -> (variable, percent?)
 HEADLINE_CELLS = {3: ("acc_short", True), 4: ("acc_long", True), 5: ("diff_long_vs_base", True),
-                  6: ("diff_long_vs_kd", True), 7: ("diff_short_vs_base", True), 9: ("window_ratio_paired", False)}
+                  6: ("diff_long_vs_kd", True), 7: ("diff_short_vs_base", True), 10: ("window_ratio_paired", False)}
 
 
 def parse_table(text: str, heading: str) -> list[list[str]]:
@@ -51,7 +51,9 @@ def check_page_numbers(text: str, run: RunLayout) -> int:
     student = None
     for row in parse_table(text, "## Headline comparison"):
         student = row[0] or student
-        sel = {"student": student, "method": METHOD_OF_LABEL.get(row[1], row[1])}
+        labels = ({str(lab): str(m) for m, lab in zip(comp.method.values, comp["label"].sel(student=student).values)}
+                  if "label" in comp.coords else METHOD_OF_LABEL)  # a row's label says what trained
+        sel = {"student": student, "method": labels.get(row[1], row[1])}
         assert int(row[2]) == int(comp.n_seeds.sel(sel))
         for col, (var, pct) in HEADLINE_CELLS.items():
             want = [float(comp[var + s].sel(sel)) for s in ("", "_ci_low", "_ci_high")] if var in comp else [math.nan]

@@ -140,9 +140,9 @@ def test_mini_comparison_runs_and_resumes(random_zoo, tmp_path_factory, tmp_path
 
 
 def test_headline_bolds_only_what_the_paired_interval_supports():
-    """Planted: KD answers 30 more of 100 questions per long size than base (same questions); LAid
-    answers exactly base's questions; a seed of LAid that differs on 2 questions does not turn a
-    null into a claim."""
+    """Planted: KD answers 30 more of 100 questions per long size than base (same questions, two seeds
+    that agree); LAid answers exactly base's questions; a seed of LAid that differs on 2 questions
+    does not turn a null into a claim; a trained row with one seed claims nothing, however narrow."""
     from laid_workflows.headline import add_paired_statistics, headline_markdown
 
     def ev(rights):
@@ -150,7 +150,7 @@ def test_headline_bolds_only_what_the_paired_interval_supports():
                              for s, r in zip(SIZES, rights)}, threshold=0.6, seed=0, attrs={"model_name": "fake"})
 
     base = [90, 50, 50, 50, 50]
-    evals = {("s", "base"): ev(base), ("s", "kd"): ev([90, 80, 80, 80, 80]),
+    evals = {("s", "base"): ev(base), ("s", "kd"): [ev([90, 80, 80, 80, 80])] * 2,
              ("s", "laid"): [ev(base), ev([90, 52, 50, 50, 50])]}
     ds = build_comparison(evals, None, ["s"], ["base", "kd", "laid"], {"threshold": 0.6})
     ds = add_paired_statistics(ds, evals, short_sizes=[1], long_sizes=[5, 20, 50], n_boot=500)
@@ -161,3 +161,9 @@ def test_headline_bolds_only_what_the_paired_interval_supports():
     rows = {line.split("|")[2].strip(): line for line in headline_markdown(ds) if line.startswith("| ")}
     assert "**+30.0" in rows["KD"] and "**" not in rows["LAid"].split("|")[6]  # long - base: bold for KD only
     assert "**-" in rows["LAid"].split("|")[7]  # LAid - KD is a supported loss
+    assert rows["KD"].split("|")[9].strip() == "yes"  # short - base = 0 exactly: no harm at 3 points
+    one = {**evals, ("s", "kd"): evals[("s", "kd")][:1]}  # the ablation: the same KD with one seed
+    ds1 = add_paired_statistics(build_comparison(one, None, ["s"], ["base", "kd", "laid"], {"threshold": 0.6}), one, [1], [5, 20, 50])
+    kd1 = next(line for line in headline_markdown(ds1) if line.startswith("| ") and "| KD |" in line)
+    assert "+30.0 [" in kd1 and "**" not in kd1 and kd1.split("|")[9].strip() == "-"  # narrow, yet never claimed
+    assert int(ds1["diff_long_vs_base_seeds_counted"].sel({"student": "s", "method": "kd"})) == 0

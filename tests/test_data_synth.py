@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from laid_workflows.cli import main as laid_main
-from laid.data.synth import SynthConfig, targets_in_distractors, generate, load_objects, read_manifest
+from laid.data.synth import SPLITS, SynthConfig, generate, load_objects, read_manifest, targets_in_distractors
 from laid.data.vhs import find_vhs_files, load_vhs_file, parse_question
 
 
@@ -30,7 +31,7 @@ def quick(tmp_path_factory) -> Path:
 
 def _entries(out: Path):
     """(split, (setting, N), entries) of every file of a synthetic benchmark."""
-    for split in ("test", "train"):
+    for split in SPLITS:
         for key, f in find_vhs_files(out / split).items():
             yield split, key, load_vhs_file(f, out)
 
@@ -40,9 +41,12 @@ def test_layout_and_manifest(quick):
     cfg = SynthConfig.quick()
     assert manifest["config"] == cfg.to_dict() and manifest["seed"] == 0
     assert len(manifest["categories"]) == 12
-    want = {f"test/{'single_needle/VHs_large' if s == 'single_needle' else 'multi_needle/' + s}/visual_haystack_{n}.json"
-            for s, n, _ in cfg.files("test")}
+    want = {f"{split}/{'single_needle/VHs_large' if s == 'single_needle' else 'multi_needle/' + s}/visual_haystack_{n}.json"
+            for split in ("test", "val") for s, n, _ in cfg.files(split)}
     assert want <= set(manifest["files"])
+    assert manifest["splits"]["val"] == manifest["splits"]["test"] == {"sizes": [1, 2, 5, 10], "questions_per_size": 8,
+                                                                         "pool_size": 200}  # val = test's settings
+    assert set(manifest["pools"]) == {"test", "train", "val"}
     assert {("multi_needle_3", 5), ("multi_needle_3", 10), ("single_needle", 1)} <= set(find_vhs_files(quick / "test"))
     for rel, info in manifest["files"].items():
         entries = load_vhs_file(quick / rel, quick)
@@ -173,3 +177,76 @@ def test_config_validation_and_from_dict():
         SynthConfig.from_dict({"seed": 1, "n_images": 3})
     cfg = SynthConfig.from_dict(SynthConfig.quick(seed=3).to_dict())
     assert cfg == SynthConfig.quick(seed=3)
+
+
+# sha256 over (path, file sha256) of every test/ and train/ file (JSON, PNG, objects.json) of
+# `SynthConfig.quick()`, written by the generator before the validation split existed (8c44a21):
+# adding val/ must leave existing benchmarks, and every result evaluated on them, valid.
+QUICK_TEST_TRAIN_DIGEST = "c01a5f6815978552c041c782def91f6d89f9664b505812f479752a4109aa53ab"
+
+
+def _split_digest(out: Path, splits=("test", "train")) -> str:
+    h = hashlib.sha256()
+    for p in sorted(out.rglob("*")):
+        rel = p.relative_to(out).as_posix()
+        if p.is_file() and rel.split("/")[0 if rel.split("/")[0] != "images" else 1] in splits:
+            h.update(rel.encode())
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def test_validation_split_leaves_test_and_train_byte_identical(quick):
+    assert _split_digest(quick) == QUICK_TEST_TRAIN_DIGEST
+    assert _split_digest(quick, ("val",)) != _split_digest(quick, ("test",))
+
+
+def test_three_splits_share_no_image_and_no_question(quick):
+    """Disjoint pools by path and by content (no picture drawn twice), and no question repeated."""
+    pixels: dict[str, set[str]] = {}
+    for split in SPLITS:
+        paths = sorted((quick / "images" / split).glob("*.png"))
+        pixels[split] = {hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+        assert len(pixels[split]) == len(paths) >= 200
+    for a, b in (("test", "train"), ("test", "val"), ("train", "val")):
+        assert not pixels[a] & pixels[b], (a, b)
+    haystacks = {split: {(e.question, tuple(e.pos_image), tuple(e.neg_image)) for sp, _, entries in _entries(quick)
+                         if sp == split for e in entries} for split in SPLITS}
+    assert haystacks["val"] and not haystacks["val"] & haystacks["test"]
+    for split in SPLITS:  # every image of a split's haystacks is in its own pool
+        assert all(p.startswith(f"images/{split}/") for h in haystacks[split] for p in h[1] + h[2])
+
+
+def test_validation_split_is_deterministic_and_configurable(quick, tmp_path):
+    out = generate(SynthConfig.quick(), tmp_path / "again", progress=False)
+    assert _split_digest(out, ("val",)) == _split_digest(quick, ("val",))
+    own = generate(SynthConfig(**{**SynthConfig.quick().__dict__, "val_sizes": (1, 5), "val_questions_per_size": 4,
+                                   "val_pool_size": 50}), tmp_path / "own", progress=False)
+    assert sorted(n for s, n in find_vhs_files(own / "val") if s == "single_needle") == [1, 5]
+    assert _split_digest(own) == QUICK_TEST_TRAIN_DIGEST  # test and train do not depend on val's settings
+    assert read_manifest(own)["splits"]["val"] == {"sizes": [1, 5], "questions_per_size": 4, "pool_size": 50}
+    with pytest.raises(ValueError, match="val_questions_per_size"):
+        SynthConfig(val_questions_per_size=6)
+
+
+def test_a_folder_from_before_the_validation_split_gains_it(tmp_path):
+    """A version-1 folder of the same config is rewritten with val/ (no --overwrite needed: its test
+    and train files come out byte-identical); the CLI's validate then counts three splits."""
+    out = generate(_small(), tmp_path / "data", progress=False)
+    before = _split_digest(out)
+    manifest = read_manifest(out)
+    shutil.rmtree(out / "val")
+    shutil.rmtree(out / "images" / "val")
+    manifest["generator_version"] = 1
+    del manifest["pools"]["val"], manifest["splits"]
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("val/")}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    generate(_small(), out, progress=False)
+    assert (out / "val").is_dir() and read_manifest(out)["generator_version"] == 2 and _split_digest(out) == before
+
+
+def test_validate_reads_all_three_splits(quick, capsys):
+    assert laid_main(["data", "validate", str(quick)]) == 0
+    out = capsys.readouterr().out
+    assert "val single_needle N=10" in out and "test single_needle N=10" in out and "train single_needle N=5" in out
+    n_files = len(read_manifest(quick)["files"])
+    assert f"ok: {n_files} files" in out

@@ -58,7 +58,8 @@ def test_numbers_on_the_page_are_the_netcdf_numbers(run):
     assert "| compare | 200 |" in text and "| total | 244 |" in text
     assert "2 distill runs took 30-42 s each; 1 eval run took 12 s." in text
     assert "acc short [1, 2] | acc long [5, 20]" in text
-    assert ("Not in this run folder, so not shown: learning-curves (`study/<name>.nc`), diagnosed-pairing "
+    assert ("Not in this run folder, so not shown: preregistered (`configs/preregistration/*.yaml + study/<name>.nc`), "
+            "learning-curves (`study/<name>.nc`), diagnosed-pairing "
             "(`analysis/<teacher>__base/diagnostics.nc`), other-comparisons (`compare/<name>.nc`), figures") in text
 
 

@@ -34,9 +34,9 @@ def planted():
     teacher = base.copy()
     teacher[2:] |= rng.random((2, 40)) < 0.6  # the teacher answers more long questions
     t, b = planted_eval(teacher), planted_eval(base)
-    # KD carries the teacher's answers at budget 1 and forgets them at 2; SFT stays at base;
-    # LAid has two seeds at budget 1 (one is the teacher, one the base) and equals KD at 2.
-    evals = {("s", "kd", 1): [t], ("s", "kd", 2): [b], ("s", "sft", 1): [b], ("s", "sft", 2): [b],
+    # KD carries the teacher's answers at budget 1 and forgets them at 2; SFT stays at base (two seeds
+    # each, that agree); LAid has two seeds at budget 1 (one is the teacher, one the base) and one at 2.
+    evals = {("s", "kd", 1): [t, t], ("s", "kd", 2): [b, b], ("s", "sft", 1): [b, b], ("s", "sft", 2): [b, b],
              ("s", "laid", 1): [t, b], ("s", "laid", 2): [b]}
     ds = build_study(evals, {"s": b}, t, ["s"], ["sft", "kd", "laid"], [1, 2], GROUPS, global_batch=8,
                      retrieval={("s", "laid", 2): (0.7, 0), ("s", "base"): (0.2, 0), "teacher": (0.8, 0)})
@@ -69,6 +69,12 @@ def test_markdown_and_curve_show_what_the_intervals_support(planted):
     sft1 = next(line for line in md.splitlines() if line.startswith("| SFT (full, labels only) | 1 |"))
     assert kd1.split(" | ")[4].startswith("**+")  # long - base: bold, its interval excludes 0
     assert "**" not in sft1.split(" | ")[4] and sft1.split(" | ")[5].startswith("**-")  # = base; below KD there
+    laid1 = next(line for line in md.splitlines() if line.startswith("| LAid | 1 |"))
+    laid2 = next(line for line in md.splitlines() if line.startswith("| LAid | 2 |"))
+    assert "**" not in laid1.split(" | ")[4]  # two seeds that disagree completely: +16 with 1 df, not claimed
+    assert laid2.split(" | ")[5] == "+0.0 [+0.0, +0.0]"  # one seed, = KD on every question: zero width, yet ...
+    assert laid2.split(" | ")[10] == "- / -"  # ... one trained seed gives no verdict on harm
+    assert kd1.split(" | ")[10] == "yes / -"  # KD at budget 1 equals the teacher at short range: no harm
     curve = learning_curve(ds, "s", "long")
     assert curve["arms"]["kd"]["x"].tolist() == [8, 16]
     assert curve["arms"]["kd"]["y"].tolist() == pytest.approx([float(ds["acc"].sel(student="s", arm="kd", budget=b, group="long"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .synth import SynthConfig, generate
+from .synth import SPLITS, SynthConfig, generate
 from .vhs import check_images_readable, find_vhs_files, load_vhs_file
 
 
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("validate", help="check VHs files (real or synthetic) and print counts per setting and size")
     p.add_argument("path", type=Path, help="a visual_haystack_N.json file, a split folder (with single_needle/ "
-                   "and/or multi_needle/), or a synthetic data folder (with test/ and train/)")
+                   "and/or multi_needle/), or a synthetic data folder (with test/, train/ and val/)")
     p.add_argument("--image-root", type=Path, default=None,
                    help="folder the image paths are relative to (default: the synthetic data folder holding "
                         "manifest.json at or above PATH)")
@@ -56,7 +56,7 @@ def _files_to_check(path: Path) -> dict[str, Path]:
     """{label: file} for a file, a split folder, or a folder of splits."""
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; pass a VHs file or folder")
-    splits = [s for s in ("test", "train") if path.is_dir() and (path / s).is_dir()]
+    splits = [s for s in SPLITS if path.is_dir() and (path / s).is_dir()]
     roots = {s: path / s for s in splits} if splits else {"": path}
     out = {}
     for split, root in roots.items():

@@ -1,14 +1,20 @@
 """Deterministic synthetic Visual Haystacks benchmark writer (`laid data synth`).
 
 Writes, for one seed, the same files as the real benchmark (see `laid.data.vhs`), for a test split
-(haystack sizes 1..150, 100 questions each, as in the LAid paper) and a train split (5,000
-single-needle questions with sizes 2..20, as in the paper, plus multi-needle ones):
+(haystack sizes 1..150, 100 questions each, as in the LAid paper), a train split (5,000
+single-needle questions with sizes 2..20, as in the paper, plus multi-needle ones) and a validation
+split (by default the test split's sizes, counts and pool size, with its own questions and images):
 
     <out>/manifest.json                              settings, seed, counts per file, version
-    <out>/images/{train,test}/{i:06d}.png            separate pools: no image is in both splits
-    <out>/images/{train,test}/objects.json           ground-truth categories of every pool image
-    <out>/{test,train}/single_needle/VHs_large/visual_haystack_{N}.json
-    <out>/{test,train}/multi_needle/multi_needle_{2,3}/visual_haystack_{N}.json
+    <out>/images/{train,val,test}/{i:06d}.png        separate pools: no image is in two splits
+    <out>/images/{train,val,test}/objects.json       ground-truth categories of every pool image
+    <out>/{test,train,val}/single_needle/VHs_large/visual_haystack_{N}.json
+    <out>/{test,train,val}/multi_needle/multi_needle_{2,3}/visual_haystack_{N}.json
+
+Why a validation split: whatever chooses (a variant screen, a default, a training budget) reads
+val/; a claim reads test/ once, after the choice is frozen, so the numbers that decide a choice
+are not the numbers that report it. Each split draws from its own seed stream, so adding val/ left
+the test/ and train/ files of a seed byte-identical to those written before it existed.
 
 Image paths in the JSON are relative to <out>, the image root.
 
@@ -42,8 +48,9 @@ from .render import CATEGORIES
 from .vhs import SETTINGS, vhs_rel_path
 
 GENERATOR = "laid.data.synth"
-GENERATOR_VERSION = 1  # bump when the same config would write different files
-SPLIT_IDS = {"test": 1, "train": 2}  # seed streams: pool image i uses (seed, split, 0, i)
+GENERATOR_VERSION = 2  # bump when the same config would write different files (2: adds val/)
+SPLIT_IDS = {"test": 1, "train": 2, "val": 3}  # seed streams: pool image i uses (seed, split, 0, i)
+SPLITS = ("test", "train", "val")  # in writing order
 SETTING_IDS = {"single_needle": 1, "multi_needle_2": 2, "multi_needle_3": 3}  # file: (seed, split, setting, N)
 
 
@@ -63,17 +70,28 @@ class SynthConfig:
     train_multi_questions: int = 1000  # per needle count, spread over train sizes >= min size
     test_pool_size: int = 3000
     train_pool_size: int = 3000
+    # Validation split (screens, defaults, budgets read it; claims read test): null = as the test split.
+    val_sizes: tuple[int, ...] | None = None
+    val_questions_per_size: int | None = None
+    val_pool_size: int | None = None
 
     def __post_init__(self):
         for name in ("test_sizes", "train_sizes", "n_objects", "multi_needle_counts"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        if any(n < 1 for n in self.test_sizes + self.train_sizes):
-            raise ValueError(f"haystack sizes must be >= 1, got test {self.test_sizes} train {self.train_sizes}")
-        if self.test_questions_per_size % 2 or self.train_questions % 2:
-            raise ValueError("test_questions_per_size and train_questions must be even (half yes, half no)")
-        if self.multi_needle_counts and (self.test_questions_per_size % 4 or self.train_multi_questions % 4):
-            raise ValueError("with multi-needle files, test_questions_per_size and train_multi_questions must be "
-                             "multiples of 4 (all/any x yes/no)")
+        if self.val_sizes is not None:
+            object.__setattr__(self, "val_sizes", tuple(int(v) for v in self.val_sizes))
+        if any(n < 1 for n in self.test_sizes + self.train_sizes + self.split_sizes("val")):
+            raise ValueError(f"haystack sizes must be >= 1, got test {self.test_sizes} train {self.train_sizes} "
+                             f"val {self.split_sizes('val')}")
+        if self.test_questions_per_size % 2 or self.train_questions % 2 or self.questions_per_size("val") % 2:
+            raise ValueError("test_questions_per_size, val_questions_per_size and train_questions must be even "
+                             "(half yes, half no)")
+        if self.multi_needle_counts and (self.test_questions_per_size % 4 or self.questions_per_size("val") % 4
+                                         or self.train_multi_questions % 4):
+            raise ValueError("with multi-needle files, test_questions_per_size, val_questions_per_size and "
+                             "train_multi_questions must be multiples of 4 (all/any x yes/no)")
+        if self.val_pool_size is not None and self.val_pool_size < 1:
+            raise ValueError(f"val_pool_size must be >= 1 or null (= test_pool_size), got {self.val_pool_size}")
         if any(n not in (2, 3) for n in self.multi_needle_counts):
             raise ValueError(f"multi_needle_counts must be a subset of (2, 3), got {self.multi_needle_counts}")
         if self.multi_needle_min_size <= max(self.multi_needle_counts, default=0):
@@ -98,13 +116,30 @@ class SynthConfig:
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as stored in the manifest
 
+    def split_sizes(self, split: str) -> tuple[int, ...]:
+        """Haystack sizes of an evaluation split (val: its own, or the test split's)."""
+        if split == "val" and self.val_sizes is not None:
+            return self.val_sizes
+        return self.test_sizes
+
+    def questions_per_size(self, split: str) -> int:
+        """Questions per size and setting of an evaluation split (val: its own, or the test split's)."""
+        if split == "val" and self.val_questions_per_size is not None:
+            return self.val_questions_per_size
+        return self.test_questions_per_size
+
+    def pool_size(self, split: str) -> int:
+        if split == "train":
+            return self.train_pool_size
+        return self.val_pool_size if split == "val" and self.val_pool_size is not None else self.test_pool_size
+
     def files(self, split: str) -> list[tuple[str, int, int]]:
         """(setting, N, number of questions) of every file of a split, in writing order."""
-        if split == "test":
-            out = [("single_needle", n, self.test_questions_per_size) for n in self.test_sizes]
+        if split in ("test", "val"):
+            sizes, count = self.split_sizes(split), self.questions_per_size(split)
+            out = [("single_needle", n, count) for n in sizes]
             for k in self.multi_needle_counts:
-                out += [(f"multi_needle_{k}", n, self.test_questions_per_size)
-                        for n in self.test_sizes if n >= self.multi_needle_min_size]
+                out += [(f"multi_needle_{k}", n, count) for n in sizes if n >= self.multi_needle_min_size]
             return out
         out = [("single_needle", n, c) for n, c in spread(self.train_questions, self.train_sizes, 2).items()]
         multi_sizes = [n for n in self.train_sizes if n >= self.multi_needle_min_size]
@@ -174,7 +209,7 @@ def _cells(setting: str, count: int, rng) -> list[tuple[str, str]]:
 def _write_split(cfg: SynthConfig, root: Path, split: str, progress: bool) -> dict:
     sid = SPLIT_IDS[split]
     pool = ImagePool(root, split, sid, cfg.seed, cfg.image_size, cfg.n_objects)
-    pool.fill(cfg.test_pool_size if split == "test" else cfg.train_pool_size, progress=progress)
+    pool.fill(cfg.pool_size(split), progress=progress)
     # prevalence[a, t]: share of images holding t among those without a (drawn before any on-demand image)
     prevalence = np.array([[pool.prevalence(t, among_without=a) for t in CATEGORIES] for a in CATEGORIES])
     specs = cfg.files(split)
@@ -195,12 +230,18 @@ def _write_split(cfg: SynthConfig, root: Path, split: str, progress: bool) -> di
     return {"files": files, "pool": {"n_images": len(pool), "objects": objects.relative_to(root).as_posix()}}
 
 
+def split_settings(cfg: SynthConfig) -> dict:
+    """What each evaluation split holds, resolved (manifest.json `splits`): sizes, questions per size, pool."""
+    return {split: {"sizes": list(cfg.split_sizes(split)), "questions_per_size": cfg.questions_per_size(split),
+                    "pool_size": cfg.pool_size(split)} for split in ("test", "val")}
+
+
 def _manifest(cfg: SynthConfig, files: dict, pools: dict) -> dict:
     from laid import __version__
 
     return {"generator": GENERATOR, "generator_version": GENERATOR_VERSION, "package_version": __version__,
             "seed": cfg.seed, "config": cfg.to_dict(), "categories": list(CATEGORIES), "settings": list(SETTINGS),
-            "image_root": ".", "pools": pools, "files": files}
+            "image_root": ".", "splits": split_settings(cfg), "pools": pools, "files": files}
 
 
 def read_manifest(out_dir: str | Path) -> dict:
@@ -225,7 +266,10 @@ def load_objects(out_dir: str | Path, split: str) -> dict[str, list[str]]:
 
 
 def _existing(out: Path, cfg: SynthConfig, overwrite: bool) -> str:
-    """'new' (absent or empty), 'done' (same config, complete) or 'replace'; raises otherwise."""
+    """'new' (absent or empty), 'done' (same config, complete) or 'replace'; raises otherwise.
+
+    A folder written before the validation split existed (generator version 1, same config) is
+    replaced without --overwrite: the rewrite adds val/ and keeps test/ and train/ byte-identical."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return "new"
     if not (out / "manifest.json").is_file():
@@ -235,6 +279,8 @@ def _existing(out: Path, cfg: SynthConfig, overwrite: bool) -> str:
     old = manifest.get("config", {})
     new = cfg.to_dict()
     differs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if manifest.get("generator_version") == 1 and not differs and "val" not in manifest.get("pools", {}):
+        return "replace"  # adds the validation split; test/ and train/ come out byte-identical
     if manifest.get("generator_version") != GENERATOR_VERSION:
         differs.append("generator_version")
     wanted = list(manifest.get("files", {})) + [p["objects"] for p in manifest.get("pools", {}).values()]
@@ -261,7 +307,7 @@ def generate(cfg: SynthConfig, out_dir: str | Path, overwrite: bool = False, pro
         return out
     with atomic_dir(out) as staging:  # an interrupted run never leaves half a benchmark
         files, pools = {}, {}
-        for split in ("test", "train"):
+        for split in SPLITS:
             written = _write_split(cfg, staging, split, progress)
             files.update(written["files"])
             pools[split] = written["pool"]

@@ -1,6 +1,6 @@
 """One loader for Visual Haystacks files, real (COCO) or synthetic (`laid data synth`).
 
-Layout under a split root (the real download, or `<data>/test` / `<data>/train` of ours):
+Layout under a split root (the real download, or `<data>/test` / `<data>/train` / `<data>/val` of ours):
     single_needle/VHs_large/visual_haystack_{N}.json
     multi_needle/multi_needle_{2,3}/visual_haystack_{N}.json
 A file is a JSON list of entries with exactly the real fields:
@@ -288,7 +288,7 @@ def find_vhs_files(root: str | Path, variant: str = SINGLE_VARIANT) -> dict[tupl
                 continue
             found[(setting, size)] = f
     if not found:
-        hint = " (a synthetic data folder: pass <data>/test or <data>/train)" if (root / "test").is_dir() else ""
+        hint = " (a synthetic data folder: pass <data>/test, <data>/val or <data>/train)" if (root / "test").is_dir() else ""
         raise FileNotFoundError(
             f"no visual_haystack_*.json under {root}; expected single_needle/{variant}/ or "
             f"multi_needle/multi_needle_{{2,3}}/ there, or pass a setting folder or one file{hint}")
