@@ -149,6 +149,10 @@ def build_table(spec: TableSpec) -> tuple[xr.Dataset, dict[tuple[str, str], list
     sizes = [int(s) for s in next(iter(loaded.values()))["haystack_size"].values]
     short = spec.short_sizes if spec.short_sizes is not None else [s for s in sizes if SHORT_WINDOW[0] <= s <= SHORT_WINDOW[1]]
     long_ = spec.long_sizes if spec.long_sizes is not None else [s for s in sizes if LONG_WINDOW[0] <= s <= LONG_WINDOW[1]]
+    for name, group, window in (("short", short, SHORT_WINDOW), ("long", long_, LONG_WINDOW)):
+        if not group or not set(group) <= set(sizes):
+            raise ValueError(f"the {name} sizes {group or f'(the evaluated sizes in the paper window {window[0]}-{window[1]})'} "
+                             f"must be evaluated sizes ({sizes}), at least one; name them with --{name}-sizes")
     seeds = sorted({e.seed for e in spec.evals if e.method in TRAINED_METHODS or e.method in DERIVED_METHODS}) or [0]
     attrs = {"teacher": spec.teacher.label if spec.teacher else "", "threshold": threshold, "seeds": seeds,
              "config": json.dumps(asdict(spec)), "timings_s": "{}"}

@@ -60,7 +60,9 @@ def test_refuses_files_on_other_questions_in_one_line(tmp_path, capsys):
     _one_line(capsys, base + ["--eval", f"s:base:1={files['kd']}"], "base is not trained")
     _one_line(capsys, base + ["--eval", f"s/x:kd={files['kd']}"], "model label 's/x'")
     _one_line(capsys, base + ["--eval", f"s:kd:x={files['kd']}"], "seed 'x' is not an integer")
-    assert main(base + ["--eval", f"s:kd={files['kd']}"]) == 0  # the same questions: tabled
+    _one_line(capsys, base + ["--eval", f"s:kd={files['kd']}", "--long-sizes", "100"], "long sizes [100] must be evaluated")
+    _one_line(capsys, base + ["--eval", f"s:kd={files['kd']}"], "long sizes (the evaluated sizes in the paper window 50-150)")
+    assert main(base + ["--eval", f"s:kd={files['kd']}", "--short-sizes", "1", "5", "--long-sizes", "20"]) == 0  # tabled
     table = xr.load_dataset(out / "compare" / "comparison.nc")
     diff = table["diff_short_vs_base"].sel({"student": "s", "method": "kd"})
     assert float(diff) == pytest.approx(4 / 20) and float(table["diff_short_vs_base_ci_low"].sel({"student": "s", "method": "kd"})) > 0
