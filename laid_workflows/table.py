@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from laid.config import load_config
+from laid.config import load_config, to_yaml
 from laid.eval.metrics import LONG_WINDOW, SHORT_WINDOW
 from laid.eval.official import read_official
 from laid.eval.results import load_result
@@ -72,6 +72,11 @@ class TableSpec:
     threshold: float | None = None  # effective window; None: the files' own (they must agree)
 
 
+def trained(method: str) -> bool:
+    """A trained row (one evaluation per training seed, under distill/) rather than an inference variant."""
+    return method in TRAINED_METHODS or method in DERIVED_METHODS
+
+
 def parse_tag(item: str) -> EvalFile:
     """'STUDENT:METHOD[:SEED]=PATH' -> EvalFile."""
     tag, sep, path = item.partition("=")
@@ -101,14 +106,17 @@ def _check_labels(spec: TableSpec) -> None:
                              f"e.g. Qwen2.5-VL-7B; it names files in the output folder")
     for e in spec.evals:
         check_method(e.method)
+    files = [e.file for e in spec.evals] + ([spec.teacher.file] if spec.teacher else [])
+    twice = sorted({f for f in files if files.count(f) > 1})
+    if twice:
+        raise ValueError(f"{twice[0]} is given for two rows; each evaluation file is one method and seed of one model")
     seen: dict[tuple, str] = {}
     for e in spec.evals:
         key = (e.student, e.method, e.seed)
         if key in seen:
             raise ValueError(f"{e.student} {e.method} seed {e.seed} is given twice ({seen[key]} and {e.file})")
         seen[key] = e.file
-        trained = e.method in TRAINED_METHODS or e.method in DERIVED_METHODS
-        if not trained and any(k[:2] == key[:2] and k != key for k in seen):
+        if not trained(e.method) and any(k[:2] == key[:2] and k != key for k in seen):
             raise ValueError(f"{e.student} {e.method} is not trained: give one evaluation, not one per seed ({e.file})")
 
 
@@ -153,7 +161,7 @@ def build_table(spec: TableSpec) -> tuple[xr.Dataset, dict[tuple[str, str], list
         if not group or not set(group) <= set(sizes):
             raise ValueError(f"the {name} sizes {group or f'(the evaluated sizes in the paper window {window[0]}-{window[1]})'} "
                              f"must be evaluated sizes ({sizes}), at least one; name them with --{name}-sizes")
-    seeds = sorted({e.seed for e in spec.evals if e.method in TRAINED_METHODS or e.method in DERIVED_METHODS}) or [0]
+    seeds = sorted({e.seed for e in spec.evals if trained(e.method)}) or [0]
     attrs = {"teacher": spec.teacher.label if spec.teacher else "", "threshold": threshold, "seeds": seeds,
              "config": json.dumps(asdict(spec)), "timings_s": "{}"}
     ds = build_comparison(evals, teacher, students, methods, attrs)
@@ -165,11 +173,11 @@ def _figure_blocker(spec: TableSpec, ds: xr.Dataset) -> str | None:
     """Why Figure 3 cannot be drawn from this table (None: it can)."""
     if "base" not in ds["method"].values:
         return "Figure 3 draws differences against base: add each student's base evaluation"
-    trained = {}
+    seeds: dict[tuple[str, str], set[int]] = {}
     for e in spec.evals:
-        if e.method in TRAINED_METHODS or e.method in DERIVED_METHODS:
-            trained.setdefault((e.student, e.method), set()).add(e.seed)
-    if len({frozenset(s) for s in trained.values()}) > 1:
+        if trained(e.method):
+            seeds.setdefault((e.student, e.method), set()).add(e.seed)
+    if len({frozenset(s) for s in seeds.values()}) > 1:
         return "Figure 3 reads one list of training seeds: give every trained method the same seeds"
     return None
 
@@ -184,12 +192,12 @@ def write_table(spec: TableSpec, out: str | Path, figure: bool = True, kernel: s
     ds, evals, teacher = build_table(spec)
     with atomic_dir(out) as tmp:
         layout = RunLayout(tmp)
-        write_text(json.dumps(asdict(spec), indent=1) + "\n", tmp / SPEC)
+        write_text(to_yaml(spec), tmp / SPEC)
         for (student, method), runs in evals.items():
-            trained = method in TRAINED_METHODS or method in DERIVED_METHODS
             seeds = sorted(e.seed for e in spec.evals if (e.student, e.method) == (student, method))
             for seed, run in zip(seeds, runs):
-                write_netcdf(run, layout.trained_eval(student, method, seed) if trained else layout.compare_eval(student, method))
+                where = layout.trained_eval(student, method, seed) if trained(method) else layout.compare_eval(student, method)
+                write_netcdf(run, where)
         if teacher is not None:
             write_netcdf(teacher, layout.eval_result(spec.teacher.label, "base"))
         write_netcdf(ds, layout.comparison)
