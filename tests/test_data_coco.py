@@ -232,6 +232,10 @@ def test_bad_inputs_one_line(world, tmp_path, capsys):
     _one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--sizes", "300"],
                     "too few images for haystacks of 300")
     _one_line_error(capsys, base + ["--annotations", str(tmp_path / "nope.json"), "--out", out], "nope.json not found")
+    bad_test = tmp_path / "visual_haystack_5.json"
+    bad_test.write_text('[{"conversations": []}]')
+    _one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--exclude", str(bad_test)],
+                    "--exclude", "not a VHs file")
     assert not (tmp_path / "out").exists()  # nothing half-written
 
     # A missing image file: named, with how many are missing; nothing written.
