@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
+from cli_helpers import one_line_error
 from coco_helpers import coco_dict, ground_truth, write_tiny_coco
 
 from laid.data import coco
@@ -197,15 +198,6 @@ def test_the_target_count_does_not_give_the_answer(index, monkeypatch):
 # --- bad input: one line each ------------------------------------------------------------------
 
 
-def _one_line_error(capsys, argv, *needles) -> str:
-    assert laid_main(argv) == 1
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
-
-
 def test_bad_inputs_one_line(world, tmp_path, capsys):
     base = ["data", "coco-split", "--images", str(world["images"]), "--sizes", "2-4", "--questions", "12"]
 
@@ -215,26 +207,26 @@ def test_bad_inputs_one_line(world, tmp_path, capsys):
         return str(p)
 
     out = str(tmp_path / "out")
-    _one_line_error(capsys, base + ["--annotations", ann("{not json"), "--out", out], "not valid JSON")
-    _one_line_error(capsys, base + ["--annotations", ann({"images": []}), "--out", out], "'images', 'annotations'")
+    one_line_error(capsys, base + ["--annotations", ann("{not json"), "--out", out], "not valid JSON")
+    one_line_error(capsys, base + ["--annotations", ann({"images": []}), "--out", out], "'images', 'annotations'")
     broken = coco_dict()
     broken["annotations"][3]["image_id"] = 99999
-    _one_line_error(capsys, base + ["--annotations", ann(broken), "--out", out], "annotations[3]", "image_id 99999")
+    one_line_error(capsys, base + ["--annotations", ann(broken), "--out", out], "annotations[3]", "image_id 99999")
     broken = coco_dict()
     broken["images"][5]["file_name"] = 7
-    _one_line_error(capsys, base + ["--annotations", ann(broken), "--out", out], "images[5]", "file_name")
+    one_line_error(capsys, base + ["--annotations", ann(broken), "--out", out], "images[5]", "file_name")
     with_zebra = coco_dict()
     with_zebra["categories"].append({"id": 7, "name": "zebra"})
-    _one_line_error(capsys, base + ["--annotations", ann(with_zebra), "--out", out, "--categories", "zebra", "person"],
+    one_line_error(capsys, base + ["--annotations", ann(with_zebra), "--out", out, "--categories", "zebra", "person"],
                     "['zebra'] never occur")
-    _one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--categories", "unicorn"],
+    one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--categories", "unicorn"],
                     "['unicorn'] not in the annotation file")
-    _one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--sizes", "300"],
+    one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--sizes", "300"],
                     "too few images for haystacks of 300")
-    _one_line_error(capsys, base + ["--annotations", str(tmp_path / "nope.json"), "--out", out], "nope.json not found")
+    one_line_error(capsys, base + ["--annotations", str(tmp_path / "nope.json"), "--out", out], "nope.json not found")
     bad_test = tmp_path / "visual_haystack_5.json"
     bad_test.write_text('[{"conversations": []}]')
-    _one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--exclude", str(bad_test)],
+    one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--exclude", str(bad_test)],
                     "--exclude", "not a VHs file")
     assert not (tmp_path / "out").exists()  # nothing half-written
 
@@ -243,24 +235,24 @@ def test_bad_inputs_one_line(world, tmp_path, capsys):
     partial.mkdir(parents=True)
     for f in sorted(world["images"].iterdir())[::2]:
         (partial / f.name).write_bytes(f.read_bytes())
-    err = _one_line_error(capsys, ["data", "coco-split", "--annotations", str(world["ann"]), "--images", str(partial),
+    err = one_line_error(capsys, ["data", "coco-split", "--annotations", str(world["ann"]), "--images", str(partial),
                                    "--out", out, "--sizes", "2-4", "--questions", "12"], "not found (", "are missing")
     assert str(partial) in err and not (tmp_path / "out").exists()
 
     # An existing split is kept unless --overwrite; a folder that is not a split is never replaced.
     assert laid_main(base + ["--annotations", str(world["ann"]), "--out", out]) == 0
     before = _digest(tmp_path / "out")
-    _one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--seed", "3"], "--overwrite")
+    one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--seed", "3"], "--overwrite")
     assert _digest(tmp_path / "out") == before
     assert laid_main(base + ["--annotations", str(world["ann"]), "--out", out, "--seed", "3", "--overwrite"]) == 0
     assert _digest(tmp_path / "out") != before
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    _one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", str(tmp_path / "mine"), "--overwrite"],
+    one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", str(tmp_path / "mine"), "--overwrite"],
                     "holds no coco_split.json")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
-    _one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--sizes", "1-3"], "must be >= 2")
-    _one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--sizes", "2-x"], "'2-x'")
+    one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--sizes", "1-3"], "must be >= 2")
+    one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--sizes", "2-x"], "'2-x'")
 
 
 def test_distill_trains_on_the_split(world, split, random_zoo, tmp_path):

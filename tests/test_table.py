@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from cli_helpers import one_line_error
 from recipe_helpers import mini_run
 
 from laid.eval.official import read_official
@@ -31,15 +32,6 @@ def fake_eval(answers_yes, right, sizes=(1, 5, 20)) -> xr.Dataset:
     return build_result(samples, threshold=0.6, seed=0, attrs={"model_name": "fake"})
 
 
-def _one_line(capsys, argv, *needles) -> str:
-    assert main(argv) == 1
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
-
-
 def test_refuses_files_on_other_questions_in_one_line(tmp_path, capsys):
     """Same sizes and sample counts, one answer flipped: another question set, named with both files.
     (A check of sizes and counts alone, the degenerate version, would pass these files.)"""
@@ -51,17 +43,17 @@ def test_refuses_files_on_other_questions_in_one_line(tmp_path, capsys):
         files[name] = write_netcdf(fake_eval(ans, right, sizes), tmp_path / f"{name}.nc")
     out = tmp_path / "table"
     base = ["table", "--eval", f"s:base={files['base']}", "--out", str(out), "--no-figure"]
-    err = _one_line(capsys, base + ["--eval", f"s:kd={files['other']}"], "not evaluated on the same questions",
+    err = one_line_error(capsys, base + ["--eval", f"s:kd={files['other']}"], "not evaluated on the same questions",
                     "answer_yes differs at 1 image")
     assert str(files["base"]) in err and str(files["other"]) in err
-    _one_line(capsys, base + ["--eval", f"s:kd={files['fewer']}"], "haystack sizes [1, 5, 20] vs [1, 5]", str(files["fewer"]))
+    one_line_error(capsys, base + ["--eval", f"s:kd={files['fewer']}"], "haystack sizes [1, 5, 20] vs [1, 5]", str(files["fewer"]))
     assert not out.exists()  # nothing written
-    _one_line(capsys, base + ["--eval", f"s:magic={files['kd']}"], "unknown method 'magic'")
-    _one_line(capsys, base + ["--eval", f"s:base:1={files['kd']}"], "base is not trained")
-    _one_line(capsys, base + ["--eval", f"s/x:kd={files['kd']}"], "model label 's/x'")
-    _one_line(capsys, base + ["--eval", f"s:kd:x={files['kd']}"], "seed 'x' is not an integer")
-    _one_line(capsys, base + ["--eval", f"s:kd={files['kd']}", "--long-sizes", "100"], "long sizes [100] must be evaluated")
-    _one_line(capsys, base + ["--eval", f"s:kd={files['kd']}"], "long sizes (the evaluated sizes in the paper window 50-150)")
+    one_line_error(capsys, base + ["--eval", f"s:magic={files['kd']}"], "unknown method 'magic'")
+    one_line_error(capsys, base + ["--eval", f"s:base:1={files['kd']}"], "base is not trained")
+    one_line_error(capsys, base + ["--eval", f"s/x:kd={files['kd']}"], "model label 's/x'")
+    one_line_error(capsys, base + ["--eval", f"s:kd:x={files['kd']}"], "seed 'x' is not an integer")
+    one_line_error(capsys, base + ["--eval", f"s:kd={files['kd']}", "--long-sizes", "100"], "long sizes [100] must be evaluated")
+    one_line_error(capsys, base + ["--eval", f"s:kd={files['kd']}"], "long sizes (the evaluated sizes in the paper window 50-150)")
     assert main(base + ["--eval", f"s:kd={files['kd']}", "--short-sizes", "1", "5", "--long-sizes", "20"]) == 0  # tabled
     table = xr.load_dataset(out / "compare" / "comparison.nc")
     diff = table["diff_short_vs_base"].sel({"student": "s", "method": "kd"})
@@ -69,7 +61,7 @@ def test_refuses_files_on_other_questions_in_one_line(tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
-    _one_line(capsys, ["table", "--eval", f"s:base={files['base']}", "--out", str(mine), "--no-figure"], "not written by `laid table`")
+    one_line_error(capsys, ["table", "--eval", f"s:base={files['base']}", "--out", str(mine), "--no-figure"], "not written by `laid table`")
     assert (mine / "notes.txt").read_text() == "keep"
 
 
