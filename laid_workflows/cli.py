@@ -14,7 +14,7 @@ from laid.data import cli as data_cli
 from laid.eval import cli as eval_cli
 from laid.zoo import cli as zoo_cli
 from laid_analysis import cli as analysis_cli
-from laid_workflows import compare, figures, main_job, prereg, results_page, study
+from laid_workflows import compare, figures, main_job, prereg, results_page, study, table
 from trainers import cli as trainers_cli
 
 # What `laid --help` opens with: what the workbench does for its user (the docstring above is for developers).
@@ -30,7 +30,8 @@ every command and option is in docs/cli.md."""
 EPILOG = "Run `laid COMMAND --help` for a command's options."
 
 # Order = order in `laid --help`.
-COMMAND_MODULES = (main_job, data_cli, zoo_cli, eval_cli, trainers_cli, compare, study, prereg, analysis_cli, figures, results_page)
+COMMAND_MODULES = (main_job, data_cli, zoo_cli, eval_cli, trainers_cli, compare, table, study, prereg, analysis_cli,
+                   figures, results_page)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from laid.eval.metrics import DEFAULT_THRESHOLD
 from laid.eval.protocol import OFFICIAL_MAX_NEW_TOKENS, OURS_MAX_NEW_TOKENS, PROTOCOLS, official_dir
 from laid.eval.results import summary_text
 from laid.eval.run import DEFAULT_BATCH_TOKENS, evaluate
-from laid.eval.settings import SCORINGS, SETTINGS, EvalSettings
+from laid.eval.settings import PAPER_SIZES, SCORINGS, SETTINGS, EvalSettings, choose_sizes, parse_sizes
 from laid.eval.variants import VARIANTS, parse_options
+from laid.model.loading import DTYPES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SIZES_HELP = (f"haystack sizes to run: numbers, or paper (the paper's {', '.join(map(str, PAPER_SIZES))} that the data "
+              f"holds) or all (every size found: the real benchmark's go to 10,000 images); default: paper")
+DEVICE_HELP = ("auto: the CPU, the one GPU, or the model sharded across all visible GPUs (accelerate device_map=auto) "
+               "for models no single GPU holds; or cpu, cuda, cuda:<index>")
+DTYPE_HELP = "model dtype; auto: bfloat16 on GPUs, float32 on the CPU"
+
+
+def add_placement_arguments(p) -> None:
+    """--device and --dtype, shared by `laid eval` and `laid diagnose` (laid.model.loading.placement)."""
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--dtype", choices=list(DTYPES), default="auto", help=DTYPE_HELP)
 
 
 def register(subparsers) -> None:
@@ -30,7 +39,7 @@ def register(subparsers) -> None:
                    help="accept absolute image paths and paths leaving --image-root with '..' (refused by default)")
     p.add_argument("--out", required=True, help="result file (.nc), written atomically; the official per-question "
                    "JSON goes to <out stem>_official/{N}_images/ beside it")
-    p.add_argument("--sizes", type=int, nargs="+", help="haystack sizes to evaluate (default: every size found)")
+    p.add_argument("--sizes", nargs="+", metavar="N", help=SIZES_HELP)
     p.add_argument("--setting", default=None, choices=SETTINGS,
                    help="needle setting (default: the only one in --data, else single_needle)")
     p.add_argument("--protocol", default="auto", choices=PROTOCOLS,
@@ -38,7 +47,9 @@ def register(subparsers) -> None:
                         "file order) and scoring (greedy reply, nltk word tokens); ours: shuffled haystacks scored by "
                         "yes/no logits; auto: official for real VHs, ours for `laid data synth` data")
     p.add_argument("--max-samples", type=int, help="first N questions per size (default: all)")
-    p.add_argument("--variant", default="base", choices=VARIANTS)
+    p.add_argument("--variant", default="base", choices=VARIANTS,
+                   help="base: the checkpoint as it is; yarn / selfextend: the inference-time context extensions "
+                        "(the paper's Table 1 baselines, laid/eval/variants/)")
     p.add_argument("--variant-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option passed to the variant's loader, e.g. factor=4 (repeatable)")  # fmt: skip
     p.add_argument("--scoring", choices=SCORINGS, default=None,
@@ -50,8 +61,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of haystack shuffling and bootstrap")
     p.add_argument("--needle-positions", action="store_true",
                    help="protocol ours: place the needle at range(0, N, N//10), the other images shuffled")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), help="model dtype (default: bfloat16 on GPU, float32 on CPU)")
+    add_placement_arguments(p)
     p.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS, help="padded tokens per forward pass")
     p.add_argument("--model-name", help="label stored in the result (default: the model folder's name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -62,7 +72,10 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     """The command line's evaluation settings, range-checked like every config's."""
     if args.max_samples is not None and args.max_samples < 1:
         raise ValueError(f"--max-samples must be >= 1 (or left out for every question), got {args.max_samples}")
-    return EvalSettings(sizes=args.sizes, samples_per_size=args.max_samples, setting=args.setting,
+    sizes, note = choose_sizes(args.data, args.setting, parse_sizes(args.sizes))
+    if note:
+        print(note)
+    return EvalSettings(sizes=sizes, samples_per_size=args.max_samples, setting=args.setting,
                         threshold=args.threshold, seed=args.seed, batch_tokens=args.batch_tokens,
                         protocol=args.protocol, scoring="generate" if args.generate else args.scoring,
                         max_new_tokens=args.max_new_tokens)
@@ -73,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # the weight-loading bar too
+    settings = settings_from_args(args)
     ds = evaluate(
         args.model,
         args.data,
@@ -83,10 +97,10 @@ def run(args: argparse.Namespace) -> int:
         allow_outside_image_root=args.allow_outside_image_root,
         needle_position_mode=args.needle_positions,
         device=args.device,
-        dtype=DTYPES[args.dtype] if args.dtype else None,
+        dtype=DTYPES[args.dtype],
         progress=not args.no_progress,
         model_name=args.model_name,
-        **settings_from_args(args).evaluate_kwargs(),
+        **settings.evaluate_kwargs(),
     )
     print(summary_text(ds))
     print(f"wrote {args.out} and the per-question JSON in {official_dir(args.out)}/")

@@ -271,7 +271,7 @@ def evaluate(
         "variant_options": variant_options or {}, "protocol": proto.name, "placement": proto.placement,
         "scoring": proto.scoring, "threshold": threshold, "seed": seed,
         "needle_position_mode": proto.needle_positions, "device": None if device is None else str(device),
-        "dtype": None if dtype is None else str(dtype), "batch_tokens": batch_tokens,
+        "dtype": str(next(model.parameters()).dtype), "batch_tokens": batch_tokens,  # as loaded ("auto" resolved)
         "max_new_tokens": proto.max_new_tokens,
     }  # fmt: skip
     attrs = {

@@ -10,18 +10,66 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from laid.data.vhs import SETTINGS
+from pathlib import Path
+from typing import Sequence
+
+from laid.data.vhs import SETTINGS, data_setting, find_vhs_files
 from laid.eval.metrics import DEFAULT_THRESHOLD
 from laid.eval.protocol import PROTOCOLS, resolve_protocol
 
 SCORINGS = ("logits", "generate")
+# The LAid paper's evaluation sizes (Table 2: 100 questions at each of 1-150 images). The real
+# benchmark's files go to 10,000 images; an evaluation of every size found would run for days.
+PAPER_SIZES: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 150)
+SIZE_WORDS = ("paper", "all")  # --sizes paper (the default of `laid eval` / `laid diagnose`) | all (every size found)
+
+
+def parse_sizes(tokens: Sequence[str] | None) -> list[int] | str:
+    """`--sizes` tokens: haystack sizes, or one word: "paper" (PAPER_SIZES) or "all"; None = "paper"."""
+    if not tokens:
+        return "paper"
+    words = [t for t in tokens if str(t).lower() in SIZE_WORDS]
+    if words:
+        if len(tokens) > 1:
+            raise ValueError(f"--sizes takes haystack sizes or one word ({' or '.join(SIZE_WORDS)}), got {list(tokens)}")
+        return str(words[0]).lower()
+    try:
+        return sorted({int(t) for t in tokens})
+    except ValueError:
+        raise ValueError(f"--sizes takes haystack sizes (numbers) or one word ({' or '.join(SIZE_WORDS)}), "
+                         f"got {list(tokens)}") from None
+
+
+def choose_sizes(data: str | Path, setting: str | None, sizes: list[int] | str) -> tuple[list[int] | None, str]:
+    """(sizes to run, a note for the user) for what `--sizes` asked on `data`.
+
+    "paper": the paper's sizes that the data holds (the real benchmark has no 150-image file; the
+    note says which are absent), refused in one line when it holds none; "all", or `data` naming
+    one visual_haystack_N.json (the user chose its size): None (every size found); a list: itself
+    (the loader refuses sizes the data lacks).
+    """
+    if not isinstance(sizes, str):
+        return list(sizes), ""
+    if sizes == "all" or Path(data).is_file():
+        return None, ""
+    setting = data_setting(data, setting)
+    found = sorted(n for s, n in find_vhs_files(data) if s == setting)
+    chosen = [n for n in PAPER_SIZES if n in found]
+    if not chosen:
+        raise ValueError(f"{data} holds none of the paper's haystack sizes {list(PAPER_SIZES)} ({setting}: {found}); "
+                         f"pass --sizes N [N ...] or --sizes all")
+    absent = [n for n in PAPER_SIZES if n not in found]
+    note = (f"haystack sizes: the paper's {chosen}" + (f" ({absent} not in {data})" if absent else "")
+            + (f"; not run: {[n for n in found if n not in chosen]} (--sizes all runs every size found)"
+               if set(found) - set(chosen) else ""))
+    return chosen, note
 
 
 @dataclass
 class EvalSettings:
     """What to evaluate and how (the result's attrs record all of it)."""
 
-    sizes: list[int] | None = field(default_factory=lambda: [1, 2, 5, 10, 20, 50, 100, 150])  # None = every size in the data
+    sizes: list[int] | None = field(default_factory=lambda: list(PAPER_SIZES))  # None = every size in the data
     samples_per_size: int | None = 100  # questions per size (the paper: 100); None = every entry of each file
     setting: str | None = "single_needle"  # single_needle | multi_needle_2 | multi_needle_3; None = the only one in the data
     threshold: float = DEFAULT_THRESHOLD  # effective window: largest size with accuracy >= this (chance 0.5)
