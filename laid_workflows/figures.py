@@ -161,19 +161,20 @@ def run_models(run: RunLayout) -> tuple[str, list[str]] | None:
     return None
 
 
-def run_parameters(run_dir: str | Path, notebooks: Sequence[str] = NOTEBOOKS) -> dict[str, dict[str, Any]]:
+def run_parameters(run_dir: str | Path, notebooks: Sequence[str] = NOTEBOOKS, given: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Per-notebook parameters naming the run's own models (run_models). The first student is the
     one whose diagnosis figures are drawn: every analysis/<student>__<method>/ folder, in the method
     registry's order, against the teacher's analysis/<teacher>__base/ (else the reference.nc beside
-    them). A run naming no models is refused for the notebooks that need names, in one line: they
-    are never drawn with the notebooks' own toy defaults."""
+    them), and the head weights of its LAid run. A run naming no models is refused, in one line,
+    for the notebooks that need names and are not `given` theirs: they are never drawn with the
+    notebooks' own toy defaults."""
     from laid.methods import ALL_METHODS
     from laid_workflows.figures_diagnosis import DIAGNOSIS
 
     run = RunLayout(run_dir)
     models = run_models(run)
     if models is None:
-        need = [n for n in notebooks if n in NAMED_NOTEBOOKS]
+        need = [n for n in notebooks if n in NAMED_NOTEBOOKS and n not in given]
         if need:
             raise ValueError(f"run folder {run.root} names no teacher and students (no config.yaml of `laid main`, no "
                              f"compare/comparison.nc) and {', '.join(need)} need them: draw a checkpoint's figures with "
@@ -235,7 +236,7 @@ def run_figures(
     _check_names(names)
     if not run.root.is_dir():
         raise FileNotFoundError(f"run folder {run.root} not found; run `laid main` first or pass --run-dir")
-    from_run = run_parameters(run.root, names)  # the run's own teacher and students, under any explicit overrides
+    from_run = run_parameters(run.root, names, list(overrides or {}))  # the run's own models, under any explicit overrides
     params = {n: {**({} if n in DIAGNOSIS_NOTEBOOKS else {"run_dir": str(run.root)}), **from_run.get(n, {}),
                   **(overrides or {}).get(n, {})} for n in names}
     return execute(params, figures_dir if figures_dir is not None else run.figures,

@@ -289,6 +289,7 @@ def test_cli_errors_before_starting_a_kernel(tmp_path):
     with pytest.raises(ValueError, match=r"names no teacher and students .* fig1_effective_window, fig4_key_activations, head_weights, spectra, "
                                          r"tables need them: draw a checkpoint's figures with `laid figures --analysis"):
         run_figures(tmp_path)
+    assert figures.run_parameters(tmp_path, ["fig1_effective_window"], given=["fig1_effective_window"]) == {}  # names given: fine
     for bad, match in ((["--analysis", "a=x", "--run-dir", "r"], "not both"), (["--layers", "0"], "go with --analysis"),
                        (["--analysis", f"a={tmp_path}", f"a={tmp_path}"], "label 'a' given twice"),
                        (["--analysis", f"a={tmp_path}", "--layers", "a=x"], "--layers a=x: give one layer"),
