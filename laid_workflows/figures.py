@@ -352,32 +352,6 @@ def execute(
     return outcomes
 
 
-def labelled(items: Sequence[str] | None, what: str) -> dict[str, str]:
-    """{label: path} from LABEL=PATH arguments (a bare PATH is labelled by its last name)."""
-    out: dict[str, str] = {}
-    for item in items or []:
-        label, sep, path = item.partition("=")
-        label, path = (label, path) if sep else (Path(item).name, item)
-        if not label or not path:
-            raise ValueError(f"{what} {item!r}: write it as LABEL=PATH, e.g. after=runs/x/analysis/tiny-7b__laid")
-        if label in out:
-            raise ValueError(f"{what} label {label!r} given twice; give each a label of its own (LABEL=PATH)")
-        out[label] = path
-    return out
-
-
-def parse_layers(items: Sequence[str] | None) -> int | dict[str, int] | None:
-    """--layers: nothing (each diagnosis' needle-reading layer), one LAYER for all, or LABEL=LAYER each."""
-    if not items:
-        return None
-    try:
-        if len(items) == 1 and "=" not in items[0]:
-            return int(items[0])
-        return {label: int(layer) for label, layer in labelled(items, "--layers").items()}
-    except ValueError:
-        raise ValueError(f"--layers {' '.join(items)}: give one layer (e.g. 0, or -1 for the last) or LABEL=LAYER for each") from None
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("figures", help="draw the figures and tables from a run folder or from any `laid diagnose` outputs (papermill)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -403,15 +377,17 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from laid_workflows import figures_diagnosis as fd
+
     common = {"executed_dir": args.executed_dir, "notebooks": args.only, "quick": args.quick, "allow_missing": args.allow_missing,
               "kernel": args.kernel, "progress": not args.no_progress}
     if args.analysis:
         if args.run_dir:
             raise ValueError("give --run-dir (a run folder's figures) or --analysis (any diagnosis folders), not both")
-        reference, head_weights = labelled([args.reference] if args.reference else [], "--reference"), \
-            labelled([args.head_weights] if args.head_weights else [], "--head-weights")
-        outcomes = run_diagnosis_figures(labelled(args.analysis, "--analysis"), args.figures_dir, reference or None,
-                                         parse_layers(args.layers), head_weights or None, **common)
+        reference, head_weights = fd.labelled([args.reference] if args.reference else [], "--reference"), \
+            fd.labelled([args.head_weights] if args.head_weights else [], "--head-weights")
+        outcomes = run_diagnosis_figures(fd.labelled(args.analysis, "--analysis"), args.figures_dir, reference or None,
+                                         fd.parse_layers(args.layers), head_weights or None, **common)
     else:
         if args.reference or args.head_weights or args.layers:
             raise ValueError("--reference, --head-weights and --layers go with --analysis LABEL=DIR")

@@ -89,6 +89,32 @@ def check_labels(analyses: Mapping, teacher: xr.Dataset | None) -> list[str]:
     return labels
 
 
+def labelled(items: Sequence[str] | None, what: str) -> dict[str, str]:
+    """{label: path} from LABEL=PATH arguments (a bare PATH is labelled by its last name)."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        label, sep, path = item.partition("=")
+        label, path = (label, path) if sep else (Path(item).name, item)
+        if not label or not path:
+            raise ValueError(f"{what} {item!r}: write it as LABEL=PATH, e.g. after=runs/x/analysis/tiny-7b__laid")
+        if label in out:
+            raise ValueError(f"{what} label {label!r} given twice; give each a label of its own (LABEL=PATH)")
+        out[label] = path
+    return out
+
+
+def parse_layers(items: Sequence[str] | None) -> int | dict[str, int] | None:
+    """--layers: nothing (each diagnosis' needle-reading layer), one LAYER for all, or LABEL=LAYER each."""
+    if not items:
+        return None
+    try:
+        if len(items) == 1 and "=" not in items[0]:
+            return int(items[0])
+        return {label: int(layer) for label, layer in labelled(items, "--layers").items()}
+    except ValueError:
+        raise ValueError(f"--layers {' '.join(items)}: give one layer (e.g. 0, or -1 for the last) or LABEL=LAYER for each") from None
+
+
 # ---------------------------------------------------------------- layers
 
 

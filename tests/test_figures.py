@@ -297,7 +297,7 @@ def test_cli_errors_before_starting_a_kernel(tmp_path):
         with pytest.raises((ValueError, FileNotFoundError), match=match):
             args = parser.parse_args(["figures", *bad])
             args.func(args)
-    assert figures.parse_layers(["-1"]) == -1 and figures.parse_layers(["a=0", "b=2"]) == {"a": 0, "b": 2}
+    assert fd.parse_layers(["-1"]) == -1 and fd.parse_layers(["a=0", "b=2"]) == {"a": 0, "b": 2}
 
 
 def test_default_figures_folder_is_the_run_or_beside_the_analyses_never_the_repository(tmp_path):
