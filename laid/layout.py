@@ -38,8 +38,8 @@ class RunLayout:
 
     @property
     def results_page(self) -> Path:
-        """The results page written from the run's netCDF files (laid_workflows.results_page); the
-        embedded default writes its own to docs/results.md instead."""
+        """The results page written from the run's netCDF files (laid_workflows.results_page);
+        `laid results --publish` writes the repository's docs/results.md from the same files."""
         return self.root / "results.md"
 
     @property
@@ -47,7 +47,14 @@ class RunLayout:
         return self.root / "timings.json"
 
     @property
+    def figures(self) -> Path:
+        """The run's figures (`laid figures`, the main job, `laid study`): PNG/PDF/HTML, data/*.nc,
+        tables.md; `laid results --publish` copies them into the repository's figures/."""
+        return self.root / "figures"
+
+    @property
     def executed_notebooks(self) -> Path:
+        """The executed copies (with outputs) of the notebooks that drew figures/."""
         return self.root / "executed_notebooks"
 
     # --- data and models --------------------------------------------------------------------

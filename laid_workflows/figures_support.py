@@ -1,4 +1,5 @@
-"""What the notebooks in notebooks/ share: checked parameters, run-result loaders, figure writers.
+"""What the notebooks in notebooks/ share: checked parameters, run-result loaders, figure writers
+(the diagnosis notebooks' inputs, from any `laid diagnose` folders: figures_diagnosis.py).
 
 Every notebook takes its inputs as papermill parameters. A bad parameter must stop it with a
 message that names the parameter and says what to do, so the checks here raise
@@ -26,8 +27,6 @@ from laid.layout import RunLayout
 RESULT_HINTS = {
     "eval": "run `laid eval` (or `laid main`) first",
     "compare": "run `laid compare` (or `laid main`) first",
-    "distill": "run `laid distill` (or `laid main`) first",
-    "analysis": "run `laid diagnose` (or `laid main`) first",
 }
 
 
@@ -116,49 +115,6 @@ def check_methods(param: str, methods, comparison: xr.Dataset) -> tuple[list[str
     return present, [m for m in methods if m not in present]
 
 
-def load_analysis(run_dir: Path, label: str, variables: Sequence[str], param: str, file: str = "diagnostics.nc") -> xr.Dataset:
-    """`variables` of runs/<run>/analysis/<label>/<file>, as `laid diagnose` writes them.
-
-    A label names an analysed checkpoint (e.g. "tiny-7b__laid"); diagnostics.nc holds its own
-    statistics, reference.nc its teacher's (at the paired layers), comparison.nc the low-frequency
-    preservation against that teacher.
-    """
-    from laid.io import read_netcdf
-
-    folder = RunLayout(run_dir).analysis(label)
-    if not folder.is_dir():
-        raise _missing_or_unknown(run_dir, param, label.split("__")[0], folder, "analysis")
-    path = folder / file
-    if not path.is_file():
-        hint = "run `laid diagnose --reference <teacher>`" if file in ("reference.nc", "comparison.nc") else RESULT_HINTS["analysis"]
-        raise MissingResultsError(f"parameter {param}: {path} not found; {hint}")
-    ds = read_netcdf(path)
-    missing = [v for v in variables if v not in ds]
-    if missing:
-        raise ValueError(f"parameter {param}: {path} lacks {missing}; is it a `laid diagnose` result?")
-    return ds[list(variables)].assign_attrs(ds.attrs, label=label, file=str(path))
-
-
-def load_teacher_analysis(run_dir: Path, teacher: str, student: str, variables: Sequence[str], param: str = "teacher") -> xr.Dataset:
-    """The teacher's analysis: its own folder analysis/<teacher>/ if it was analysed alone, else the
-    reference.nc that `laid diagnose --reference` wrote beside the student's (`student`: its label)."""
-    if (RunLayout(run_dir).analysis(teacher) / "diagnostics.nc").is_file():
-        return load_analysis(run_dir, teacher, variables, param)
-    ds = load_analysis(run_dir, student, variables, param, file="reference.nc")
-    return ds.assign_attrs(label=teacher)
-
-
-def load_head_weights(run_dir: Path, student: str, method: str = "laid", param: str = "student") -> xr.Dataset:
-    """runs/<run>/distill/<student>__<method>/head_weights.nc, validated by laid_analysis.head_weights:
-    w_q(layer_pair, student_head, teacher_head), w_k(layer_pair, student_kv_head, teacher_kv_head)."""
-    from laid_analysis.head_weights import load_head_weights as load
-
-    path = RunLayout(run_dir).head_weights(student, method)
-    if not path.is_file():
-        raise _missing_or_unknown(run_dir, param, student, path, "distill")
-    return load(path)
-
-
 def load_sample_results(run_dir: Path, student: str, method: str, param: str = "methods") -> list[xr.Dataset]:
     """Per-question results correct(haystack_size, sample) of one (student, method), one per
     training seed: distill/<student>__<method>[__seed<k>]/eval.nc for a trained method (the seeds
@@ -220,38 +176,6 @@ def paired_differences(run_dir: Path, student: str, methods: Sequence[str], size
         ds[v].attrs.update(units="1", long_name=f"accuracy - {reference} accuracy, same questions",
                            interval=interval_description())
     return ds
-
-
-def row_shares(w: xr.DataArray) -> xr.DataArray:
-    """|w| / sum over the last dim (the teacher heads) of |w|: each teacher head's share of a row."""
-    mag = np.abs(w)
-    total = mag.sum(w.dims[-1])
-    return (mag / total.where(total > 0)).assign_attrs(units="1", long_name="share of the row's sum |w|")
-
-
-def pick_layer(da: xr.DataArray, layer: int, param: str, dim: str = "layer") -> xr.DataArray:
-    """da at one layer: a negative `layer` counts from the end of those stored (-1: the last one);
-    a non-negative one is the layer's label (analyses may store a subset of layers, e.g. [2, 3])."""
-    layer = int(layer)
-    labels = [int(v) for v in da[dim].values] if dim in da.coords else list(range(da.sizes[dim]))
-    if layer < 0:
-        if -layer > len(labels):
-            raise ValueError(f"parameter {param}: layer {layer} out of range; {len(labels)} layers stored: {labels}")
-        return da.isel({dim: layer})
-    if layer not in labels:
-        raise ValueError(f"parameter {param}: layer {layer} not stored; choose one of {labels} or -1 for the last")
-    return da.isel({dim: labels.index(layer)})
-
-
-def head_class_names(head_class: xr.DataArray) -> np.ndarray:
-    """Head classes as strings, whether stored as text or as CF flags (flag_values/flag_meanings)."""
-    values = np.asarray(head_class.values)
-    if values.dtype.kind in "US" or values.dtype == object:
-        return values.astype(str)
-    meanings = str(head_class.attrs.get("flag_meanings", "")).split()
-    flags = list(np.atleast_1d(head_class.attrs.get("flag_values", range(len(meanings)))))
-    lookup = {int(f): m for f, m in zip(flags, meanings)}
-    return np.vectorize(lambda v: lookup.get(int(v), str(int(v))))(values)
 
 
 # ---------------------------------------------------------------- writing figures

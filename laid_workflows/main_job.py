@@ -6,10 +6,11 @@ Stages, each skipped when its outputs are already complete (so an interrupted ru
   3. eval      base accuracy per haystack size, effective windows   -> <run>/eval/
   4. compare   distillation + baselines for both students           -> <run>/distill/, <run>/compare/
   5. analysis  laid diagnose on teacher, students, distilled        -> <run>/analysis/
-  6. figures   the paper's figures from the data above              -> figures/
-then a short text summary in <run>/summary.md and the results page, written from the run's netCDF
-files (laid_workflows.results_page): docs/results.md for the embedded default, <run>/results.md
-otherwise. The run's config is written to <run>/config.yaml.
+  6. figures   the paper's figures from the data above              -> <run>/figures/
+then a short text summary in <run>/summary.md and the results page <run>/results.md, written from
+the run's netCDF files (laid_workflows.results_page). The run's config is written to
+<run>/config.yaml. Everything goes into the run folder: the repository's own copies (figures/,
+docs/results.md) change only when asked, by `laid results --publish`.
 """
 
 from __future__ import annotations
@@ -56,10 +57,10 @@ class MainConfig:
     analysis_max_samples: int = ANALYSIS_MAX_SAMPLES  # haystacks per size for the answer statistics (Figure 4 intervals)
     analysis_profile_samples: int = ANALYSIS_PROFILE_SAMPLES  # of those, how many feed the O(S^2) profile and spectrum
     analysis_batch_size: int = ANALYSIS_BATCH_SIZE  # haystacks per forward (batching halves its CPU cost per haystack)
-    figures_dir: str = "figures"
+    figures_dir: str | None = None  # null: <run>/figures (relative paths: to the repository)
     workers: int | None = None  # comparison runs trained side by side (None: one per core; laid_workflows/jobs.py)
-    # The results page (laid_workflows.results_page); null = <run>/results.md. The embedded default
-    # (main.yaml) writes docs/results.md, which the README links, beside the committed figures/.
+    # The results page (laid_workflows.results_page); null = <run>/results.md. The repository's
+    # docs/results.md, which the README links, is written by `laid results --publish`, never here.
     results_page: str | None = None
 
     def __post_init__(self):
@@ -85,6 +86,10 @@ class MainConfig:
     @property
     def layout(self) -> RunLayout:
         return RunLayout(self.run)
+
+    @property
+    def figures(self) -> Path:
+        return self.path(self.figures_dir) if self.figures_dir else self.layout.figures
 
 
 def _stage_data(cfg: MainConfig, log) -> None:
@@ -200,7 +205,7 @@ def _stage_figures(cfg: MainConfig, log) -> None:
 
     from laid_workflows.figures import NOTEBOOKS, STUDY_NOTEBOOKS
 
-    run_figures(cfg.run, cfg.path(cfg.figures_dir), quick=cfg.quick, executed_dir=cfg.layout.executed_notebooks,
+    run_figures(cfg.run, cfg.figures, quick=cfg.quick, executed_dir=cfg.layout.executed_notebooks,
                 notebooks=[n for n in NOTEBOOKS if n not in STUDY_NOTEBOOKS])  # the study draws its own
 
 
@@ -243,7 +248,7 @@ def run_main(cfg: MainConfig, stages: tuple[str, ...] = STAGES, progress_log=pri
     write_json({**old, **timings}, timing_file, indent=1)
     summary = write_summary(cfg, timings)
     progress_log(summary.read_text())
-    page = write_results_page(cfg.run, cfg.path(cfg.results_page) if cfg.results_page else None, cfg.path(cfg.figures_dir))
+    page = write_results_page(cfg.run, cfg.path(cfg.results_page) if cfg.results_page else None, cfg.figures)
     progress_log(f"results page: {page}")
     return summary
 
@@ -252,9 +257,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = MainConfig.load(args.config or REPO / "configs" / "experiments" / "main.yaml")
     if args.quick:
         cfg.quick = True
-        if not args.config:  # a smoke run must not overwrite the committed figures/
-            cfg.name, cfg.run_dir, cfg.figures_dir = "quick", "runs/quick", "runs/quick/figures"
-            cfg.results_page = None  # runs/quick/results.md, not the committed docs/results.md
+        if not args.config:  # a smoke run keeps out of the full run's folder
+            cfg.name, cfg.run_dir = "quick", "runs/quick"
     if args.run_dir:
         cfg.run_dir = args.run_dir
     stages = tuple(args.stages) if args.stages else tuple(s for s in STAGES if s in STAGE_FUNCS)

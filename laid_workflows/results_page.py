@@ -1,9 +1,10 @@
 """The results page: Markdown written from a run folder's netCDF files, so its numbers cannot drift.
 
-The main job writes it at its end (after the figures): `docs/results.md` for the embedded default
-(`results_page` in configs/experiments/main.yaml), `<run>/results.md` otherwise; `laid results`
-rewrites it for any run folder (after `laid compare --full`, say). Nobody copies a number by hand:
-the README and the docs link to the page instead.
+The main job writes it at its end (after the figures) into its run folder, `<run>/results.md`;
+`laid results` rewrites it for any run folder (after `laid compare --full`, say). The repository's
+own copy, `docs/results.md` with the figures it shows in `figures/`, changes only when asked:
+`laid results --publish` (`publish`). Nobody copies a number by hand: the README and the docs link
+to the page instead.
 
 The page is a list of named sections (`SECTIONS`). A section is a function of the page's context
 (the run folder's layout, where the page goes, where the figures are) that returns Markdown, or
@@ -318,8 +319,8 @@ TITLE = "# Results"
 def preamble(ctx: PageContext) -> str:
     docs = REPO / "docs"
     return ("Written from the run folder's netCDF files by `laid main` at the end of the run, or by `laid results` "
-            "(laid_workflows/results_page.py): every number below is the run's. Do not edit it by hand; the next run "
-            "overwrites it. What each quantity means and how it is measured: "
+            "(laid_workflows/results_page.py): every number below is the run's. Do not edit it by hand; `laid results` "
+            "rewrites it (`--publish`: the repository's copy and its figures). What each quantity means and how it is measured: "
             f"[the method's choices]({ctx.link(docs / 'method.md')}), "
             f"[reading the figures]({ctx.link(docs / 'diagnose.md')}#reading-the-figures).")
 
@@ -348,10 +349,43 @@ def write_results_page(run_dir: str | Path, page: str | Path | None = None, figu
     return write_text(results_markdown(ctx), page)
 
 
+# The repository's own copies, which the README and docs link: refreshed only by `publish`.
+PUBLISHED_PAGE = REPO / "docs" / "results.md"
+PUBLISHED_FIGURES = REPO / "figures"
+# What a figures folder holds for readers (`laid figures`): images, pages, plotly.js, tables, data/*.nc.
+FIGURE_FILES = (".png", ".pdf", ".html", ".js", ".md", ".nc")
+
+
+def publish(run_dir: str | Path, figures_dir: str | Path | None = None, page: str | Path = PUBLISHED_PAGE,
+            to_figures: str | Path = PUBLISHED_FIGURES) -> tuple[Path, list[Path]]:
+    """Refresh the repository's copies from a run folder: the run's figures (`figures_dir`, default
+    <run>/figures; the executed notebooks are left behind) copied into `to_figures`, over files of
+    the same name (others stay), then the results page written to `page` from the run's netCDF
+    files, linking the copies. Returns (page, files copied). The one step that writes into the
+    checkout: the main job, `laid study` and `laid figures` write into their run folders only."""
+    from laid.io import write_bytes
+
+    run = RunLayout(run_dir)
+    source = Path(figures_dir) if figures_dir is not None else run.figures
+    if not source.is_dir():
+        raise FileNotFoundError(f"figures folder {source} not found; run `laid main` or `laid figures --run-dir {run.root}` first")
+    files = [p for p in sorted(source.rglob("*")) if p.is_file() and p.suffix in FIGURE_FILES
+             and "executed_notebooks" not in p.relative_to(source).parts]
+    if not any(p.suffix == ".png" for p in files):
+        raise FileNotFoundError(f"figures folder {source} holds no figure (.png); run `laid figures --run-dir {run.root}` first")
+    copied = [write_bytes(p.read_bytes(), Path(to_figures) / p.relative_to(source)) for p in files]
+    return write_results_page(run.root, page, to_figures), copied
+
+
 def _results(args: argparse.Namespace) -> int:
     run = RunLayout(args.run_dir)
-    figures_dir = args.figures_dir if args.figures_dir is not None else run.root / "figures"
-    page = write_results_page(run.root, args.out, figures_dir)
+    if args.publish:
+        if args.out:
+            raise ValueError(f"--publish writes {PUBLISHED_PAGE}; leave out --out")
+        page, copied = publish(run.root, args.figures_dir)
+        print(f"published: {len(copied)} figure files -> {PUBLISHED_FIGURES}/, results page: {page}")
+        return 0
+    page = write_results_page(run.root, args.out, args.figures_dir if args.figures_dir is not None else run.figures)
     print(f"results page: {page}")
     return 0
 
@@ -360,8 +394,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("results", help="write the results page of a run folder from its netCDF files",
                               description="Write the run's results page (Markdown) from its netCDF files: base models, "
                               "the headline comparison with intervals, other comparisons, figure links, commit and "
-                              "measured times. `laid main` does this at its end.")
+                              "measured times. `laid main` does this at its end, into its run folder. --publish "
+                              "refreshes the repository's copies (docs/results.md and figures/, which the README shows).")
     p.add_argument("--run-dir", default="runs/default", help="run folder written by `laid main` (default: runs/default)")
-    p.add_argument("--out", help="the page (default: <run-dir>/results.md; the main job writes docs/results.md for the default run)")
+    p.add_argument("--out", help="the page (default: <run-dir>/results.md)")
     p.add_argument("--figures-dir", help="the run's figures, linked from the page (default: <run-dir>/figures)")
+    p.add_argument("--publish", action="store_true",
+                   help="copy the run's figures into the repository's figures/ and write docs/results.md linking them")
     p.set_defaults(func=_results)

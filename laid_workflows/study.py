@@ -335,11 +335,9 @@ def _study(args: argparse.Namespace) -> int:
     cfg = load_study_config(args.config or CONFIG, args.override or [])
     if args.quick:
         cfg = quick_config(cfg)
-    # The embedded default run (runs/default) keeps its figures and results page in the repository,
-    # as the main job does; any other run folder (and --quick) keeps them inside the run.
-    default_run = Path(args.run_dir).resolve() == (REPO / "runs" / "default").resolve() and not args.quick
-    figures_dir = args.figures_dir or (REPO / "figures" if default_run else Path(args.run_dir) / "figures")
-    page = REPO / "docs" / "results.md" if default_run else RunLayout(args.run_dir).results_page
+    # Into the run folder, as the main job: `laid results --publish` refreshes the repository's copies.
+    figures_dir = args.figures_dir or RunLayout(args.run_dir).figures
+    page = RunLayout(args.run_dir).results_page
     ds = Study(cfg, args.run_dir, force=args.force, full=args.full, workers=args.workers, device=args.device,
                figures_dir=None if args.no_figures else figures_dir, quick_figures=args.quick, results_page=page).run()
     print(f"study {cfg.name}: {[str(s) for s in ds['student'].values]} x {[str(a) for a in ds['arm'].values]} x budgets "
@@ -361,7 +359,7 @@ def register(subparsers) -> None:
     p.add_argument("--full", action="store_true", help="every arm at all seeds and budgets (the whole grid, for a GPU)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run on quick data (2 steps, 4 questions per size)")
     p.add_argument("--force", action="store_true", help="retrain and re-evaluate the runs this study owns")
-    p.add_argument("--figures-dir", help="where the learning-curve figure goes (default: figures/; with --quick: <run>/figures)")
+    p.add_argument("--figures-dir", help="where the learning-curve figure goes (default: <run-dir>/figures)")
     p.add_argument("--no-figures", action="store_true", help="write the tables only, no figure")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.set_defaults(func=_study)

@@ -118,6 +118,16 @@ def needle_mass(label: str, layer: int, head: int, size: int) -> float:
     return 0.5 / (1 + rate * size) + 0.01 * head + 0.001 * layer
 
 
+# The layer each diagnosis reads the needle at (planted): not the last layer, and not the same for all.
+NEEDLE_LAYER = {f"{TEACHER}__base": 1, "tiny-7b__base": 0, "tiny-7b__kd": 2, "tiny-7b__laid": 1}
+
+
+def needle_mass_question(label: str, layer: int, head: int, size: int) -> float:
+    """Largest needle mass over the question rows: high at the label's NEEDLE_LAYER (best head 1), low elsewhere."""
+    reads = layer == NEEDLE_LAYER[label]
+    return (0.85 if reads else 0.3) + (0.05 if head == 1 else 0.0) - 0.002 * size
+
+
 def needle_margin(label: str, layer: int, head: int, size: int) -> float:
     model, method = label.split("__")
     slope = 0.05 if model == TEACHER else {"base": 0.5, "kd": 0.3, "laid": 0.1}[method]
@@ -125,9 +135,11 @@ def needle_margin(label: str, layer: int, head: int, size: int) -> float:
 
 
 def locality(label: str, layer: int, head: int) -> float:
-    """Position-head score (logit drop per 100 positions): teacher even heads local, odd global."""
+    """Position-head score (logit drop per 100 positions): teacher even heads local, odd global,
+    except at its needle-reading layer, which has no local head (a Figure 4 panel without data)."""
     if label.split("__")[0] == TEACHER:
-        return 2.0 + 0.1 * layer if head % 2 == 0 else 0.2 + 0.01 * head
+        local = head % 2 == 0 and layer != NEEDLE_LAYER[label]
+        return 2.0 + 0.1 * layer if local else 0.2 + 0.01 * head
     return 0.5 + 0.3 * head
 
 
@@ -148,6 +160,7 @@ def analysis_dataset(label: str, layers=None) -> xr.Dataset:
     power = np.broadcast_to(power, (len(L), heads, FREQ_DISTANCE.size)).copy()
     attention = np.array([[1.0 / (1 + dist * (0.5 + 0.1 * h + 0.05 * l)) for h in H] for l in L])
     mass = np.array([[[needle_mass(label, l, h, n) for n in SIZES] for h in H] for l in L])
+    question = np.array([[[needle_mass_question(label, l, h, n) for n in SIZES] for h in H] for l in L])
     margin = np.array([[[needle_margin(label, l, h, n) for n in SIZES] for h in H] for l in L])
     loc = np.array([[locality(label, l, h) for h in H] for l in L])
     coef = np.array([[[pair_coef(label, l, h, p) for p in range(N_PAIRS)] for h in H] for l in L])
@@ -159,6 +172,8 @@ def analysis_dataset(label: str, layers=None) -> xr.Dataset:
             "needle_mass_mean": (s3, mass), "needle_mass_lo": (s3, mass - 0.05), "needle_mass_hi": (s3, mass + 0.05),
             "image_mass_mean": (s3, np.minimum(mass + 0.3, 1.0)), "image_mass_lo": (s3, np.minimum(mass + 0.25, 1.0)),
             "image_mass_hi": (s3, np.minimum(mass + 0.35, 1.0)),
+            "needle_mass_question_mean": (s3, question), "needle_mass_question_lo": (s3, question - 0.05),
+            "needle_mass_question_hi": (s3, question + 0.05),
             "needle_margin_mean": (s3, margin), "needle_margin_lo": (s3, margin - 0.2), "needle_margin_hi": (s3, margin + 0.2),
             "head_locality": (("layer", "head"), loc), "head_locality_lo": (("layer", "head"), loc - 0.3),
             "head_locality_hi": (("layer", "head"), loc + 0.3),

@@ -1,6 +1,6 @@
 """The documentation does what it says: its commands run, its links resolve, its references are the code's.
 
-- Every runnable command block of README.md and docs/*.md (doc_checks: ```bash blocks not marked
+- Every runnable command block of README.md, docs/*.md and notebooks/README.md (doc_checks: ```bash blocks not marked
   skip) runs on the toy, in page order, README first: the README's tour makes the `runs/tour/` that
   the docs pages' blocks build on. A deliberately broken block fails (test below).
 - Every relative link and image path resolves, every docs page is reachable from the README, and a
@@ -21,7 +21,7 @@ from doc_checks import REPO, broken_links, reachable, run_block, runnable_blocks
 
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
-PAGES = [README, *DOCS]
+PAGES = [README, *DOCS, REPO / "notebooks" / "README.md"]
 # Pages another branch adds (repository path -> why). A link to one may dangle until that branch is
 # merged; once the file exists it is checked like any other.
 PENDING = {"docs/families.md": "written by the model-family adapters (issue 20)"}
@@ -79,7 +79,7 @@ def test_a_broken_link_or_anchor_is_reported(tmp_path, monkeypatch):
 
 
 def test_every_docs_page_is_reachable_from_the_readme():
-    unreachable = sorted(p.name for p in DOCS if p.resolve() not in reachable(README))
+    unreachable = sorted(p.relative_to(REPO).as_posix() for p in PAGES[1:] if p.resolve() not in reachable(README))
     assert unreachable == [], f"link these from README.md or a page it links: {unreachable}"
 
 

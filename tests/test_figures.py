@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shutil
 
 import nbformat
@@ -15,6 +16,7 @@ import xarray as xr
 
 import figures_fixture as fx
 from laid_workflows import figures
+from laid_workflows import figures_diagnosis as fd
 from laid_workflows.figures import NOTEBOOK_DIR, NOTEBOOKS, run_figures, run_notebook
 
 FIGURES = ["fig1_effective_window", "fig3_distillation_bars", "fig4_key_activations", "head_weights", "spectra",
@@ -47,8 +49,12 @@ def test_sources_have_one_parameters_cell_and_no_outputs():
         nbformat.validate(nb)
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, name
-        for key in ("run_dir", "figures_dir", "quick", "interactive"):
+        keys = ("figures_dir", "quick", "interactive") + (("analyses", "reference", "layers") if name in ("fig4_key_activations", "spectra")
+                                                          else ("head_weights",) if name == "head_weights" else ("run_dir",))
+        for key in keys:
             assert f"\n{key} = " in "\n" + tagged[0].source, (name, key)
+        # Opened in JupyterLab (cwd notebooks/), a notebook writes into the run folder, never the repository's figures/.
+        assert 'figures_dir = "../runs/default/figures"' in tagged[0].source, name
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert all(c.outputs == [] and c.execution_count is None for c in code), f"{name}: outputs not cleared"
         assert nb.metadata.kernelspec.name == "laid"
@@ -116,21 +122,44 @@ def test_fig3_data_equals_comparison(executed):
     assert (data.n_questions == 20).all() and "paired" in data.attrs["difference_interval"]
 
 
-def test_fig4_data_equals_answer_statistics(executed):
+def test_fig4_draws_each_checkpoint_at_the_layer_its_diagnosis_finds_reading_the_needle(executed):
+    """The fixture plants each diagnosis' needle-reading layer (question rows) away from the last layer,
+    and a teacher layer without local heads: Figure 4 draws those layers, titled with the labels, and
+    drops (and names) the panel that would be empty."""
+    from trainers.layer_choice import choose_layers
+
     data = figure_data(executed, "fig4_key_activations")
-    assert data.attrs["student_layer"] == 2 and data.attrs["teacher_layer"] == 3  # last layers by default
-    assert list(data.checkpoint.values) == ["student_before", "student_after", "teacher"]
+    labels = ["tiny-7b__base", "tiny-7b__kd", "tiny-7b__laid"]  # every analysis of the run's first student, methods in order
+    teacher = f"{fx.TEACHER}__base"  # from the reference.nc beside the first analysis
+    assert list(data.checkpoint.values) == [*labels, teacher] and list(data.role.values) == ["checkpoint"] * 3 + ["teacher"]
+    layers = json.loads(data.attrs["layers"])
+    assert layers == fx.NEEDLE_LAYER and [int(v) for v in data.layer_index.values] == [fx.NEEDLE_LAYER[x] for x in [*labels, teacher]]
+    # The ablation: the last layer (the old default) and the answer row's needle mass miss the planted layers.
+    run = executed["run"]
+    for label in labels:
+        path = run / "analysis" / label / "diagnostics.nc"
+        assert choose_layers(path).teacher_layers == [fx.NEEDLE_LAYER[label]]
+        assert choose_layers(path, rows="answer").teacher_layers == [2]  # the answer row ranks the last layer first
+    assert sum(fx.NEEDLE_LAYER[x] != 2 for x in labels) == 2
+    for ck, label in zip(data.checkpoint.values, [*labels, teacher]):
+        layer, heads = fx.NEEDLE_LAYER[label], fx.SHAPES[label.split("__")[0]][1]
+        d = data.sel(checkpoint=ck).isel(head=slice(0, heads))
+        np.testing.assert_allclose(d.needle_mass_question_mean.values,
+                                   [[fx.needle_mass_question(label, layer, h, n) for n in fx.SIZES] for h in range(heads)])
+        np.testing.assert_allclose(d.needle_mass_mean.values, [[fx.needle_mass(label, layer, h, n) for n in fx.SIZES] for h in range(heads)])
+        np.testing.assert_allclose(d.needle_margin_mean.values, [[fx.needle_margin(label, layer, h, n) for n in fx.SIZES] for h in range(heads)])
+        np.testing.assert_allclose(d.head_locality.values, [fx.locality(label, layer, h) for h in range(heads)])
+        assert np.isnan(data.sel(checkpoint=ck).needle_mass_mean.isel(head=slice(heads, None))).all()  # fewer heads: NaN, not made up
+    # Titles from the labels, never "before/after LAid"; every drawn panel has heads; the empty one is named.
+    panels = json.loads(data.attrs["panels"])
+    assert [p["title"].split("\n")[0] for p in panels] == [*labels, f"{teacher}: global position heads"]
+    for p in panels:
+        assert fd.heads_of(data, p["checkpoint"], p["head_class"]), p
+    assert json.loads(data.attrs["dropped_panels"]) == [f"{teacher} has no local heads at layer 1 ({data.attrs['head_class_rule']})"]
+    text = data.attrs["title"] + data.attrs["caption"] + "".join(p["title"] for p in panels)
+    assert all(x in data.attrs["title"] for x in [*labels, teacher]) and "before" not in text and "after" not in text
+    assert f"{teacher} at layer 1 (reads the needle: mass 0.88" in data.attrs["caption"] and "no local heads" in data.attrs["caption"]
     assert "bootstrap" in data.attrs["interval"] and "1.0" in data.attrs["head_class_rule"]
-    for ck, label, layer, heads in (("student_before", "tiny-7b__base", 2, 4), ("student_after", "tiny-7b__laid", 2, 4),
-                                    ("teacher", "tiny-32b__base", 3, 8)):  # teacher from the reference.nc beside student_before's
-        d = data.sel(checkpoint=ck)
-        np.testing.assert_allclose(d.needle_mass_mean.isel(head=slice(0, heads)).values,
-                                   [[fx.needle_mass(label, layer, h, n) for n in fx.SIZES] for h in range(heads)])
-        np.testing.assert_allclose(d.needle_margin_mean.isel(head=slice(0, heads)).values,
-                                   [[fx.needle_margin(label, layer, h, n) for n in fx.SIZES] for h in range(heads)])
-        np.testing.assert_allclose(d.head_locality.isel(head=slice(0, heads)).values, [fx.locality(label, layer, h) for h in range(heads)])
-        assert np.isnan(d.needle_mass_mean.isel(head=slice(heads, None))).all()  # fewer heads: NaN, not made up
-    assert list(data.head_class.sel(checkpoint="teacher").values) == ["local", "global"] * 4
 
 
 def test_head_weights_data_equals_distill_file(executed):
@@ -144,33 +173,38 @@ def test_head_weights_data_equals_distill_file(executed):
     np.testing.assert_allclose(data.w_q_share.values[1, 0], np.abs(w) / np.abs(w).sum())
     assert list(data.attrs["pairs"]) == ["student layer 1 <- teacher layer 2", "student layer 2 <- teacher layer 3"]
     assert data.attrs["mixers"] == "not trained (their least_squares start)"  # not to be read as learned
+    assert data.attrs["label"] == "tiny-7b__laid" and data.attrs["title"] == "Head weights of tiny-7b__laid, not trained (their least_squares start)"
+    assert data.attrs["source"] == str(executed["run"] / "distill" / "tiny-7b__laid" / "head_weights.nc")
     html = (executed["figures"] / "head_weights.html").read_text()
-    assert "not trained (their least_squares start)" in html
+    assert data.attrs["title"] in html
     assert "student layer 1 \\u003c- teacher layer 2" in html  # the other pair, behind the dropdown (JSON-escaped "<")
 
 
-def test_spectra_data_equals_analysis(executed):
+def test_spectra_data_equals_analysis_at_each_needle_reading_layer(executed):
     data = figure_data(executed, "spectra")
-    assert list(data.checkpoint.values) == ["teacher", "base", "kd", "laid"]
+    teacher, labels = f"{fx.TEACHER}__base", ["tiny-7b__base", "tiny-7b__kd", "tiny-7b__laid"]
+    assert list(data.checkpoint.values) == [teacher, *labels]
     assert data.attrs["distance_units"] == "positions" and data.rope_freq.attrs["units"] == "cycles/position"
-    # Students at their last layer (2); the teacher at the layer comparison.nc pairs with it (3).
-    expected = {"teacher": fx.analysis_dataset("tiny-32b__base", layers=[1, 2, 3]).sel(layer=3)}
-    expected.update({n: fx.analysis_dataset(f"tiny-7b__{n}").sel(layer=2) for n in ("base", "kd", "laid")})
+    assert json.loads(data.attrs["layers"]) == fx.NEEDLE_LAYER  # each at the layer its diagnosis reads the needle at
+    assert data.attrs["title"] == f"Per-rotary-pair spectra of {', '.join(labels)} against the teacher {teacher}"
+    expected = {teacher: fx.analysis_dataset(teacher, layers=[1, 2, 3]).sel(layer=fx.NEEDLE_LAYER[teacher])}
+    expected.update({x: fx.analysis_dataset(x).sel(layer=fx.NEEDLE_LAYER[x]) for x in labels})
     for name, a in expected.items():
         assert int(data.layer_index.sel(checkpoint=name)) == int(a.layer)
         np.testing.assert_allclose(data.profile.sel(checkpoint=name).values, a.logit.mean("head").values)
         np.testing.assert_allclose(data.coef_re.sel(checkpoint=name).values, a.pair_coef_re.mean("head").values)
         np.testing.assert_allclose(data.rope_profile.sel(checkpoint=name).values, a.rope_profile.mean("head").values)
-    for name in ("base", "kd", "laid"):
-        label = f"tiny-7b__{name}"
-        fid = [fx.fidelity(label, 2, h) for h in range(4)]
-        assert float(data.fidelity.sel(checkpoint=name)) == pytest.approx(np.mean(fid))
-        assert float(data.fidelity_min.sel(checkpoint=name)) == pytest.approx(min(fid))
-        np.testing.assert_allclose(data.virtual_coef_re.sel(checkpoint=name).values,
-                                   np.mean([[fx.virtual_coef(label, 2, h, p).real for p in range(fx.N_PAIRS)] for h in range(4)], 0))
-        assert float(data.preservation.sel(checkpoint=name)) == pytest.approx(np.mean([fx.preservation(label, 2, h) for h in range(4)]))
-    assert np.isnan(float(data.fidelity.sel(checkpoint="teacher")))
-    assert "ABLATION" in data.attrs["preservation"]
+    for label in labels:
+        layer = fx.NEEDLE_LAYER[label]
+        fid = [fx.fidelity(label, layer, h) for h in range(4)]
+        assert float(data.fidelity.sel(checkpoint=label)) == pytest.approx(np.mean(fid))
+        assert float(data.fidelity_min.sel(checkpoint=label)) == pytest.approx(min(fid))
+        np.testing.assert_allclose(data.virtual_coef_re.sel(checkpoint=label).values,
+                                   np.mean([[fx.virtual_coef(label, layer, h, p).real for p in range(fx.N_PAIRS)] for h in range(4)], 0))
+        assert float(data.preservation.sel(checkpoint=label)) == pytest.approx(np.mean([fx.preservation(label, layer, h) for h in range(4)]))
+        assert int(data.virtual_teacher_layer.sel(checkpoint=label)) == [1, 2, 3][layer]  # the fixture's comparison.nc pairing
+    assert np.isnan(float(data.fidelity.sel(checkpoint=teacher)))
+    assert "ABLATION" in data.attrs["preservation"] and json.loads(data.attrs["dropped_panels"]) == []
 
 
 def test_tables_data_and_markdown(executed):
@@ -242,21 +276,48 @@ def test_cli_errors_before_starting_a_kernel(tmp_path):
     parser = argparse.ArgumentParser()
     figures.register(parser.add_subparsers())
     args = parser.parse_args(["figures", "--run-dir", str(tmp_path / "nope"), "--figures-dir", str(tmp_path / "f")])
-    assert (args.quick, args.allow_missing, args.executed_dir, args.only) == (False, False, None, None)
+    assert (args.quick, args.allow_missing, args.executed_dir, args.only, args.figures_dir) == (False, False, None, None, str(tmp_path / "f"))
     with pytest.raises(FileNotFoundError, match="run folder .*nope not found; run `laid main` first"):
         args.func(args)
     with pytest.raises(ValueError, match="executed copies must go elsewhere"):
-        run_figures(tmp_path, executed_dir=NOTEBOOK_DIR)
+        run_figures(tmp_path, executed_dir=NOTEBOOK_DIR, notebooks=["fig3_distillation_bars"])
     with pytest.raises(ValueError, match="unknown notebook"):
         run_figures(tmp_path, notebooks=["fig2"])
     with pytest.raises(RuntimeError, match="kernel 'no-such-kernel' not found; run scripts/setup.sh"):
-        run_figures(tmp_path, kernel="no-such-kernel", executed_dir=tmp_path / "e")
+        run_figures(tmp_path, kernel="no-such-kernel", executed_dir=tmp_path / "e", notebooks=["fig3_distillation_bars"])
+    # No silent fallback to the notebooks' toy names: a run naming no models is refused for the notebooks needing them.
+    with pytest.raises(ValueError, match=r"names no teacher and students .* fig1_effective_window, fig4_key_activations, head_weights, spectra, "
+                                         r"tables need them: draw a checkpoint's figures with `laid figures --analysis"):
+        run_figures(tmp_path)
+    assert figures.run_parameters(tmp_path, ["fig1_effective_window"], given=["fig1_effective_window"]) == {}  # names given: fine
+    for bad, match in ((["--analysis", "a=x", "--run-dir", "r"], "not both"), (["--layers", "0"], "go with --analysis"),
+                       (["--analysis", f"a={tmp_path}", f"a={tmp_path}"], "label 'a' given twice"),
+                       (["--analysis", f"a={tmp_path}", "--layers", "a=x"], "--layers a=x: give one layer"),
+                       (["--analysis", f"a={tmp_path / 'gone'}"], "analysis folder a=.*gone not found")):
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            args = parser.parse_args(["figures", *bad])
+            args.func(args)
+    assert fd.parse_layers(["-1"]) == -1 and fd.parse_layers(["a=0", "b=2"]) == {"a": 0, "b": 2}
+
+
+def test_default_figures_folder_is_the_run_or_beside_the_analyses_never_the_repository(tmp_path):
+    assert figures.beside([tmp_path / "run" / "analysis" / "x", tmp_path / "run" / "analysis" / "y"]) == tmp_path / "run" / "figures"
+    assert figures.beside([tmp_path / "mine" / "before", tmp_path / "mine" / "after"]) == tmp_path / "mine" / "figures"
+    assert figures.beside([tmp_path / "mine" / "before"]) == tmp_path / "mine" / "figures"
+    with pytest.raises(ValueError, match="repository's own .*figures; name a folder with --out"):
+        figures.beside([figures.REPO / "a", figures.REPO / "b"])
+    # A run folder's figures and executed copies land inside it (`laid results` reads <run>/figures).
+    run = fx.build_run(tmp_path / "run2")
+    [outcome] = run_figures(run, notebooks=["fig3_distillation_bars"], quick=True, progress=False)
+    assert outcome.figures == run / "figures" and (run / "figures" / "fig3_distillation_bars.png").is_file()
+    assert outcome.executed == run / "executed_notebooks" / "fig3_distillation_bars.ipynb"
 
 
 def test_interactive_mode_builds_widgets(tmp_path):
     """interactive=True (JupyterLab) takes the ipywidgets + plotly path; papermill can run it headless."""
     run = fx.build_run(tmp_path / "run")
-    params = {"run_dir": str(run), "figures_dir": str(tmp_path / "figs"), "quick": True, "interactive": True}
+    params = {"analyses": {"base": str(run / "analysis" / "tiny-7b__base")}, "figures_dir": str(tmp_path / "figs"), "quick": True,
+              "interactive": True}
     # Every cell takes seconds; a short timeout bounds nbclient's occasional lost reply with widgets
     # (run_notebook restarts the kernel once) to a minute instead of ten.
     out = run_notebook("fig4_key_activations", params, tmp_path / "exec", cell_timeout=60)
@@ -265,32 +326,64 @@ def test_interactive_mode_builds_widgets(tmp_path):
     assert "application/vnd.jupyter.widget-view+json" in mimetypes
 
 
-def test_fig4_and_spectra_read_real_laid_diagnose_outputs(tmp_path, random_zoo):
-    """The analysis notebooks on files written by laid_analysis itself (random-init toy models)."""
+def files_under(root) -> set:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def git_status() -> str:
+    import subprocess
+
+    return subprocess.run(["git", "status", "--porcelain"], cwd=figures.REPO, capture_output=True, text=True, check=True).stdout
+
+
+def test_any_checkpoints_figures_from_the_command_line(tmp_path, random_zoo):
+    """`laid figures --analysis LABEL=DIR` on folders `laid diagnose` wrote (random-init toy models,
+    two students of different shapes under labels of the user's own): titles from the labels, each
+    at the layer its diagnosis finds reading the needle, and every file in the named folder."""
     from laid.data.synth import SynthConfig, generate
     from laid_analysis.diagnose import diagnose
+    from laid_workflows.cli import main
+    from trainers.layer_choice import choose_layers
 
-    run = tmp_path / "run"
-    data = generate(SynthConfig.quick(0), run / "data", progress=False)
-    diagnose(random_zoo["tiny-7b"], data / "test", data, [1, 5], run / "analysis" / "tiny-7b__base", reference=random_zoo["tiny-32b"],
-             max_samples=2, label="tiny-7b__base", reference_label="tiny-32b__base", progress=False)  # fmt: skip
-    # One analysed student stands in for both ends (before/after, base/laid): enough to check the plumbing.
-    overrides = {"fig4_key_activations": {"student_after": "tiny-7b__base"},
-                 "spectra": {"checkpoints": {"teacher": "tiny-32b__base", "base": "tiny-7b__base", "laid": "tiny-7b__base"}}}  # fmt: skip
-    outcomes = run_figures(run, tmp_path / "figs", quick=True, executed_dir=tmp_path / "exec", overrides=overrides,
-                           notebooks=["fig4_key_activations", "spectra"], progress=False)  # fmt: skip
-    assert [o.status for o in outcomes] == ["ok", "ok"]
-    diag = xr.load_dataset(run / "analysis" / "tiny-7b__base" / "diagnostics.nc")
-    ref = xr.load_dataset(run / "analysis" / "tiny-7b__base" / "reference.nc")
-    fig4 = xr.load_dataset(tmp_path / "figs" / "data" / "fig4_key_activations.nc")
-    n_s = diag.sizes["head"]
-    np.testing.assert_array_equal(fig4.needle_mass_mean.sel(checkpoint="student_before").isel(head=slice(0, n_s)).values,
-                                  diag.needle_mass_mean.isel(layer=-1).values)
-    np.testing.assert_array_equal(fig4.needle_margin_lo.sel(checkpoint="teacher").values, ref.needle_margin_lo.isel(layer=-1).values)
-    assert fig4.attrs["teacher_layer"] == int(ref.layer[-1]) == 3  # last student layer pairs with the last teacher layer
-    spectra = xr.load_dataset(tmp_path / "figs" / "data" / "spectra.nc")
-    comparison = xr.load_dataset(run / "analysis" / "tiny-7b__base" / "comparison.nc")
-    assert float(spectra.fidelity.sel(checkpoint="laid")) == pytest.approx(float(comparison.spectral_fidelity.isel(layer=-1).mean()))
-    assert float(spectra.preservation_score.sel(checkpoint="laid")) == pytest.approx(float(comparison.preservation_score))
-    np.testing.assert_allclose(spectra.coef_re.sel(checkpoint="teacher").values, ref.pair_coef_re.isel(layer=-1).mean("head").values)
-    assert spectra.attrs["distance_units"] == "positions"
+    data = generate(SynthConfig.quick(0), tmp_path / "data", progress=False)
+    mine = tmp_path / "my analyses"
+    for student in ("tiny-7b", "tiny-3b"):
+        diagnose(random_zoo[student], data / "test", data, [1, 5], mine / student, reference=random_zoo["tiny-32b"],
+                 max_samples=2, progress=False)  # fmt: skip
+    out = tmp_path / "the figures"
+    before, status = files_under(tmp_path), git_status()
+    assert main(["figures", "--analysis", f"seven B={mine / 'tiny-7b'}", f"three B={mine / 'tiny-3b'}", "--out", str(out),
+                 "--quick", "--no-progress"]) == 0  # fmt: skip
+    new = files_under(tmp_path) - before
+    assert new and all(p.is_relative_to(out) for p in new), sorted(p for p in new if not p.is_relative_to(out))
+    assert git_status() == status  # the checkout is untouched
+    assert not (out / "head_weights.png").exists()  # no head_weights.nc among the inputs: skipped, and said
+    assert {p.name for p in (out / "executed_notebooks").iterdir()} == {"fig4_key_activations.ipynb", "spectra.ipynb"}
+
+    fig4 = xr.load_dataset(out / "data" / "fig4_key_activations.nc")
+    assert list(fig4.checkpoint.values) == ["seven B", "three B", "tiny-32b"]  # the teacher: the label `laid diagnose` gave it
+    for label, folder in (("seven B", "tiny-7b"), ("three B", "tiny-3b")):
+        diag = xr.load_dataset(mine / folder / "diagnostics.nc")
+        layer = choose_layers(mine / folder / "diagnostics.nc").teacher_layers[0]
+        assert json.loads(fig4.attrs["layers"])[label] == layer
+        n = diag.sizes["head"]
+        np.testing.assert_array_equal(fig4.needle_mass_question_mean.sel(checkpoint=label).isel(head=slice(0, n)).values,
+                                      diag.needle_mass_question_mean.sel(layer=layer).values)
+    ref = xr.load_dataset(mine / "tiny-7b" / "reference.nc")  # the teacher from the first analysis' reference.nc
+    t_layer = choose_layers(mine / "tiny-7b" / "reference.nc").teacher_layers[0]
+    np.testing.assert_array_equal(fig4.needle_margin_lo.sel(checkpoint="tiny-32b").values, ref.needle_margin_lo.sel(layer=t_layer).values)
+    assert fig4.attrs["title"].endswith("seven B, three B and the teacher tiny-32b")
+    for p in json.loads(fig4.attrs["panels"]):
+        assert fd.heads_of(fig4, p["checkpoint"], p["head_class"]), p
+    spectra = xr.load_dataset(out / "data" / "spectra.nc")
+    comparison = xr.load_dataset(mine / "tiny-3b" / "comparison.nc")
+    layer = json.loads(spectra.attrs["layers"])["three B"]
+    assert float(spectra.fidelity.sel(checkpoint="three B")) == pytest.approx(float(comparison.spectral_fidelity.sel(layer=layer).mean()))
+    assert float(spectra.preservation_score.sel(checkpoint="three B")) == pytest.approx(float(comparison.preservation_score))
+    np.testing.assert_allclose(spectra.coef_re.sel(checkpoint="tiny-32b").values, ref.pair_coef_re.sel(layer=t_layer).mean("head").values)
+    assert spectra.attrs["distance_units"] == "positions" and "three B" in spectra.attrs["title"]
+    # Named layers: one for all, or per label.
+    assert main(["figures", "--analysis", f"seven B={mine / 'tiny-7b'}", "--layers", "-1", "--out", str(out / "last"), "--only",
+                 "fig4_key_activations", "--quick", "--no-progress"]) == 0  # fmt: skip
+    last = xr.load_dataset(out / "last" / "data" / "fig4_key_activations.nc")
+    assert json.loads(last.attrs["layers"]) == {"seven B": 2, "tiny-32b": 3} and "(named)" in last.attrs["caption"]

@@ -10,6 +10,7 @@ import pytest
 import xarray as xr
 
 import figures_fixture as fx
+from laid_workflows import figures_diagnosis as fd
 from laid_workflows import figures_support as fs
 
 
@@ -36,12 +37,23 @@ def test_unknown_model_vs_missing_result(run):
     # A model the run knows whose evaluation is not there yet: missing (skippable), not unknown.
     with pytest.raises(fs.MissingResultsError, match=r"parameter models: .*tiny-3b__yarn\.nc not found; run `laid eval`"):
         fs.load_eval(run, "tiny-3b", "yarn")
-    with pytest.raises(fs.MissingResultsError, match=r"parameter student: .*tiny-3b__laid/head_weights\.nc not found; run `laid distill`"):
-        fs.load_head_weights(run, "tiny-3b")
-    with pytest.raises(fs.MissingResultsError, match=r"parameter checkpoints: .*tiny-7b__base/nothing\.nc not found"):
-        fs.load_analysis(run, "tiny-7b__base", ["power"], "checkpoints", file="nothing.nc")
-    with pytest.raises(ValueError, match=r"parameter teacher: .*diagnostics\.nc lacks \['w_q'\]"):
-        fs.load_analysis(run, "tiny-7b__base", ["w_q"], "teacher")
+
+
+def test_diagnosis_folders_missing_files_and_variables(run):
+    folder = run / "analysis" / "tiny-7b__base"
+    with pytest.raises(fd.MissingResultsError, match=r"parameter head_weights: after: .*tiny-3b__laid/head_weights\.nc not found; give the head_weights\.nc"):
+        fd.load_head_weights(run / "distill" / "tiny-3b__laid", "after")
+    assert fd.load_head_weights(run / "distill" / "tiny-7b__laid", "after").attrs["label"] == "after"  # the folder or the file
+    with pytest.raises(fd.MissingResultsError, match=r"parameter analyses: base: .*elsewhere/diagnostics\.nc not found; run `laid diagnose "
+                                                     r"MODEL_DIR .* --out .*elsewhere` first"):
+        fd.load_diagnosis(run / "elsewhere", "base", ["power"], "analyses")
+    with pytest.raises(fd.MissingResultsError, match=r"comparison\.nc not found; run `laid diagnose` with --reference"):
+        fd.load_diagnosis(run / "eval", "base", ["power"], "analyses", file=fd.COMPARISON)
+    with pytest.raises(ValueError, match=r"parameter analyses: base: .*diagnostics\.nc lacks \['w_q'\]"):
+        fd.load_diagnosis(folder, "base", ["w_q"], "analyses")
+    assert fd.check_folders("analyses", [str(folder)]) == {"tiny-7b__base": folder}
+    with pytest.raises(ValueError, match="parameter analyses: {} must map labels to folders"):
+        fd.check_folders("analyses", {})
 
 
 def test_methods_unknown_vs_not_compared(run):
@@ -52,35 +64,72 @@ def test_methods_unknown_vs_not_compared(run):
     assert fs.check_methods("methods", ["kd"], comparison.drop_sel(method="kd")) == ([], ["kd"])
 
 
-def test_teacher_analysis_prefers_its_own_folder(tmp_path):
+def test_teacher_is_the_reference_given_else_the_reference_nc_beside_an_analysis(tmp_path):
     run = fx.build_run(tmp_path / "run")
-    # Without a teacher folder, the teacher's data is the reference.nc beside the student's.
-    ref = fs.load_teacher_analysis(run, "tiny-32b__base", "tiny-7b__base", ["key_activation"])
+    analyses = {"before": run / "analysis" / "tiny-7b__base", "after": run / "analysis" / "tiny-7b__laid"}
+    # Without a teacher folder, the teacher's data is the reference.nc beside the first analysis, under its own name.
+    ref = fd.load_reference(analyses, None, ["key_activation"])
     assert list(ref.layer.values) == [1, 2, 3] and ref.attrs["file"].endswith("tiny-7b__base/reference.nc")
-    (run / "analysis" / "tiny-32b__base").mkdir()
-    fx.analysis_dataset("tiny-32b__base").to_netcdf(run / "analysis" / "tiny-32b__base" / "diagnostics.nc")
-    own = fs.load_teacher_analysis(run, "tiny-32b__base", "tiny-7b__base", ["key_activation"])
-    assert list(own.layer.values) == [0, 1, 2, 3] and own.attrs["label"] == "tiny-32b__base"
-    shutil.rmtree(run / "analysis" / "tiny-32b__base")
-    (run / "analysis" / "tiny-7b__base" / "reference.nc").unlink()
-    with pytest.raises(fs.MissingResultsError, match=r"parameter teacher: .*reference\.nc not found; run `laid diagnose --reference"):
-        fs.load_teacher_analysis(run, "tiny-32b__base", "tiny-7b__base", ["key_activation"])
+    assert ref.attrs["label"] == "tiny-32b__base"
+    own = tmp_path / "teacher"
+    own.mkdir()
+    fx.analysis_dataset("tiny-32b__base").to_netcdf(own / "diagnostics.nc")
+    mine = fd.load_reference(analyses, {"the 32B": str(own)}, ["key_activation"])
+    assert list(mine.layer.values) == [0, 1, 2, 3] and mine.attrs["label"] == "the 32B"
+    with pytest.raises(ValueError, match="parameter reference: one teacher"):
+        fd.load_reference(analyses, {"a": own, "b": own}, ["key_activation"])
+    with pytest.raises(ValueError, match="label 'before' names an analysis and the teacher"):
+        fd.check_labels(analyses, mine.assign_attrs(label="before"))
+    for folder in analyses.values():
+        (folder / "reference.nc").unlink()
+    assert fd.load_reference(analyses, None, ["key_activation"]) is None  # no teacher: the figures say so
+
+
+def test_layer_choice_is_the_needle_reading_layer_or_the_named_one(run):
+    """On the fixture's planted diagnoses each checkpoint reads the needle at its own layer (not the last)."""
+    for label, layer in fx.NEEDLE_LAYER.items():
+        folder, file = (run / "analysis" / "tiny-7b__base", fd.REFERENCE) if label.startswith(fx.TEACHER) else (run / "analysis" / label, fd.DIAGNOSIS)
+        ds = fd.load_diagnosis(folder, label, ["head_locality"], "analyses", file=file)
+        got, why = fd.choose_layer(ds, None)
+        assert got == layer and why.startswith("reads the needle: mass 0.88 [0.83, 0.93], head 1, question rows, 5-20 images")
+        assert fd.choose_layer(ds, -1) == (int(ds.layer[-1]), "named")
+        assert fd.choose_layer(ds, {label: int(ds.layer[0])}) == (int(ds.layer[0]), "named")
+        assert fd.choose_layer(ds, {"someone else": 0})[0] == layer  # labels not named keep their needle-reading layer
+    with pytest.raises(ValueError, match=r"parameter layers: unknown label 'x'; the figure's labels are \['a'\]"):
+        fd.check_layers({"x": 0}, ["a"])
+    with pytest.raises(ValueError, match="must be None"):
+        fd.check_layers("last", ["a"])
+    old = fx.analysis_dataset("tiny-7b__base").drop_vars(["needle_mass_question_mean", "needle_mass_question_lo", "needle_mass_question_hi"])
+    old.to_netcdf(run / "old.nc")
+    with pytest.raises(ValueError, match=r"parameter layers: old: .*has no needle_mass_question.*; or name its layer in `layers`"):
+        fd.needle_layer(xr.Dataset(attrs={"file": str(run / "old.nc"), "label": "old"}))
 
 
 def test_pick_layer_by_label_or_from_the_end():
     da = xr.DataArray(np.arange(3), dims="layer", coords={"layer": [1, 2, 3]})
-    assert int(fs.pick_layer(da, -1, "layer")) == 2 and int(fs.pick_layer(da, 1, "layer")) == 0
+    assert int(fd.pick_layer(da, -1, "layer")) == 2 and int(fd.pick_layer(da, 1, "layer")) == 0
     with pytest.raises(ValueError, match=r"parameter teacher_layer: layer 0 not stored; choose one of \[1, 2, 3\]"):
-        fs.pick_layer(da, 0, "teacher_layer")
+        fd.pick_layer(da, 0, "teacher_layer")
     with pytest.raises(ValueError, match="parameter layer: layer -4 out of range"):
-        fs.pick_layer(da, -4, "layer")
+        fd.pick_layer(da, -4, "layer")
+
+
+def test_panels_without_heads_are_dropped_and_named():
+    data = xr.Dataset({"head_locality": (("checkpoint", "head"), [[0.5, 2.0, np.nan], [0.1, 0.2, 0.3]]),
+                       "head_class": (("checkpoint", "head"), [["global", "local", ""], ["global", "global", "global"]])},
+                      coords={"checkpoint": ["s", "t"], "head": [0, 1, 2], "layer_index": ("checkpoint", [0, 1])})
+    assert fd.heads_of(data, "s") == [0, 1] and fd.heads_of(data, "s", "local") == [1] and fd.heads_of(data, "t", "local") == []
+    panels = [{"checkpoint": "s", "head_class": "", "title": "s"}, {"checkpoint": "t", "head_class": "local", "title": "t local"},
+              {"checkpoint": "t", "head_class": "global", "title": "t global"}]
+    kept, dropped = fd.keep_panels(data, panels, "rule R")
+    assert [p["title"] for p in kept] == ["s", "t global"] and dropped == ["t has no local heads at layer 1 (rule R)"]
 
 
 def test_head_class_names_from_text_or_flags():
     text = xr.DataArray(np.array([["local", "global"]]), dims=("layer", "head"))
-    assert fs.head_class_names(text).tolist() == [["local", "global"]]
+    assert fd.head_class_names(text).tolist() == [["local", "global"]]
     flags = xr.DataArray([[0, 1, 1]], dims=("layer", "head"), attrs={"flag_values": [0, 1], "flag_meanings": "local global"})
-    assert fs.head_class_names(flags).tolist() == [["local", "global", "global"]]
+    assert fd.head_class_names(flags).tolist() == [["local", "global", "global"]]
 
 
 def test_writers(tmp_path):
@@ -122,6 +171,6 @@ def test_paired_differences_pair_questions_and_refuse_different_ones(tmp_path):
 
 def test_row_shares():
     w = xr.DataArray([[0.5, -0.5, 0.0], [0.0, 0.0, 0.0]], dims=("student_head", "teacher_head"))
-    share = fs.row_shares(w)
+    share = fd.row_shares(w)
     np.testing.assert_allclose(share.values[0], [0.5, 0.5, 0.0])
     assert np.isnan(share.values[1]).all()

@@ -30,13 +30,33 @@ FIGURE_DATA = ("fig1_effective_window", "fig3_distillation_bars", "fig4_key_acti
 LAID_MIXER_METHODS = ("laid", "laid-paper", "laid-all-layers", "laid-no-kl", "laid-no-laid")  # entries that train head mixers
 
 
+def checkout_state() -> list[str]:
+    """`git status` of this checkout, ignored files included (caches aside): what a run wrote into it."""
+    import subprocess
+
+    out = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return sorted(line for line in out.splitlines() if "__pycache__" not in line and ".pytest_cache" not in line)
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("main_quick")
-    cfg = MainConfig(name="quick-test", quick=True, run_dir=str(root / "run"), figures_dir=str(root / "figures"))
+    cfg = MainConfig(name="quick-test", quick=True, run_dir=str(root / "run"))  # every output path its default
     log: list[str] = []
+    before = checkout_state()
     summary = run_main(cfg, progress_log=log.append)
-    return {"cfg": cfg, "run": cfg.run, "figures": root / "figures", "summary": summary, "log": log}
+    return {"cfg": cfg, "run": cfg.run, "figures": cfg.run / "figures", "summary": summary, "log": log,
+            "checkout": (before, checkout_state())}
+
+
+def test_the_checkout_is_unchanged_and_everything_is_in_the_run_folder(quick_run):
+    """The figures, the executed notebooks and the results page go into the run folder; the
+    repository's figures/ and docs/results.md change only by `laid results --publish`."""
+    before, after = quick_run["checkout"]
+    assert after == before, f"the main job wrote into the checkout: {sorted(set(after) ^ set(before))}"
+    run = quick_run["run"]
+    assert (run / "figures" / "fig1_effective_window.png").is_file() and (run / "figures" / "data" / "table1.nc").is_file()
+    assert (run / "executed_notebooks" / "fig1_effective_window.ipynb").is_file() and (run / "results.md").is_file()
 
 
 def models(cfg: MainConfig) -> list[str]:
@@ -225,31 +245,40 @@ def test_figure_data_are_the_numbers_of_the_run(quick_run):
     table2 = figure_data(quick_run, "table2")
     np.testing.assert_array_equal(table2.avg_input_tokens.values, load_result(cfg.layout.eval_result(cfg.teacher)).avg_input_tokens.values)
 
+    # Figure 4 and the spectra: the first student's analyses and the teacher's, each at the layer its
+    # own diagnosis finds reading the needle (trainers.layer_choice), titled with the run's labels.
+    from trainers.layer_choice import choose_layers
+
+    s, t = cfg.students[0], f"{cfg.teacher}__base"
+    labels = [f"{s}__base", f"{s}__kd", f"{s}__laid"]
     fig4 = figure_data(quick_run, "fig4_key_activations")
-    after = xr.load_dataset(run / "analysis" / fig4.attrs["student_after"] / "diagnostics.nc")
-    before = xr.load_dataset(run / "analysis" / fig4.attrs["student_before"] / "diagnostics.nc")
-    teach = xr.load_dataset(run / "analysis" / f"{cfg.teacher}__base" / "diagnostics.nc")  # analysed once, in its own folder
-    s_layer, t_layer = int(fig4.attrs["student_layer"]), int(fig4.attrs["teacher_layer"])
-    n_s = before.sizes["head"]
-    for ck, ds, layer in (("student_after", after, s_layer), ("student_before", before, s_layer), ("teacher", teach, t_layer)):
-        got = fig4.needle_mass_mean.sel(checkpoint=ck).isel(head=slice(0, ds.sizes["head"]))
-        np.testing.assert_array_equal(got.values, ds.needle_mass_mean.sel(layer=layer).values)
-    assert n_s <= fig4.sizes["head"]
+    assert list(fig4.checkpoint.values) == [*labels, t] and all(x in fig4.attrs["title"] for x in [*labels, t])
+    layers = json.loads(fig4.attrs["layers"])
+    for label in [*labels, t]:
+        path = run / "analysis" / label / "diagnostics.nc"  # the teacher analysed once, in its own folder
+        ds = xr.load_dataset(path)
+        assert layers[label] == choose_layers(path).teacher_layers[0]
+        got = fig4.needle_mass_question_mean.sel(checkpoint=label).isel(head=slice(0, ds.sizes["head"]))
+        np.testing.assert_array_equal(got.values, ds.needle_mass_question_mean.sel(layer=layers[label]).values)
+    from laid_workflows.figures_diagnosis import heads_of
+
+    for panel in json.loads(fig4.attrs["panels"]):  # no empty panel
+        assert heads_of(fig4, panel["checkpoint"], panel["head_class"]), panel
     summary = xr.load_dataset(run / "analysis" / "checkpoints" / "summary.nc")
-    assert f"{cfg.teacher}__base" in summary.model.values and f"{cfg.students[0]}__laid" in summary.model.values
+    assert t in summary.model.values and f"{s}__laid" in summary.model.values
 
     hw_fig = figure_data(quick_run, "head_weights")
-    hw = xr.load_dataset(run / "distill" / f"{hw_fig.attrs['student']}__{hw_fig.attrs['method']}" / "head_weights.nc")
+    hw = xr.load_dataset(run / "distill" / hw_fig.attrs["label"] / "head_weights.nc")
     np.testing.assert_array_equal(hw_fig.w_q.values, hw.w_q.values)  # every layer pair
     np.testing.assert_array_equal(hw_fig.w_k.values, hw.w_k.values)
 
     spectra = figure_data(quick_run, "spectra")
-    assert np.isfinite(spectra.fidelity.sel(checkpoint="laid"))
-    laid_diag = xr.load_dataset(run / "analysis" / f"{cfg.students[0]}__laid" / "diagnostics.nc")
-    layer = int(spectra.layer_index.sel(checkpoint="laid"))
-    profile = laid_diag[spectra.attrs["profile"]].sel(layer=layer).mean("head")  # the notebook's default: mean over heads
+    assert json.loads(spectra.attrs["layers"]) == layers
+    assert np.isfinite(spectra.fidelity.sel(checkpoint=f"{s}__laid"))
+    laid_diag = xr.load_dataset(run / "analysis" / f"{s}__laid" / "diagnostics.nc")
+    profile = laid_diag[spectra.attrs["profile"]].sel(layer=layers[f"{s}__laid"]).mean("head")  # the notebook's default: mean over heads
     assert np.isfinite(profile.values).any()
-    np.testing.assert_allclose(spectra.profile.sel(checkpoint="laid", distance=profile.distance).values, profile.values)
+    np.testing.assert_allclose(spectra.profile.sel(checkpoint=f"{s}__laid", distance=profile.distance).values, profile.values)
 
 
 def test_summary_reports_every_model_and_the_comparison(quick_run):

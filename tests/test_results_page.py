@@ -17,7 +17,7 @@ from laid_workflows import results_page
 from laid_workflows.headline import add_paired_statistics
 from laid_workflows.results_page import PageContext, Section, add_section, results_markdown, write_results_page
 from laid_workflows.tables import build_comparison
-from page_helpers import check_page_numbers, numbers, parse_table
+from page_helpers import check_links_resolve, check_page_numbers, numbers, parse_table
 
 SIZES = [1, 2, 5, 20]
 
@@ -120,3 +120,37 @@ def test_study_section_numbers_are_the_study_netcdf(run, tmp_path):
             assert numbers(row[col]) == pytest.approx([round(100 * v, 1) for v in want], abs=1e-9), (sel, group, ref)
             checked += 1
     assert len(rows) == 3 and checked == 8  # KD at two budgets vs base (long, short); LAid vs base and KD at one
+
+
+def test_publish_copies_the_runs_figures_and_writes_the_page_linking_them(tmp_path, run, capsys):
+    """`laid results --publish`: the one step that refreshes the repository's copies (here: folders of
+    a fake checkout); figures other than the run's stay, executed notebooks are not copied."""
+    figures = run.figures
+    (figures / "data").mkdir(parents=True, exist_ok=True)
+    (figures / "fig1_effective_window.png").write_bytes(b"\x89PNG new")
+    (figures / "data" / "fig1_effective_window.nc").write_bytes(b"CDF new")
+    (figures / "executed_notebooks").mkdir(exist_ok=True)
+    (figures / "executed_notebooks" / "fig1_effective_window.ipynb").write_text("{}")
+    checkout = tmp_path / "checkout"
+    (checkout / "figures").mkdir(parents=True)
+    (checkout / "figures" / "learning_curves_testbed.png").write_bytes(b"\x89PNG kept")
+    (checkout / "figures" / "fig1_effective_window.png").write_bytes(b"\x89PNG old")
+    page, copied = results_page.publish(run.root, page=checkout / "docs" / "results.md", to_figures=checkout / "figures")
+    assert sorted(p.relative_to(checkout).as_posix() for p in copied) == ["figures/data/fig1_effective_window.nc",
+                                                                           "figures/fig1_effective_window.png"]
+    assert (checkout / "figures" / "fig1_effective_window.png").read_bytes() == b"\x89PNG new"
+    assert (checkout / "figures" / "learning_curves_testbed.png").read_bytes() == b"\x89PNG kept"
+    assert not (checkout / "figures" / "executed_notebooks").exists()
+    text = page.read_text()
+    assert "![Figure 1](../figures/fig1_effective_window.png)" in text and check_page_numbers(text, run) == 18
+    check_links_resolve(text, page)
+    with pytest.raises(FileNotFoundError, match="figures folder .*nowhere not found; run `laid main` or `laid figures --run-dir"):
+        results_page.publish(run.root, tmp_path / "nowhere", page=checkout / "p.md", to_figures=checkout / "f")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no figure"):
+        results_page.publish(run.root, tmp_path / "empty", page=checkout / "p.md", to_figures=checkout / "f")
+    assert not (checkout / "p.md").exists() and not (checkout / "f").exists()  # a refused publish writes nothing
+    from laid_workflows.cli import main
+
+    assert main(["results", "--run-dir", str(run.root), "--publish", "--out", str(tmp_path / "x.md")]) == 1
+    assert capsys.readouterr().err.strip().endswith("docs/results.md; leave out --out")
