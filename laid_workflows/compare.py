@@ -42,7 +42,7 @@ from laid.methods import ALL_METHODS, DERIVED_METHODS, INFERENCE_VARIANTS, TRAIN
 from laid_workflows.experiment import ExperimentSpec, ModelSpec, Where, reusable_eval
 from laid_workflows.headline import add_paired_statistics
 from laid_workflows.jobs import Job, log_line, run_jobs
-from laid_workflows.launch import Launcher, add_run_arguments, describe_training, run_options, train
+from laid_workflows.launch import Launcher, add_run_arguments, describe_training, dry_run_text, run_options, train
 from laid_workflows.tables import build_comparison, comparison_markdown
 from trainers.config import trained_differently
 
@@ -253,8 +253,7 @@ def _compare(args) -> int:
     comparison = Comparison(cfg, args.run_dir, force=args.force, progress=not args.no_progress, **run_options(args))
     ds = comparison.run()
     if ds is None:
-        print("\n".join([f"laid compare --dry-run: {cfg.name} in {comparison.run_dir} (nothing was run or written)",
-                         *comparison.plan]))
+        print(dry_run_text("compare", cfg.name, comparison.run_dir, comparison.placement, comparison.plan))
         return 0
     print(f"comparison of {[str(s) for s in ds['student'].values]} x {[str(m) for m in ds['method'].values]}: {RunLayout(args.run_dir).comparison_result(cfg.name, '.md')}")
     return 0

@@ -147,6 +147,13 @@ def describe_training(cfg, launcher: Launcher | None, trained: bool) -> str:
     return launcher.describe(cfg, ckpt is not None) + (f"   ({resume})" if resume else "")
 
 
+def dry_run_text(command: str, name: str, run_dir: Path, placement: dict, plan: list[str]) -> str:
+    """What `--dry-run` prints: the experiment, where it would run, then one line per step."""
+    head = (f"laid {command} --dry-run: {name} in {run_dir} (nothing was run or written; evaluations and diagnoses "
+            f"on device {placement['device']}, dtype {placement['dtype'] or 'auto'})")
+    return "\n".join([head, *plan])
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The options of how an experiment's runs are executed (`laid compare`, `laid study`)."""
     p.add_argument("--workers", type=int, default=None,
@@ -173,7 +180,7 @@ def run_options(args: argparse.Namespace) -> dict:
     if args.num_processes is not None and args.accelerate_config is None and args.gpus is None:
         raise ValueError("--num-processes goes with --accelerate-config FILE (or use --gpus N)")
     if args.gpus is not None or args.accelerate_config is not None:
-        config = args.accelerate_config or str(GPU_CONFIG)
+        config = str(Path(args.accelerate_config).expanduser().absolute()) if args.accelerate_config else str(GPU_CONFIG)
         n = args.num_processes or args.gpus
         if n is None and Path(config).is_file():
             n = int(read_yaml(config, "accelerate config").get("num_processes", 1))

@@ -41,7 +41,7 @@ from laid.layout import RunLayout
 from laid.methods import TRAINED_METHODS, check_method
 from laid_workflows.experiment import ExperimentSpec, ModelSpec, reusable_eval
 from laid_workflows.jobs import Job, cores, log_line, run_jobs
-from laid_workflows.launch import Launcher, add_run_arguments, describe_training, run_options, train
+from laid_workflows.launch import Launcher, add_run_arguments, describe_training, dry_run_text, run_options, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -367,7 +367,7 @@ def _study(args: argparse.Namespace) -> int:
                   quick_figures=args.quick, results_page=page, **run_options(args))
     ds = study.run()
     if ds is None:
-        print("\n".join([f"laid study --dry-run: {cfg.name} in {study.run_dir} (nothing was run or written)", *study.plan]))
+        print(dry_run_text("study", cfg.name, study.run_dir, study.placement, study.plan))
         return 0
     print(f"study {cfg.name}: {[str(s) for s in ds['student'].values]} x {[str(a) for a in ds['arm'].values]} x budgets "
           f"{[int(b) for b in ds['budget'].values]}: {RunLayout(args.run_dir).study_result(cfg.name, '.md')}")
