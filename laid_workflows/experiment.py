@@ -25,6 +25,7 @@ missing split): each problem is one line naming the entry and what to do.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,11 +152,10 @@ class ExperimentSpec:
     def where(self, run_dir: str | Path) -> Where:
         run = Path(run_dir).expanduser().absolute()
 
-        def at(p: str) -> Path:
-            p = Path(p).expanduser()
-            return p if p.is_absolute() else run / p
+        def at(p: str) -> Path:  # '..' taken lexically: the run folder need not exist yet
+            return Path(os.path.normpath(run / Path(p).expanduser()))
 
-        models = {m.label: at(m.path) if m.path else run / self.zoo_dir / m.label
+        models = {m.label: at(m.path) if m.path else at(self.zoo_dir) / m.label
                   for m in (self.teacher_model, *self.student_models)}
         root, d = at(self.data.root), self.data
         split = lambda name: at(getattr(d, name)) if getattr(d, name) else root / name  # noqa: E731

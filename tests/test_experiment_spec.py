@@ -31,9 +31,9 @@ def test_plain_names_are_zoo_models_and_mappings_are_folders(tmp_path):
                data={"root": "/data/vhs", "train": "../coco_train", "eval_split": "val"})
     assert (cfg.teacher_label, cfg.student_labels) == ("tiny-32b", ["small", "Qwen2.5-VL-3B"])  # label: the folder's name
     where = cfg.where(run)
-    assert where.models == {"tiny-32b": run / "zoo" / "tiny-32b", "small": run / "../ckpt/7b",
+    assert where.models == {"tiny-32b": run / "zoo" / "tiny-32b", "small": tmp_path / "ckpt/7b",
                             "Qwen2.5-VL-3B": Path("/abs/Qwen2.5-VL-3B")}
-    assert (where.root, where.train, where.eval, where.split) == (Path("/data/vhs"), run / "../coco_train",
+    assert (where.root, where.train, where.eval, where.split) == (Path("/data/vhs"), tmp_path / "coco_train",
                                                                   Path("/data/vhs/val"), "val")
     defaults = spec(students=["small"]).where("rel/run")  # a relative run folder becomes absolute, data under it
     assert defaults.run.is_absolute() and (defaults.train, defaults.eval) == (defaults.run / "data" / "train",
@@ -41,7 +41,7 @@ def test_plain_names_are_zoo_models_and_mappings_are_folders(tmp_path):
     # the distill config of a run gets the spec's folders, and evaluates nothing itself
     d = cfg.distill_config(where, "small", run / "distill" / "small__kd", "kd", 1)
     assert (d.teacher_dir, d.student_dir, d.data.train_dir, d.data.image_root) == (
-        str(run / "zoo" / "tiny-32b"), str(run / "../ckpt/7b"), str(run / "../coco_train"), "/data/vhs")
+        str(run / "zoo" / "tiny-32b"), str(tmp_path / "ckpt/7b"), str(tmp_path / "coco_train"), "/data/vhs")
     assert d.seed == 1 and d.method == "kd" and d.eval.enabled is False
 
 
