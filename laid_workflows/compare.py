@@ -270,8 +270,8 @@ def register(subparsers) -> None:
     c.add_argument("--config", help="comparison config YAML (default: configs/experiments/compare.yaml, the headline "
                    "rows the main job runs; with --full, compare_full.yaml)")
     c.add_argument("--full", action="store_true", help="the paper's full Tables 1 and 3 and the ablations (configs/experiments/compare_full.yaml)")
-    c.add_argument("--run-dir", default="runs/default", help="run folder: results, and the zoo/ and data/ relative paths "
-                   "start from (default runs/default)")
+    c.add_argument("--run-dir", default="runs/default", help="run folder: the results, and where the config's relative "
+                   "paths (zoo/, data/) start")
     c.add_argument("--override", action="append", metavar="KEY=VALUE", help="set a comparison config key; repeatable")
     c.add_argument("--force", action="store_true", help="recompute results that already exist")
     c.add_argument("--quick", action="store_true", help="seconds-long smoke run (all test sizes, 4 samples, 2 steps per method)")

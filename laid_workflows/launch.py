@@ -157,20 +157,20 @@ def dry_run_text(command: str, name: str, run_dir: Path, placement: dict, plan: 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The options of how an experiment's runs are executed (`laid compare`, `laid study`)."""
     p.add_argument("--workers", type=int, default=None,
-                   help="without a launcher: runs trained side by side in worker processes (default: one per core; 4 on cuda)")
+                   help="without a launcher: runs trained side by side in worker processes; one per core, 4 on cuda, if not given")
     p.add_argument("--device", choices=DEVICES, default=None,
-                   help="where the workers train and every evaluation and diagnosis runs (default: cpu; with --gpus: auto, "
-                   "the model placed across the visible GPUs)")
+                   help="where the workers train and every evaluation and diagnosis runs: cpu if not given; with --gpus, auto "
+                   "(the model placed across the visible GPUs)")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="model dtype of evaluations and diagnoses (default auto: bf16 on cuda, fp32 on cpu)")
+                   help="model dtype of evaluations and diagnoses; auto: bf16 on cuda, fp32 on cpu")
     p.add_argument("--gpus", type=int, default=None, metavar="N",
-                   help="train each run with `accelerate launch` across N GPUs, one run after another "
-                   "(config: --accelerate-config, default configs/accelerate/zero3.yaml)")
+                   help="train each run with `accelerate launch` across N GPUs, one run after another, with "
+                   "--accelerate-config or configs/accelerate/zero3.yaml")
     p.add_argument("--accelerate-config", default=None, metavar="FILE",
                    help="train each run with `accelerate launch --config_file FILE`, e.g. configs/accelerate/fsdp.yaml, "
                    "or multi_cpu.yaml on a CPU")
     p.add_argument("--num-processes", type=int, default=None, metavar="N",
-                   help="processes per launch with --accelerate-config (default: --gpus, else the file's num_processes)")
+                   help="processes per launch with --accelerate-config; if not given, --gpus, else the file's num_processes")
     p.add_argument("--dry-run", action="store_true", help="print every command and what would be reused; run and write nothing")
 
 

@@ -381,8 +381,8 @@ def register(subparsers) -> None:
         "budget, evaluate every export on the same questions as base and teacher, and write paired differences against "
         "base, KD and SFT per budget to study/<name>.nc and .md in the run folder.")
     p.add_argument("--config", help="study config YAML (default: configs/experiments/testbed.yaml)")
-    p.add_argument("--run-dir", default="runs/default", help="run folder: results, and the zoo/ and data/ relative paths "
-                   "start from (default runs/default)")
+    p.add_argument("--run-dir", default="runs/default", help="run folder: the results, and where the config's relative "
+                   "paths (zoo/, data/) start")
     p.add_argument("--override", action="append", metavar="KEY=VALUE", help="set a study config key; repeatable")
     add_run_arguments(p)
     p.add_argument("--full", action="store_true", help="every arm at all seeds and budgets (the whole grid, for a GPU)")
