@@ -159,8 +159,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="without a launcher: runs trained side by side in worker processes; one per core, 4 on cuda, if not given")
     p.add_argument("--device", choices=DEVICES, default=None,
-                   help="where the workers train and every evaluation and diagnosis runs: cpu if not given; with --gpus, auto "
-                   "(the model placed across the visible GPUs)")
+                   help="where the workers train and every evaluation and diagnosis runs: cpu if not given; with --gpus (or a "
+                   "launcher on a GPU machine), auto: the model placed across the visible GPUs")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="model dtype of evaluations and diagnoses; auto: bf16 on cuda, fp32 on cpu")
     p.add_argument("--gpus", type=int, default=None, metavar="N",
@@ -189,6 +189,10 @@ def run_options(args: argparse.Namespace) -> dict:
         if args.workers is not None:
             raise ValueError("--workers runs trainings side by side; with a launcher each run uses every process, one run "
                              "after another: drop --workers")
-    device = args.device or ("auto" if args.gpus is not None else "cpu")
+    device = args.device
+    if device is None:  # launched runs train on the GPUs: evaluate the exports there too
+        import torch
+
+        device = "auto" if args.gpus is not None or (launcher is not None and torch.cuda.is_available()) else "cpu"
     return dict(workers=args.workers, device=device, dtype=None if args.dtype == "auto" else args.dtype,
                 launcher=launcher, dry_run=args.dry_run)

@@ -322,7 +322,7 @@ def trained_differently(cfg: DistillConfig) -> list[str]:
     saved = Path(cfg.output_dir) / "distill_config.yaml"
     if not saved.is_file():
         return []
-    old, new = _folders_resolved(load_config(saved).training_signature()), _folders_resolved(cfg.training_signature())
+    old, new = resolve_folders(load_config(saved).training_signature()), resolve_folders(cfg.training_signature())
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
@@ -331,7 +331,8 @@ def trained_differently(cfg: DistillConfig) -> list[str]:
 _PATH_KEYS = ("teacher_dir", "student_dir", "teacher_diagnosis", "data.train_dir", "data.image_root")
 
 
-def _folders_resolved(signature: dict[str, Any]) -> dict[str, Any]:
+def resolve_folders(signature: dict[str, Any]) -> dict[str, Any]:
+    """`signature` with its path keys (_PATH_KEYS, where present) as resolved absolute paths (in place)."""
     for key in _PATH_KEYS:
         *parents, leaf = key.split(".")
         node = signature
