@@ -20,6 +20,17 @@ def run_label(model: str, method: str) -> str:
     return f"{model}__{method}"
 
 
+def launch_config(training_run: str | Path) -> Path:
+    """<training run>/launch_config.yaml: the resolved distill config `accelerate launch` trains from
+    (laid_workflows/launch.py), in any training run folder (distill/... or study/runs/...)."""
+    return Path(training_run) / "launch_config.yaml"
+
+
+def launch_log(training_run: str | Path) -> Path:
+    """<training run>/launch.log: the launched processes' output, appended per launch."""
+    return Path(training_run) / "launch.log"
+
+
 @dataclass(frozen=True)
 class RunLayout:
     root: Path

@@ -78,14 +78,14 @@ def _analyse_folder(model_dir: Path, entries, settings: AnalysisSettings, label:
 
 def analyse_checkpoint(model_dir: str | Path, data_root: str | Path, image_root: str | Path, sizes: Iterable[int] | None,
                        max_samples: int | None, settings: AnalysisSettings | None = None, label: str | None = None,
-                       setting: str = "single_needle", device=None, progress: bool = True) -> xr.Dataset:
+                       setting: str = "single_needle", device=None, progress: bool = True, dtype=None) -> xr.Dataset:
     """The diagnostics Dataset of one checkpoint (what `diagnose` writes as diagnostics.nc), without
     the report: for callers that need the numbers only (the study diagnoses every budget export)."""
     model_dir = check_model_dir(model_dir)
     settings = settings or AnalysisSettings()
     settings.validate()
     entries = load_entries(data_root, image_root, setting, sizes, max_samples)
-    ds, _ = _analyse_folder(model_dir, entries, settings, label or model_dir.name, device, None, progress)
+    ds, _ = _analyse_folder(model_dir, entries, settings, label or model_dir.name, device, dtype, progress)
     return ds
 
 
@@ -182,6 +182,7 @@ def diagnose(
 
     written: dict[str, Path] = {}
     ds, abl = _analyse_folder(model_dir, entries, settings, label, device, dtype, progress, ablation)
+    ds.attrs["data_path"] = str(data_root)  # which questions: a workflow reuses a diagnosis only on the same ones
     written["diagnostics"] = write_netcdf(ds, out_dir / "diagnostics.nc")
     figures = [report.plot_key_activation({label: ds}, out_dir / "key_activation.png"),
                report.plot_distance_profiles(ds, out_dir / "distance_profile.png", label),

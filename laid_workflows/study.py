@@ -10,12 +10,15 @@ the exports of those seeds are diagnosed too: the student's best head's needle m
 question rows shows where the mechanism the teacher uses does (not) move.
 
     laid study --config configs/experiments/testbed.yaml [--run-dir runs/default]
-               [--workers N] [--device cpu|cuda] [--full] [--quick] [--force]
+               [--workers N] [--device cpu|cuda] [--gpus N | --accelerate-config FILE] [--full] [--quick] [--force]
 
-Runs go to <run>/study/runs/<student>__<arm>__seed<k>/ (resumable: checkpoints every
-`save_every` steps, finished exports and evaluations are kept); the tables to study/<name>.nc and
-.md. `--full` gives every arm the study's seeds and budgets (the whole grid: a lent GPU with
-`--device cuda`); the CPU default runs the arms' own smaller grids.
+Teacher, students (zoo models or checkpoint folders with labels), seeds, evaluation and data are the
+experiment spec it shares with `laid compare` (laid_workflows/experiment.py). Runs go to
+<run>/study/runs/<student label>__<arm>__seed<k>/ (resumable: checkpoints every `save_every` steps,
+finished exports and evaluations are kept); the tables to study/<name>.nc and .md. The runs train
+in worker processes, or each with `accelerate launch` across GPUs (laid_workflows/launch.py).
+`--full` gives every arm the study's seeds and budgets (the whole grid: a lent GPU with `--device
+cuda`); the CPU default runs the arms' own smaller grids.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from laid.eval.settings import EvalSettings
 from laid.io import write_json, write_netcdf, write_text
 from laid.layout import RunLayout
 from laid.methods import TRAINED_METHODS, check_method
-from laid_workflows.jobs import DEVICES, Job, cores, log_line, run_jobs
+from laid_workflows.experiment import ExperimentSpec, ModelSpec, reusable_eval
+from laid_workflows.jobs import Job, cores, log_line, run_jobs
+from laid_workflows.launch import Launcher, add_run_arguments, describe_training, dry_run_text, run_options, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,15 +68,17 @@ class DiagnoseSpec:
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(ExperimentSpec):
+    """The experiment (teacher, students, distill configs, seeds, eval, data: ExperimentSpec) and
+    its arms over training budgets."""
+
     name: str = "testbed"  # -> study/<name>.nc, .md
-    teacher: str = "tiny-32b"
-    students: list[str] = field(default_factory=lambda: ["tiny-32b-short"])
-    distill_configs: dict[str, str] = field(default_factory=dict)  # {student: configs/distill/*.yaml}
-    arms: dict[str, Arm] = field(default_factory=dict)  # {arm name: Arm}; "kd" and "sft" are the references
+    students: list[ModelSpec | str] = field(default_factory=lambda: ["tiny-32b-short"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    eval: EvalSettings = field(default_factory=lambda: EvalSettings(sizes=[1, 2, 5, 10, 20, 50, 100]))
+    arms: dict[str, Arm] = field(default_factory=dict)  # {arm name: Arm}; "kd" and "sft" are the references
     budgets: list[int] = field(default_factory=lambda: [150, 625, 1250, 2500])  # optimizer steps
-    # Caps a student's budgets (e.g. a second student's curves stop at one epoch on the CPU); --full ignores it.
+    # Caps a student's budgets by label (e.g. a second student's curves stop at one epoch on the CPU); --full ignores it.
     student_budgets: dict[str, list[int]] = field(default_factory=dict)
     # Distill config keys every arm shares: the schedule that makes budget exports meaningful.
     training: dict[str, Any] = field(default_factory=lambda: {"lr_schedule": "constant", "warmup_steps": 30})
@@ -79,33 +86,29 @@ class StudyConfig:
     groups: dict[str, list[int]] = field(default_factory=lambda: {
         "short": [1, 2], "inside": [5, 10, 20], "beyond": [50, 100], "long": [5, 10, 20, 50]})
     non_inferiority_margin: float = DEFAULT_MARGIN  # "no harm": lower bound of short - reference > -margin
-    eval: EvalSettings = field(default_factory=lambda: EvalSettings(sizes=[1, 2, 5, 10, 20, 50, 100]))
     diagnose: DiagnoseSpec = field(default_factory=DiagnoseSpec)
-    zoo_dir: str = "zoo"
-    data_dir: str = "data"
 
     def __post_init__(self):
+        super().__post_init__()
         for name, arm in self.arms.items():
             check_method(arm.method, TRAINED_METHODS, f"method of arm {name!r}")
             if arm.budgets is not None and not set(arm.budgets) <= set(self.budgets):
                 raise ValueError(f"arm {name!r}: budgets {arm.budgets} must be among the study's {self.budgets}")
-            if arm.students is not None and not set(arm.students) <= set(self.students):
-                raise ValueError(f"arm {name!r}: students {arm.students} must be among the study's {self.students}")
+            if arm.students is not None and not set(arm.students) <= set(self.student_labels):
+                raise ValueError(f"arm {name!r}: students {arm.students} must be among the study's {self.student_labels}")
         if not self.budgets or sorted(set(self.budgets)) != list(self.budgets) or self.budgets[0] < 1:
             raise ValueError(f"budgets must be increasing optimizer steps >= 1, got {self.budgets}")
         for student, budgets in self.student_budgets.items():
-            if student not in self.students or not set(budgets) <= set(self.budgets):
+            if student not in self.student_labels or not set(budgets) <= set(self.budgets):
                 raise ValueError(f"student_budgets {student}: {budgets} must name a student of the study and some of its budgets {self.budgets}")
-        missing = [s for s in self.students if s not in self.distill_configs]
-        if missing:
-            raise ValueError(f"distill_configs has no config for student(s) {missing}")
+        self.check_distill_configs()
         if "long" not in self.groups or "short" not in self.groups:
             raise ValueError(f"groups must define 'short' and 'long' (the headline groups), got {list(self.groups)}")
 
     def grid(self, full: bool = False) -> list[tuple[str, str, int, list[int]]]:
         """(student, arm, seed, budgets) of every run; `full`: every arm at all seeds, budgets and students."""
         out = []
-        for student in self.students:
+        for student in self.student_labels:
             for name, arm in self.arms.items():
                 if not full and arm.students is not None and student not in arm.students:
                     continue
@@ -140,43 +143,40 @@ class Study:
 
     def __init__(self, cfg: StudyConfig, run_dir: str | Path, force: bool = False, full: bool = False,
                  workers: int | None = None, device: str = "cpu", log=log_line, figures_dir: str | Path | None = None,
-                 quick_figures: bool = False, results_page: str | Path | None = None):
-        self.cfg, self.run_dir, self.force, self.full = cfg, Path(run_dir), force, full
+                 quick_figures: bool = False, results_page: str | Path | None = None, dtype: str | None = None,
+                 launcher: Launcher | None = None, dry_run: bool = False):
+        self.cfg, self.force, self.full = cfg, force, full
+        self.where = cfg.where(run_dir)
+        self.run_dir, self.layout = self.where.run, self.where.layout
         self.figures_dir, self.quick_figures = figures_dir, quick_figures  # the learning-curve figure (None: none)
         self.results_page = results_page  # rewritten with the study's section at the end (None: not)
-        self.workers, self.device, self.log = workers, device, log
-        self.layout = RunLayout(run_dir)
-        self.data = self.run_dir / cfg.data_dir
+        self.workers, self.device, self.launcher, self.log = (1 if launcher else workers), device, launcher, log
+        self.placement = {"device": device, "dtype": dtype}  # of every evaluation and diagnosis
+        self.plan: list[str] | None = [] if dry_run else None  # dry run: the steps, none run
 
-    def ensure_inputs(self) -> None:
-        """The run's data must exist (`laid main --stages data`); zoo models missing from the run are
-        copied from the shipped checkpoints/zoo when trained from today's config, else trained
-        (`laid main` puts only its own students in the run)."""
+    def ensure_inputs(self) -> list[str]:
+        """Zoo models (plain-string entries) missing from the run are copied from the shipped
+        checkpoints/zoo when trained from today's config, else trained (`laid main` puts only its own
+        students in the run); returns the labels a dry run would add."""
         from laid.zoo.cli import build_zoo, zoo_configs
 
-        if not (self.data / "test").is_dir() or not (self.data / "train").is_dir():
-            raise FileNotFoundError(f"{self.data} has no train/ and test/ splits: run `laid main --stages data --run-dir "
-                                    f"{self.run_dir}` (or `laid data synth --out {self.data}`) first")
-        zoo = self.run_dir / self.cfg.zoo_dir
-        missing = [m for m in (self.cfg.teacher, *self.cfg.students) if not (zoo / m / "config.json").is_file()]
-        if missing:  # models already in the run (its own, or a user's) are never replaced
+        c = self.cfg
+        zoo = self.run_dir / c.zoo_dir
+        missing = [m.label for m in (c.teacher_model, *c.student_models)
+                   if m.path is None and not (zoo / m.label / "config.json").is_file()]
+        if missing and self.plan is not None:
+            self.plan.append(f"zoo       add {missing} to {zoo} (shipped checkpoints when trained from today's configs)")
+        elif missing:  # models already in the run (its own, or a user's) are never replaced
             self.log(f"zoo: adding {missing} to {zoo} (shipped checkpoints when trained from today's configs)")
             build_zoo(zoo, zoo_configs(models=missing), checkpoints=REPO / "checkpoints" / "zoo")
+            return []
+        return missing
 
     def distill_config(self, student: str, arm_name: str, seed: int, budgets: list[int]):
-        from trainers.config import load_config as load_distill_config
-
         c, arm = self.cfg, self.cfg.arms[arm_name]
-        overrides = {
-            "teacher_dir": str(self.run_dir / c.zoo_dir / c.teacher), "student_dir": str(self.run_dir / c.zoo_dir / student),
-            "output_dir": str(self.layout.study_run(student, arm_name, seed)), "method": arm.method, "seed": seed,
-            "data.train_dir": str(self.data / "train"), "data.image_root": str(self.data),
-            "teacher_diagnosis": str(self.layout.teacher_diagnosis(c.teacher)),
+        return c.distill_config(self.where, student, self.layout.study_run(student, arm_name, seed), arm.method, seed, {
             **c.training, "max_steps": max(budgets), "export_steps": list(budgets), "save_every": c.save_every,
-            "keep_last": 1, "eval.enabled": False, **arm.overrides,
-        }
-        path = Path(c.distill_configs[student])
-        return load_distill_config(path if path.is_absolute() or path.is_file() else REPO / path, overrides)
+            "keep_last": 1, **arm.overrides})
 
     def _check_existing(self, dcfg) -> None:
         from trainers.config import trained_differently
@@ -204,62 +204,90 @@ class Study:
         return {"job_seconds": round(sum(timed), 1), "jobs_timed": len(timed), "jobs": len(grid), "workers": self.workers or cores()}
 
     def jobs(self) -> list[Job]:
-        ev = self.cfg.eval
+        from trainers.export import budget_export_dir
+
+        ev, data = self.cfg.eval, self.where.eval
         out = []
         for student, arm, seed, budgets in self.cfg.grid(self.full):
             dcfg = self.distill_config(student, arm, seed, budgets)
             run = Path(dcfg.output_dir)
             if self.force and run.exists():
-                shutil.rmtree(run)
-            self._check_existing(dcfg)
+                self._note(f"remove    {run} (--force)")
+                if self.plan is None:
+                    shutil.rmtree(run)
+            else:
+                self._check_existing(dcfg)
             evals = {b: self.layout.study_eval(student, arm, seed, b) for b in budgets}
             diag = {b: self.layout.study_diagnosis(student, arm, seed, b) for b in budgets} if seed in self.cfg.diagnose.seeds else {}
-            if all(_eval_done(p, ev) for p in evals.values()) and all(p.is_file() for p in diag.values()):
+            done = not self.force and all(p.is_file() for p in diag.values())
+            if done and all(_eval_done(p, ev, budget_export_dir(run, b), data) for b, p in evals.items()):
+                self._note(f"reuse     {run}: evaluations" + (" and diagnoses" if diag else "") + f" of budgets {budgets}")
                 continue
-            out.append(Job(_job_key(student, arm, seed), run_arm, dict(
+            key = _job_key(student, arm, seed)
+            trained = not self.force and all((budget_export_dir(run, b) / "config.json").is_file() for b in budgets)
+            self._note(f"train     {key}: {describe_training(dcfg, self.launcher, trained)}")
+            self._note(f"evaluate  {run}/budgets/* on {data} -> evals/" + (f"; diagnose budgets {budgets}" if diag else ""))
+            out.append(Job(key, run_arm, dict(
                 config=dcfg.to_dict(), evals={b: str(p) for b, p in evals.items()}, diagnoses={b: str(p) for b, p in diag.items()},
-                data=str(self.data), eval_settings=asdict(ev), diagnose=asdict(self.cfg.diagnose), name=f"{student}-{arm}-seed{seed}")))
+                data=str(data), image_root=str(self.where.root), eval_settings=asdict(ev), diagnose=asdict(self.cfg.diagnose),
+                name=f"{student}-{arm}-seed{seed}", launcher=self.launcher, placement=self.placement)))
         return out
 
-    def run(self) -> xr.Dataset:
+    def _note(self, line: str) -> None:
+        if self.plan is not None:
+            self.plan.append(line)
+
+    def run(self) -> xr.Dataset | None:
         from laid_workflows.compare import shared_eval
         from laid_workflows.study_stats import best_retrieval, build_study, study_markdown
 
-        c, t0 = self.cfg, time.time()
-        self.ensure_inputs()
+        c, t0, where = self.cfg, time.time(), self.where
+        pending = self.ensure_inputs()
+        grid = self.cfg.grid(self.full)
+        if not pending:  # (a dry run checks the models it would add once they are there)
+            configs = [(s, self.distill_config(s, a, k, b)) for s, a, k, b in grid]
+            c.check(where, configs)
+            for _, dcfg in configs if self.launcher else ():
+                self.launcher.check_run(dcfg)
         # The teacher's diagnosis picks the layers of `layer_map: diagnosed` arms and is the reference of the
         # retrieval-mass column (where the teacher's mechanism sits against the students').
         if c.diagnose.seeds or any(a.overrides.get("layer_map") == "diagnosed" for a in c.arms.values()):
             from laid_workflows.diagnosis import ensure_teacher_diagnosis
 
-            ensure_teacher_diagnosis(self.layout, c.teacher, c.zoo_dir, log=self.log)
-        teacher = shared_eval(self.layout, c.eval, c.zoo_dir, c.data_dir, c.teacher)
-        base = {s: shared_eval(self.layout, c.eval, c.zoo_dir, c.data_dir, s) for s in c.students}
+            ensure_teacher_diagnosis(self.layout, c.teacher_label, where.models[c.teacher_label], where.eval, where.root,
+                                     log=self.log, placement=self.placement, plan=self.plan)
+        teacher = shared_eval(where, c.eval, c.teacher_label, placement=self.placement, plan=self.plan)
+        base = {s: shared_eval(where, c.eval, s, placement=self.placement, plan=self.plan) for s in c.student_labels}
         base_jobs = [Job(f"{s} base diagnosis", diagnose_export, dict(
-            model_dir=str(self.run_dir / c.zoo_dir / s), out=str(self.layout.study_diagnosis(s, "base", 0, 0)),
-            data=str(self.data), diagnose=asdict(c.diagnose), label=f"{s}-base"))
-            for s in c.students if c.diagnose.seeds and not self.layout.study_diagnosis(s, "base", 0, 0).is_file()]
-        timings = run_jobs(base_jobs + self.jobs(), self.workers, self.device, self.log)
+            model_dir=str(where.models[s]), out=str(self.layout.study_diagnosis(s, "base", 0, 0)), data=str(where.eval),
+            image_root=str(where.root), diagnose=asdict(c.diagnose), label=f"{s}-base", placement=self.placement))
+            for s in c.student_labels if c.diagnose.seeds and not self.layout.study_diagnosis(s, "base", 0, 0).is_file()]
+        for job in base_jobs:
+            self._note(f"diagnose  {job.kwargs['model_dir']} on {where.eval} -> {job.kwargs['out']}")
+        jobs = base_jobs + self.jobs()
+        if self.plan is not None:
+            return None
+        timings = run_jobs(jobs, self.workers, self.device, self.log)
         self._record_job_seconds(timings)
         evals: dict[tuple[str, str, int], list[xr.Dataset]] = {}
         retrieval: dict = {}
-        for student, arm, seed, budgets in c.grid(self.full):
+        for student, arm, seed, budgets in grid:
             for b in budgets:
                 evals.setdefault((student, arm, b), []).append(xr.load_dataset(self.layout.study_eval(student, arm, seed, b)))
                 d = self.layout.study_diagnosis(student, arm, seed, b)
                 if seed == min(c.diagnose.seeds, default=-1) and d.is_file():
                     retrieval[(student, arm, b)] = best_retrieval(xr.load_dataset(d), c.diagnose.sizes)
-        for s in c.students:
+        for s in c.student_labels:
             d = self.layout.study_diagnosis(s, "base", 0, 0)
             if d.is_file():
                 retrieval[(s, "base")] = best_retrieval(xr.load_dataset(d), c.diagnose.sizes)
-        if self.layout.teacher_diagnosis(c.teacher).is_file():
-            retrieval["teacher"] = best_retrieval(xr.load_dataset(self.layout.teacher_diagnosis(c.teacher)), c.diagnose.sizes)
-        dcfg = self.distill_config(c.students[0], next(iter(c.arms)), 0, c.budgets)
+        if self.layout.teacher_diagnosis(c.teacher_label).is_file():
+            retrieval["teacher"] = best_retrieval(xr.load_dataset(self.layout.teacher_diagnosis(c.teacher_label)), c.diagnose.sizes)
+        dcfg = self.distill_config(c.student_labels[0], next(iter(c.arms)), 0, c.budgets)
         from laid_workflows.headline import run_label  # the arms' labels: what each trained
 
-        labels = {(s, a): run_label(self.distill_config(s, a, 0, c.budgets)) for s in c.students for a in c.arms}
-        ds = build_study(evals, base, teacher, c.students, list(c.arms), c.budgets, c.groups,
+        labels = {(s, a): run_label(self.distill_config(s, a, 0, c.budgets)) for s in c.student_labels for a in c.arms}
+        ds = build_study(evals, base, teacher, c.student_labels, list(c.arms), c.budgets, c.groups,
                          dcfg.per_device_batch_size * dcfg.grad_accum, retrieval, labels=labels, margin=c.non_inferiority_margin,
                          attrs={"config": json.dumps(asdict(c)), "full_grid": int(self.full), "device": self.device,
                                 "diagnose_sizes": json.dumps(c.diagnose.sizes),
@@ -286,44 +314,44 @@ def _job_key(student: str, arm: str, seed: int) -> str:
     return f"{student} {arm} seed {seed}"
 
 
-def _eval_done(path: Path, settings: EvalSettings) -> bool:
-    return path.is_file() and settings.matches(xr.load_dataset(path))
+def _eval_done(path: Path, settings: EvalSettings, model_dir: Path, data: str | Path) -> bool:
+    return reusable_eval(Path(path), settings, model_dir, Path(data)) is not None
 
 
-def run_arm(config: dict, evals: dict, diagnoses: dict, data: str, eval_settings: dict, diagnose: dict, name: str) -> dict:
-    """Worker job: train one (student, arm, seed) run with its budget exports (resuming), then
-    evaluate and diagnose every budget export that has no result yet."""
+def run_arm(config: dict, evals: dict, diagnoses: dict, data: str, image_root: str, eval_settings: dict, diagnose: dict,
+            name: str, launcher: Launcher | None = None, placement: dict | None = None) -> dict:
+    """Job: train one (student, arm, seed) run with its budget exports (resuming; launched when
+    `launcher` is given), then evaluate on `data` and diagnose every budget export without a result."""
     from laid.eval.run import evaluate
-    from trainers.checkpoint import latest_checkpoint
-    from trainers.config import from_dict, DistillConfig
     from trainers.export import budget_export_dir
-    from trainers.recipe import distill
 
-    cfg = from_dict(DistillConfig, config)
-    out, t = Path(cfg.output_dir), {}
+    out, t = Path(config["output_dir"]), {}
     if not all((budget_export_dir(out, int(b)) / "config.json").is_file() for b in evals):
         start = time.time()
-        distill(cfg, resume=latest_checkpoint(out) is not None, progress=False)
+        train(config, launcher)
         t["train"] = round(time.time() - start, 1)
     settings = EvalSettings(**eval_settings)
     for b, path in evals.items():
-        if not _eval_done(Path(path), settings):
-            evaluate(budget_export_dir(out, int(b)), Path(data) / "test", data, path, progress=False,
-                     model_name=f"{name}-step{b}", **settings.evaluate_kwargs())
+        export = budget_export_dir(out, int(b))
+        if not _eval_done(Path(path), settings, export, data):
+            evaluate(export, data, image_root, path, progress=False, model_name=f"{name}-step{b}",
+                     **settings.evaluate_kwargs(), **(placement or {}))
     for b, path in diagnoses.items():
         if not Path(path).is_file():
-            diagnose_export(str(budget_export_dir(out, int(b))), path, data, diagnose, f"{name}-step{b}")
+            diagnose_export(str(budget_export_dir(out, int(b))), path, data, image_root, diagnose, f"{name}-step{b}", placement)
     return t
 
 
-def diagnose_export(model_dir: str, out: str, data: str, diagnose: dict, label: str) -> dict:
-    """Worker job: the answer and question-row statistics of one checkpoint at the long sizes."""
+def diagnose_export(model_dir: str, out: str, data: str, image_root: str, diagnose: dict, label: str,
+                    placement: dict | None = None) -> dict:
+    """Job: the answer and question-row statistics of one checkpoint at the long sizes."""
     from laid_analysis.analyse import AnalysisSettings
     from laid_analysis.diagnose import analyse_checkpoint
 
     spec = DiagnoseSpec(**diagnose)
     settings = AnalysisSettings(profile_sizes=[min(spec.sizes)], profile_max_samples=1, batch_size=4)
-    ds = analyse_checkpoint(model_dir, Path(data) / "test", data, spec.sizes, spec.samples, settings, label, progress=False)
+    ds = analyse_checkpoint(model_dir, data, image_root, spec.sizes, spec.samples, settings, label, progress=False,
+                            **(placement or {}))
     write_netcdf(ds, out)
     return {}
 
@@ -338,8 +366,12 @@ def _study(args: argparse.Namespace) -> int:
     # Into the run folder, as the main job: `laid results --publish` refreshes the repository's copies.
     figures_dir = args.figures_dir or RunLayout(args.run_dir).figures
     page = RunLayout(args.run_dir).results_page
-    ds = Study(cfg, args.run_dir, force=args.force, full=args.full, workers=args.workers, device=args.device,
-               figures_dir=None if args.no_figures else figures_dir, quick_figures=args.quick, results_page=page).run()
+    study = Study(cfg, args.run_dir, force=args.force, full=args.full, figures_dir=None if args.no_figures else figures_dir,
+                  quick_figures=args.quick, results_page=page, **run_options(args))
+    ds = study.run()
+    if ds is None:
+        print(dry_run_text("study", cfg.name, study.run_dir, study.placement, study.plan))
+        return 0
     print(f"study {cfg.name}: {[str(s) for s in ds['student'].values]} x {[str(a) for a in ds['arm'].values]} x budgets "
           f"{[int(b) for b in ds['budget'].values]}: {RunLayout(args.run_dir).study_result(cfg.name, '.md')}")
     return 0
@@ -352,10 +384,10 @@ def register(subparsers) -> None:
         "budget, evaluate every export on the same questions as base and teacher, and write paired differences against "
         "base, KD and SFT per budget to study/<name>.nc and .md in the run folder.")
     p.add_argument("--config", help="study config YAML (default: configs/experiments/testbed.yaml)")
-    p.add_argument("--run-dir", default="runs/default", help="run folder holding zoo/ and data/ (default runs/default)")
+    p.add_argument("--run-dir", default="runs/default", help="run folder: the results, and where the config's relative "
+                   "paths (zoo/, data/) start")
     p.add_argument("--override", action="append", metavar="KEY=VALUE", help="set a study config key; repeatable")
-    p.add_argument("--workers", type=int, default=None, help="runs trained side by side (default: one per core; 4 on cuda)")
-    p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default), cuda (a GPU shared by the workers) or auto")
+    add_run_arguments(p)
     p.add_argument("--full", action="store_true", help="every arm at all seeds and budgets (the whole grid, for a GPU)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run on quick data (2 steps, 4 questions per size)")
     p.add_argument("--force", action="store_true", help="retrain and re-evaluate the runs this study owns")

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# The testbed study's whole grid on a lent GPU, as one prepared command (the device tool runs it in
-# the repository root; what it writes under $OUT comes back):
-#   bash scripts/study_device.sh             data + shipped zoo, then `laid study --full --device cuda`;
-#                                            study/ (tables, evaluations, diagnoses) copied to $OUT
-#   bash scripts/study_device.sh --dry-run   the same steps on the CPU on quick data (tests/test_study_device.py)
+# The GPU path and the testbed study's whole grid on a lent GPU, as one prepared command (the device
+# tool runs it in the repository root; what it writes under $OUT comes back):
+#   bash scripts/study_device.sh             data + shipped zoo; the launcher check: `laid compare --quick
+#                                            --gpus N --accelerate-config configs/accelerate/fsdp.yaml` (SFT, KD
+#                                            and LAid, each run launched with accelerate across the N visible
+#                                            GPUs and evaluated on them; FSDP2 because the device image has no
+#                                            DeepSpeed); then `laid study --full --device cuda`; study/, compare/
+#                                            and the launch logs copied to $OUT
+#   bash scripts/study_device.sh --dry-run   the same steps on the CPU on quick data, the launcher check as
+#                                            `--gpus 8 --dry-run` (its commands, nothing launched;
+#                                            tests/test_study_device.py)
 # Then, here: `laid figures --run-dir <returned run> --only learning_curves` and `laid results` draw the
 # figure and the results page from the returned netCDF files (the device image has no papermill).
 # The device image (python 3.12, torch + CUDA, transformers, accelerate, peft, xarray) lacks netCDF4 and
@@ -27,16 +33,26 @@ laid() { "$PY" -m laid_workflows.cli "$@"; }
 start=$(date +%s)
 if [ "$DRY" = 1 ]; then
   laid data synth --out "$RUN/data" --quick
+  LAUNCH=(--gpus 8 --dry-run)
   ARGS=(--quick --workers 2 --device cpu --override 'students=[tiny-32b-short]' --override 'student_budgets={}'
         --override 'arms={sft: {method: sft}, kd: {method: kd}, laid: {method: laid}}')
 else
   laid data synth --out "$RUN/data"
+  # evaluations on one GPU (the toy fits); real sizes leave --device out: auto places them across the GPUs
+  LAUNCH=(--gpus "${GPUS:-$("$PY" -c 'import torch; print(torch.cuda.device_count())')}" --device cuda --no-progress)
   ARGS=(--full --device cuda --workers "${WORKERS:-8}")
 fi
-mkdir -p "$RUN/zoo"
+mkdir -p "$RUN/zoo" "$OUT"
 cp -r checkpoints/zoo/tiny-32b checkpoints/zoo/tiny-32b-short checkpoints/zoo/tiny-7b-ret "$RUN/zoo/"
+# The launcher check, in its own run folder beside the study's (its quick evaluations are not the study's):
+# one seed of SFT, KD and LAid, 2 steps each (LAid's mixers start at the overlap: FSDP shards them).
+laid compare --config configs/experiments/compare.yaml --run-dir "$RUN/launcher" --override zoo_dir=../zoo \
+  --override data.root=../data --quick --override 'seeds=[0]' --override method_overrides.laid.mixer_init=overlap \
+  --accelerate-config configs/accelerate/fsdp.yaml "${LAUNCH[@]}" | tee "$OUT/launcher.txt"
+echo "study_device: launcher check $(( $(date +%s) - start )) s"
 laid study --config configs/experiments/testbed.yaml --run-dir "$RUN" --no-figures "${ARGS[@]}"
-mkdir -p "$OUT"
-tar -C "$RUN" -czf "$OUT/study.tgz" --exclude checkpoints --exclude budgets study eval analysis/tiny-32b__base/diagnostics.nc
+# (the dry run's launcher check wrote nothing: its folders are missing from the archive)
+tar -C "$RUN" -czf "$OUT/study.tgz" --exclude checkpoints --exclude budgets --exclude export --ignore-failed-read \
+  study eval analysis/tiny-32b__base/diagnostics.nc launcher/compare launcher/eval launcher/distill
 cp "$RUN"/study/*.md "$OUT/"
 echo "study_device: $(( $(date +%s) - start )) s; $OUT/study.tgz"

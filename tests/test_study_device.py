@@ -1,5 +1,5 @@
-"""The prepared GPU script of the study (scripts/study_device.sh) runs every step on the CPU (--dry-run):
-data, the shipped testbed zoo, `laid study`, and the archive it hands back."""
+"""The prepared GPU script (scripts/study_device.sh) runs every step on the CPU (--dry-run): data, the
+shipped testbed zoo, the launcher check as `--gpus 8 --dry-run`, `laid study`, and the archive it hands back."""
 
 from __future__ import annotations
 
@@ -25,3 +25,7 @@ def test_device_script_dry_run_writes_the_study_archive(tmp_path):
     assert "study/testbed.nc" in names and any(n.endswith("evals/step-00000002.nc") for n in names)
     assert not any("/budgets/" in n or "/checkpoints/" in n for n in names)  # models stay on the device
     assert (tmp_path / "out" / "testbed.md").is_file()
+    # the GPU path: every run of the launcher check launched with accelerate across 8 processes (FSDP2), nothing run
+    launches = [line for line in (tmp_path / "out" / "launcher.txt").read_text().splitlines() if line.startswith("train ")]
+    assert len(launches) == 3 and all("fsdp.yaml --num_processes 8" in line for line in launches)
+    assert not (tmp_path / "run" / "launcher").exists()

@@ -322,5 +322,22 @@ def trained_differently(cfg: DistillConfig) -> list[str]:
     saved = Path(cfg.output_dir) / "distill_config.yaml"
     if not saved.is_file():
         return []
-    old, new = load_config(saved).training_signature(), cfg.training_signature()
+    old, new = resolve_folders(load_config(saved).training_signature()), resolve_folders(cfg.training_signature())
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+# Paths compared as the folders they name, not as strings: a run folder given relative
+# (`--run-dir runs/default`) and absolute (the main job) is one run folder.
+_PATH_KEYS = ("teacher_dir", "student_dir", "teacher_diagnosis", "data.train_dir", "data.image_root")
+
+
+def resolve_folders(signature: dict[str, Any]) -> dict[str, Any]:
+    """`signature` with its path keys (_PATH_KEYS, where present) as resolved absolute paths (in place)."""
+    for key in _PATH_KEYS:
+        *parents, leaf = key.split(".")
+        node = signature
+        for part in parents:
+            node = node.get(part) if isinstance(node.get(part), dict) else {}
+        if node.get(leaf):
+            node[leaf] = str(Path(node[leaf]).expanduser().resolve())
+    return signature

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from laid.io import write_text
 from laid.model.loading import load_processor
 from trainers.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
-from trainers.config import DistillConfig
+from trainers.config import DistillConfig, resolve_folders
 from trainers.data import DataPosition, TrainingExamples, collate, load_train_entries
 from trainers.distill_module import DistillModule, tail_length, teacher_forward
 from trainers.engines import fill_deepspeed_config, make_accelerator, plain_model_loading, prepare_teacher  # noqa: F401 (re-exported)
@@ -74,7 +74,8 @@ def check_finite(accelerator: Accelerator, terms: dict[str, torch.Tensor], step:
 def _check_resume_compatible(saved: dict, cfg: DistillConfig) -> None:
     keys = ("method", "teacher_dir", "student_dir", "per_device_batch_size", "grad_accum", "seed", "layer_pairs", "layer_map",
             "alignment", "attn_rows")
-    diff = [k for k in keys if k in saved and saved[k] != cfg.to_dict()[k]]
+    old, new = (resolve_folders({k: d[k] for k in keys if k in saved}) for d in (saved, cfg.to_dict()))
+    diff = [k for k in old if old[k] != new[k]]  # folders compared as folders: a relative and an absolute path may agree
     if diff:
         raise ValueError(f"cannot resume: the checkpoint was made with different {diff}; use the original config")
 
