@@ -38,8 +38,8 @@ from laid.eval.official import read_official
 from laid.eval.results import load_result
 from laid.io import atomic_dir, write_netcdf, write_text
 from laid.layout import RunLayout
-from laid.methods import ALL_METHODS, DERIVED_METHODS, TRAINED_METHODS, check_method
-from laid_workflows.headline import add_paired_statistics
+from laid.methods import ALL_METHODS, DERIVED_METHODS, LABELS, TRAINED_METHODS, check_method
+from laid_workflows.headline import add_labels, add_paired_statistics, run_label
 from laid_workflows.tables import build_comparison, comparison_markdown
 
 SPEC = "table.yaml"
@@ -166,7 +166,20 @@ def build_table(spec: TableSpec) -> tuple[xr.Dataset, dict[tuple[str, str], list
              "config": json.dumps(asdict(spec)), "timings_s": "{}"}
     ds = build_comparison(evals, teacher, students, methods, attrs)
     ds = add_paired_statistics(ds, evals, short, long_, threshold)
+    ds = add_labels(ds, {(e.student, e.method): trained_label(e) for e in spec.evals if trained(e.method)})
     return ds, evals, teacher
+
+
+def trained_label(e: EvalFile) -> str:
+    """A trained row's label from what trained: the distill_config.yaml of the run the file lies in
+    (distill/<run>/eval.nc, a study's <run>/evals/step-N.nc, or an official folder inside a run);
+    without one the tag alone cannot say which terms trained, and the label says so."""
+    from trainers.config import load_config as load_distill_config
+
+    for folder in list(Path(e.file).resolve().parents)[:2]:
+        if (folder / "distill_config.yaml").is_file():
+            return run_label(load_distill_config(folder / "distill_config.yaml"))
+    return f"{LABELS.get(e.method, e.method)} (as tagged; no distill_config.yaml beside the file)"
 
 
 def _figure_blocker(spec: TableSpec, ds: xr.Dataset) -> str | None:

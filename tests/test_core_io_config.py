@@ -133,7 +133,7 @@ def test_run_layout_matches_the_contract():
     contract = (REPO / "docs" / "CONTRACTS.md").read_text()
     paths = {
         run.config: "config.yaml", run.test_data: "data/", run.zoo_model("tiny-7b"): "zoo/",
-        run.eval_result("tiny-7b", "yarn"): "eval/<model>__<variant>.nc",
+        run.eval_result("tiny-7b", "yarn"): "eval/<label>__<variant>.nc",
         run.export("tiny-7b", "laid"): "distill/<student>__<method>/export/",
         run.head_weights("tiny-7b", "laid"): "distill/<student>__<method>/head_weights.nc",
         run.trained_eval("tiny-7b", "kd"): "distill/<student>__<method>/eval.nc",
