@@ -106,7 +106,10 @@ def test_attention_matching_equals_a_brute_force_reference_with_the_real_masks(f
         got = loss(*args, mix=mix, positions=pos, student_pattern=fam.attention_pattern(student, layer, batch),
                    target_pattern=fam.attention_pattern(teacher, layer, batch))
         torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-6)
-        degenerate = loss(*args, mix=mix, positions=pos)  # causal at head_dim ** -0.5 on both sides
+        degenerate = loss(*args, mix=mix, positions=pos, student_pattern=causal_pattern(student, layer),
+                          target_pattern=causal_pattern(teacher, layer))  # causal at head_dim ** -0.5 on both sides
+        with pytest.raises(ValueError, match="target_pattern needs its layer's AttentionPattern"):
+            loss(*args, mix=mix, positions=pos, student_pattern=causal_pattern(student, layer))  # no default mask
         if family == "gemma3":  # ignores the window, the image blocks and the scale: fails the reference
             assert abs(float(degenerate) - float(ref)) > 1e-2 * float(ref)
             no_blocks = [replace(fam.attention_pattern(m, layer, batch), blocks=None) for m in (student, teacher)]

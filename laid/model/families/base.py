@@ -139,6 +139,15 @@ class AttentionPattern:
         return AttentionPattern(self.scaling, self.sliding_window, blocks)
 
 
+def require_pattern(pattern, what: str) -> AttentionPattern:
+    """`pattern` if it is an AttentionPattern, else one line refusing `what`: no mask is ever assumed
+    (a Gemma 3 layer read as causal would silently drop its window, image blocks and scale)."""
+    if not isinstance(pattern, AttentionPattern):
+        raise ValueError(f"{what} needs its layer's AttentionPattern (family.attention_pattern(model, layer, batch)); "
+                         "no mask is assumed (AttentionPattern.causal(head_dim) where plain causal attention is the layer's own)")
+    return pattern
+
+
 def block_ends(blocks: torch.Tensor) -> torch.Tensor:
     """(B, S): for a token in block b the index of b's last token, for any other token itself."""
     b, s = blocks.shape
