@@ -99,6 +99,7 @@ class Plan:
             + (" (shared by all heads: folded into q_norm / k_norm, trainers.rope_gain)" if s.qk_norm else ""),
             f"vocabulary: {p.vocab_note}",
             *(f"note: {n}" for n in p.notes),
+            *(f"warning: {w}" for w in p.warnings),
             f"memory per GPU ({self.n_gpus} GPU(s), sharding {self.sharding}, batch {self.batch_size} x {self.seq_len} tokens, "
             f"response {self.max_response}, gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}):",
             *(f"  {k:<22} {v:8.2f} GiB" for k, v in self.memory.items()),

@@ -251,6 +251,10 @@ class Family:
         text = self.text_config(config)
         return list(getattr(text, "layer_types", None) or [FULL] * text.num_hidden_layers)
 
+    def tie_word_embeddings(self, config) -> bool:
+        """Whether the checkpoint's lm_head is its token embedding (what planning counts once)."""
+        return bool(getattr(config, "tie_word_embeddings", False))
+
     def deepstack_layers(self, config) -> list[int]:
         """Text layers after which vision features are added again (Qwen3-VL's DeepStack); [] = none."""
         return []

@@ -34,6 +34,12 @@ class InternVL(Family):
                       "do_normalize", "do_rescale", "rescale_factor")
     processor_class, config_class = LaidInternVLProcessor, InternVLConfig
 
+    def tie_word_embeddings(self, config) -> bool:
+        """The language model's own setting: the -hf checkpoints ship a separate lm_head wherever the text
+        config says untied (InternVL3-2B / 8B), while the top-level key, absent from their config.json,
+        defaults to tied in transformers 5; loading real weights does not tie two different tensors."""
+        return bool(getattr(self.text_config(config), "tie_word_embeddings", False))
+
     def patches_per_token(self, config) -> int:
         return round(1 / config.downsample_ratio**2)  # pixel shuffle
 
