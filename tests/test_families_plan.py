@@ -95,3 +95,26 @@ def test_a_cross_family_pair_is_refused_in_one_line(capsys):
     assert main(["plan", "--teacher", str(CONFIGS / "qwen2-vl-7b-instruct"), "--student", str(CONFIGS / "qwen3-vl-4b-instruct")]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "one family" in lines[0]
+
+
+SHIPPED = {"qwen2.5-vl-7b_to_3b": ("qwen2.5-vl-7b-instruct", "qwen2.5-vl-3b-instruct"),
+           "qwen3-vl-8b_to_2b": ("qwen3-vl-8b-instruct", "qwen3-vl-2b-instruct"),
+           "gemma-3-27b_to_4b": ("gemma-3-27b-it", "gemma-3-4b-it")}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_distill_configs_plan_on_the_published_configs(name):
+    """Each shipped real-scale config names its pair, pairs what the family's default gives (the last
+    global layers), keeps the paper's weights and global batch, and fits the documented 4 x 80 GB."""
+    from trainers.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "distill"
+    cfg, paper = load_config(root / f"{name}.yaml"), load_config(root / "qwen2.5-vl-32b_to_7b.yaml")
+    teacher, student = SHIPPED[name]
+    assert (Path(cfg.teacher_dir).name.lower(), Path(cfg.student_dir).name.lower()) == (teacher, student)
+    assert cfg.method == "laid" and cfg.weights() == paper.weights() and cfg.tau == paper.tau
+    assert cfg.per_device_batch_size * cfg.grad_accum * 4 == 8  # the paper's global batch on 4 GPUs
+    p = plan(CONFIGS / teacher, CONFIGS / student, cfg.layer_pairs, n_gpus=4, batch_size=cfg.per_device_batch_size,
+             max_response=cfg.max_response_len, chunk_size=cfg.attn_chunk_size)
+    assert p.pairing.layer_pairs == check_pair(CONFIGS / teacher, CONFIGS / student).layer_pairs and not p.pairing.warnings
+    assert p.total_gib < 80
