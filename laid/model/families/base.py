@@ -268,6 +268,13 @@ class Family:
         """Vision-tower patches behind one image token (memory planning): the merge / shuffle / pooling."""
         return int(config.vision_config.spatial_merge_size) ** 2
 
+    def planned_image_tokens(self, vision: dict, token_ids: dict, image_processor: dict | None, width: int,
+                             height: int) -> int:
+        """Image tokens one width x height image becomes in the prompt (placeholders only, no start / end
+        markers), from config values alone (memory planning: `trainers.pairing.ModelShape`'s vision and
+        token_ids dicts and the preprocessor_config.json, if any)."""
+        raise NotImplementedError
+
     def long_rope_layers(self, config) -> list[int]:
         """Layers whose RoPE spans the whole context: where YaRN / SelfExtend act (all, by default)."""
         return list(range(self.text_config(config).num_hidden_layers))

@@ -43,6 +43,13 @@ class InternVL(Family):
     def patches_per_token(self, config) -> int:
         return round(1 / config.downsample_ratio**2)  # pixel shuffle
 
+    def planned_image_tokens(self, vision: dict, token_ids: dict, image_processor: dict | None, width: int,
+                             height: int) -> int:
+        """One 448 px tile per image (crop_to_patches off); with it, pass the plan the tokens per image."""
+        if (image_processor or {}).get("crop_to_patches"):
+            raise ValueError("InternVL3 with crop_to_patches: give the plan --tokens-per-image (256 per tile, tiles + thumbnail)")
+        return int(token_ids["image_seq_length"])
+
     def image_tokens(self, processor, width: int, height: int) -> int:
         tiles = processor.image_processor.get_number_of_image_patches(height, width, {})
         return processor.image_seq_length * tiles + 2  # <img> ... </img>
