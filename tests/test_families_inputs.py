@@ -15,6 +15,7 @@ import pytest
 import torch
 from family_helpers import FAMILIES, haystack_batch
 from PIL import Image
+from transformers import AutoConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from laid.data.questions import single_needle_question
@@ -107,3 +108,18 @@ def test_yarn_layout_reproduces_the_yarn_models_post_rope_qk(family, family_pair
             assert float((wrong - qk[site_name(layer, "q_rot")].double()).abs().max()) > 1e-3
         else:  # Gemma's sliding layer: its window is inside the trained range, YaRN leaves it alone
             assert fam.name == "gemma3" and torch.equal(layout.inv_freq, before.inv_freq) and layout.attention_scaling == 1.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_planned_image_tokens_are_what_the_processor_makes(family, family_pairs, tmp_path):
+    """`laid plan` counts image tokens from config files alone (Family.planned_image_tokens); the
+    family's processor, on real images of those sizes, makes exactly that many."""
+    from trainers.pairing import read_shape
+
+    folder = family_pairs[family]["student"]
+    shape, processor, fam = read_shape(folder), load_processor(folder), family_of(folder)
+    sizes = [(56, 56), (84, 56), (56, 112)]
+    for path, (w, h) in zip(_images(tmp_path, sizes), sizes):
+        batch = encode_batch(processor, [Example([path], single_needle_question("red circle", "blue square"))])
+        made = int((batch["input_ids"] == fam.image_token_id(AutoConfig.from_pretrained(folder))).sum())
+        assert fam.planned_image_tokens(shape.vision, shape.token_ids, shape.image_processor, w, h) == made, (w, h)

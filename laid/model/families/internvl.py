@@ -45,10 +45,14 @@ class InternVL(Family):
 
     def planned_image_tokens(self, vision: dict, token_ids: dict, image_processor: dict | None, width: int,
                              height: int) -> int:
-        """One 448 px tile per image (crop_to_patches off); with it, pass the plan the tokens per image."""
-        if (image_processor or {}).get("crop_to_patches"):
-            raise ValueError("InternVL3 with crop_to_patches: give the plan --tokens-per-image (256 per tile, tiles + thumbnail)")
-        return int(token_ids["image_seq_length"])
+        """image_seq_length per tile, tiles as the processor cuts them: InternVLProcessor calls its image
+        processor with crop_to_patches on (whatever preprocessor_config.json says), so an image of
+        another aspect than 1:1 becomes a grid of 448 px tiles plus a thumbnail."""
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+        ip = GotOcr2ImageProcessorPil(**{k: v for k, v in (image_processor or {}).items() if k in ("size", "min_patches", "max_patches")})
+        tiles = ip.get_number_of_image_patches(height, width, dict(InternVLProcessor.images_kwargs))  # the call's defaults
+        return int(token_ids["image_seq_length"]) * tiles
 
     def image_tokens(self, processor, width: int, height: int) -> int:
         tiles = processor.image_processor.get_number_of_image_patches(height, width, {})
