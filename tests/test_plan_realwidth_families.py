@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from trainers.plan import estimate_memory, plan
-from trainers.realwidth import build_model, distill_step, write_config_folder
+from trainers.realwidth import build_model, distill_step, plan_against_measured, write_config_folder
 from trainers.realwidth_families import SPECIAL, family_batch, truncated_published, vision_peak_bytes
 
 pytestmark = pytest.mark.slow
@@ -34,24 +34,16 @@ def test_plan_matches_measured_memory_on_real_width_models(family, tmp_path):
     p = plan(dirs["teacher"], dirs["student"], seq_len=seq, max_response=9, sharding="none", gradient_checkpointing=False,
              precision="fp32", images=n_images, tokens_per_image=per_image)
     assert p.image_tokens == n_images * per_image
-    est = {k: v * 1024 for k, v in p.memory.items()}  # MiB
     teacher = build_model(cfgs["teacher"])
-    laid = {k: v / MiB for k, v in distill_step(teacher, build_model(cfgs["student"]), "laid", batch, bf16=False)["bytes"].items()}
+    laid = distill_step(teacher, build_model(cfgs["student"]), "laid", batch, bf16=False)["bytes"]
     student = build_model(cfgs["student"])
-    kd = {k: v / MiB for k, v in distill_step(teacher, student, "kd", batch, bf16=False)["bytes"].items()}
-    vision = vision_peak_bytes(student, batch) / MiB
-    pairs = {
-        "teacher weights": (laid["teacher weights"], est["teacher weights"]),
-        "student states": (laid["student states"], est["student states"]),
-        "student activations": (kd["student activations"], est["student activations"] + est["logits"]),
-        "captured Q/K": (laid["captured Q/K"], est["captured Q/K"]),
-        "LAid loss": (laid["student activations"] - kd["student activations"], est["LAid loss"]),
-        "student vision": (vision, est["student vision"]),
-    }
+    kd = distill_step(teacher, student, "kd", batch, bf16=False)["bytes"]
+    pairs = plan_against_measured(p.memory, laid, kd)
+    pairs["student vision"] = (vision_peak_bytes(student, batch) / MiB, p.memory["student vision"] * 1024)
     for name, (measured, estimate) in pairs.items():
         assert estimate == pytest.approx(measured, rel=0.25), f"{name}: plan {estimate:.1f} MiB, measured {measured:.1f} MiB"
     # Ablation: the frozen tower's activations counted as kept, every token an image token.
     old = estimate_memory(p.pairing, 1, seq, max_response=9, sharding="none", gradient_checkpointing=False,
                           precision="fp32", freeze_vision=False, image_tokens=None)
     old_activations = (old["student activations"] + old["student vision"] + old["logits"]) * 1024
-    assert old_activations > 2 * kd["student activations"]
+    assert old_activations > 2 * kd["student activations"] / MiB

@@ -182,6 +182,21 @@ def distill_step(teacher, student, method: str, batch: dict, bf16: bool, repeats
         module.release_gain()
 
 
+def plan_against_measured(plan_memory: dict, laid: dict, kd: dict) -> dict[str, tuple[float, float]]:
+    """{component: (measured, planned)} in MiB from a plan's memory (GiB) and the bytes two
+    `distill_step`s measured (LAid and KD on the same batch): the student's activations are KD's
+    (its saved tensors, tail logits included) and LAid's extra activations are the 'LAid loss' line."""
+    est = {k: v * 1024 for k, v in plan_memory.items()}
+    laid, kd = ({k: v / 2**20 for k, v in d.items()} for d in (laid, kd))
+    return {
+        "teacher weights": (laid["teacher weights"], est["teacher weights"]),
+        "student states": (laid["student states"], est["student states"]),
+        "student activations": (kd["student activations"], est["student activations"] + est["logits"]),
+        "captured Q/K": (laid["captured Q/K"], est["captured Q/K"]),
+        "LAid loss": (laid["student activations"] - kd["student activations"], est["LAid loss"]),
+    }
+
+
 def freeze_vision(model) -> None:
     """The recipe's freeze_vision: the vision tower and projector get no gradient."""
     from laid.model.families import family_of
