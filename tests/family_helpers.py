@@ -3,7 +3,9 @@
 Teacher: hidden 64, 2 layers, 4 heads / 2 KV heads; student: hidden 32, 2 layers, 2 heads / 1 KV head,
 a smaller (padded) vocabulary; both head_dim 16 and a 2-block vision tower of width 32. Gemma 3's
 sliding window is WINDOW tokens (about one toy image and its markers), so that on the short test
-haystacks its local layer really hides keys; its layer types are [sliding, full].
+haystacks its local layer really hides keys; its layer types are [sliding, full]. The brute-force
+references (attention matching and the distance profile from full (S, S) attention maps) are
+written here once, independently of the chunked code they check.
 """
 
 from __future__ import annotations
