@@ -25,6 +25,7 @@ import time
 def one_run(s: int, heads: int, head_dim: int, chunk: int, use_checkpoint: bool, teacher_heads: int = 0) -> dict:
     import torch
 
+    from laid.model.families import AttentionPattern
     from trainers.losses import AttentionMatchingLoss
 
     torch.set_num_threads(1)
@@ -39,7 +40,9 @@ def one_run(s: int, heads: int, head_dim: int, chunk: int, use_checkpoint: bool,
         leaves = [torch.randn(1, h, s, head_dim, generator=g).requires_grad_(True) for h in (heads, kv, heads, kv)]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.time()
-    loss = AttentionMatchingLoss(chunk_size=chunk, use_checkpoint=use_checkpoint)(*leaves, progress=0.5, mix=mix)
+    loss = AttentionMatchingLoss(chunk_size=chunk, use_checkpoint=use_checkpoint)(*leaves, progress=0.5, mix=mix,
+                                                                                 student_pattern=AttentionPattern.causal(head_dim),
+                                                                                 target_pattern=AttentionPattern.causal(head_dim))
     loss.backward()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seq_len": s, "chunk": chunk, "checkpoint": use_checkpoint, "teacher_heads": teacher_heads, "extra_peak_mib": round((peak - base) / 1024, 1),

@@ -101,6 +101,7 @@ def run_model(model_dir: str, size: int, method: str) -> dict:
     import torch
 
     from laid.data.render import sample_image
+    from laid.model.families import family_of
     from laid.model.loading import load_model, load_processor
     from laid.model.prompting import Example, encode_batch
     from laid_analysis import tokens
@@ -128,7 +129,8 @@ def run_model(model_dir: str, size: int, method: str) -> dict:
                 if name.endswith("q_rot"):
                     pending[layer] = x
                 else:
-                    profile.update(layer, pending.pop(layer), x, layers[layer].self_attn.scaling, real)
+                    profile.update(layer, pending.pop(layer), x, layers[layer].self_attn.scaling, real,
+                                   pattern=family_of(model).attention_pattern(model, layer, batch))
 
             with record_qk(model, callback=consume):
                 model(**batch, use_cache=False, logits_to_keep=1)
@@ -152,6 +154,7 @@ def run_kernel(seq_len: int, method: str) -> dict:
 def _kernel(q, k, method: str) -> None:
     import torch
 
+    from laid.model.families import AttentionPattern
     from laid_analysis.distance import distance_sums
 
     seq_len = q.shape[1]
@@ -163,7 +166,7 @@ def _kernel(q, k, method: str) -> None:
         acc = torch.zeros(8, seq_len, dtype=torch.float64)
         acc.index_add_(1, dist[dist >= 0], w[:, dist >= 0].double())
     else:
-        distance_sums(q, k, 32**-0.5, chunk_size=int(method.split("-")[1]))
+        distance_sums(q, k, 32**-0.5, chunk_size=int(method.split("-")[1]), pattern=AttentionPattern.causal(32))
 
 
 def _child(args: list[str]) -> dict:

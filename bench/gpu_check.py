@@ -117,12 +117,14 @@ def _timed(fn, device, repeats: int) -> tuple[float, float | None]:
 
 def part_long(args, device) -> dict:
     """Attention matching (fwd+bwd) and the distance profile at S/2 and S vs one SDPA forward."""
+    from laid.model.families import AttentionPattern
     from laid_analysis.distance import distance_sums
     from trainers.losses import AttentionMatchingLoss
 
     heads, kv, d = REAL_TEXT["7b"]["num_attention_heads"], REAL_TEXT["7b"]["num_key_value_heads"], 128
     t_heads, t_kv = REAL_TEXT["32b"]["num_attention_heads"], REAL_TEXT["32b"]["num_key_value_heads"]
     dtype = torch.bfloat16 if args.bf16 else torch.float32
+    causal = AttentionPattern.causal(d)  # Qwen2.5-VL's layers: plain causal at head_dim ** -0.5
     rows = []
     for s in (args.long // 2, args.long):
         g = torch.Generator(device=device).manual_seed(0)
@@ -133,11 +135,11 @@ def part_long(args, device) -> dict:
         loss = AttentionMatchingLoss(chunk_size=args.chunk)
 
         def am():
-            loss(sq, sk, tq, tk, None, 0.5, mix=mix).backward()
+            loss(sq, sk, tq, tk, None, 0.5, mix=mix, student_pattern=causal, target_pattern=causal).backward()
 
         v = mk(kv, False)
         sdpa = lambda: torch.nn.functional.scaled_dot_product_attention(sq.detach(), sk.detach(), v, is_causal=True, enable_gqa=True)
-        prof = lambda: distance_sums(sq.detach()[0], sk.detach()[0], d**-0.5, chunk_size=args.chunk)
+        prof = lambda: distance_sums(sq.detach()[0], sk.detach()[0], d**-0.5, chunk_size=args.chunk, pattern=causal)
         rep = 1 if device.type == "cpu" else 3
         row = {"seq_len": s}
         for name, fn in (("sdpa_forward", sdpa), ("attention_matching", am), ("distance_profile", prof)):

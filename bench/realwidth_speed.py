@@ -77,9 +77,10 @@ def main() -> None:
     mask = batch["attention_mask"].bool()
     align = module.align[0]
 
-    from trainers.distill_module import attention_mix, head_energy, rope_positions
+    from trainers.distill_module import attention_mix, head_energy, layer_patterns, rope_positions
 
     positions = rope_positions(student, batch) if module.attn_distance == "mrope" else None
+    pats = {"student_pattern": layer_patterns(student, [last_s], batch, "student")[last_s], "target_pattern": t_out.patterns[last_t]}
 
     def loss_terms():  # as DistillModule.forward computes them for one pair (default settings)
         sq, sk = sq0.clone().requires_grad_(True), sk0.clone().requires_grad_(True)
@@ -88,9 +89,9 @@ def main() -> None:
         total = sum(align.terms(sq, sk, mq, mk, mask))
         if module.attention_target == "teacher_heads":
             mix = attention_mix(align.mixer.q.effective(), head_energy(tq, mask), module.attn_mix_power)
-            total = total + module.attn_loss(sq, sk, tq, tk, mask, 0.5, mix=mix, positions=positions)
+            total = total + module.attn_loss(sq, sk, tq, tk, mask, 0.5, mix=mix, positions=positions, **pats)
         else:
-            total = total + module.attn_loss(sq, sk, mq, mk, mask, 0.5, positions=positions)
+            total = total + module.attn_loss(sq, sk, mq, mk, mask, 0.5, positions=positions, **pats)
         total.backward()
 
     t_loss = _median_time(loss_terms, args.repeats)

@@ -122,10 +122,10 @@ def analyse_model(model, processor, haystacks: dict[int, list[Example | VHsEntry
                     return
                 q, k = pending.pop((layer, "q_rot")), x
                 pattern = family.attention_pattern(model, layer, batch)
-                answers.update(layer, size, q, k, scaling[layer], batch["input_ids"], real, positions, needles, pattern)
+                answers.update(layer, size, q, k, scaling[layer], batch["input_ids"], real, positions, needles, pattern=pattern)
                 if in_profile:
                     profile.update(layer, q, k, scaling[layer], real, qsel, ksel,
-                                   positions if settings.distance_units == "positions" else None, pattern)
+                                   positions if settings.distance_units == "positions" else None, pattern=pattern)
                     rope.update(layer, q, k, qsel, ksel)
                     moments.update(layer, pending.pop((layer, "q")), pending.pop((layer, "k")), qsel & real, ksel & real)
 

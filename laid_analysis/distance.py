@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 import xarray as xr
 
-from laid.model.families import AttentionPattern
+from laid.model.families import AttentionPattern, require_pattern
 
 DEFAULT_BUDGET_BYTES = 256 * 2**20
 
@@ -55,19 +55,21 @@ def distance_sums(
     key_mask: torch.Tensor | None = None,
     chunk_size: int | None = None,
     positions: torch.Tensor | None = None,
-    pattern: AttentionPattern | None = None,
+    *,
+    pattern: AttentionPattern,
 ) -> tuple[torch.Tensor, ...]:
     """Per-distance sums for one sequence of real tokens (no padding).
 
     q (H, S, D), k (H_kv, S, D): post-RoPE. query_mask / key_mask (S,) bool pick the pairs that are
     counted (the softmax always runs over every key the layer shows the query). positions (S,) int:
     each token's position (None = token index); it must not decrease along the sequence. pattern:
-    the layer's mask rule for this sequence (AttentionPattern with one row, padding removed; None =
-    causal): a sliding window hides far keys, an image block shows later keys of the same image to its
+    the layer's mask rule for this sequence (AttentionPattern with one row, padding removed; required,
+    no mask is assumed): a sliding window hides far keys, an image block shows later keys of the same image to its
     tokens; those later keys (negative distance) are in the softmax but not binned. Returns
     attention_sum (H, N), logit_sum (H, N), logit_sq_sum (H, N), uniform_sum (N,) in float64 and
     pair_count (N,) int64, indexed by distance 0..N-1 (N = last position - first + 1).
     """
+    require_pattern(pattern, "the distance profile")
     n_heads, seq, _ = q.shape
     group = n_heads // k.shape[0]
     k = k.float().repeat_interleave(group, dim=0) if group > 1 else k.float()  # (H, S, D), head h uses kv h // group
@@ -88,12 +90,9 @@ def distance_sums(
     chunk = chunk_size or auto_chunk_size(n_heads, seq)
     for start in range(0, len(queries), chunk):
         qi = queries[start:start + chunk]  # (C,)
-        n_keys = int(qi[-1]) + 1 if pattern is None else pattern.rows_key_stop(qi)  # later keys are masked anyway
+        n_keys = pattern.rows_key_stop(qi)  # later keys are masked anyway (image blocks: up to the block's end)
         logits = (q[:, qi] @ k[:, :n_keys].transpose(1, 2)) * scaling  # (H, C, n_keys)
-        if pattern is None:
-            seen = qi[:, None] >= torch.arange(n_keys, device=device)[None, :]  # (C, n_keys) causal
-        else:
-            seen = pattern.visible(qi, n_keys)[0]
+        seen = pattern.visible(qi, n_keys)[0]  # (C, n_keys) the layer's own mask
         dist = pos[qi][:, None] - pos[:n_keys][None, :]  # (C, n_keys) position difference
         weights = torch.softmax(logits.masked_fill(~seen, float("-inf")), dim=-1)  # exact: full row
         counted = seen & key_mask[None, :n_keys] & (dist >= 0)  # (C, n_keys)
@@ -125,10 +124,11 @@ class DistanceProfile:
         self.sums: dict[int, list[torch.Tensor]] = {}
 
     def update(self, layer: int, q_rot, k_rot, scaling: float, real_mask, query_mask=None, key_mask=None,
-               positions=None, pattern: AttentionPattern | None = None) -> None:
+               positions=None, *, pattern: AttentionPattern) -> None:
         """q_rot (B, H, S, D), k_rot (B, H_kv, S, D); masks (B, S) bool (real = not padding);
         positions (B, S) int (the temporal M-RoPE ids) or None for token-index distance; pattern: the
-        layer's AttentionPattern for the batch (None = causal)."""
+        layer's AttentionPattern for the batch (required)."""
+        require_pattern(pattern, "the distance profile")
         for b in range(q_rot.shape[0]):
             pos = real_mask[b].nonzero().squeeze(-1).to(q_rot.device)  # drop padding (left or anywhere)
             sums = distance_sums(
@@ -137,7 +137,7 @@ class DistanceProfile:
                 None if key_mask is None else key_mask[b].to(pos.device)[pos],
                 self.chunk_size,
                 None if positions is None else positions[b].to(pos.device)[pos],
-                None if pattern is None else pattern.select(pos, b),
+                pattern=pattern.select(pos, b),
             )
             old = self.sums.get(layer)
             if old is None:

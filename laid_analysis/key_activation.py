@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from laid.model.families import AttentionPattern, require_pattern
 from laid_analysis.intervals import bootstrap_mean
 from laid_analysis.tokens import image_spans
 
@@ -70,11 +71,12 @@ class AnswerStats:
         self.rows: dict[tuple[int, int], list[dict]] = defaultdict(list)
 
     def update(self, layer: int, size: int, q_rot, k_rot, scaling: float, input_ids, real_mask, positions,
-               needles, pattern=None) -> None:
+               needles, *, pattern: AttentionPattern) -> None:
         """q_rot (B, H, S, D), k_rot (B, H_kv, S, D), input_ids/real_mask (B, S), positions (B, S)
         temporal ids, needles: per row the needle image index (None if unknown); pattern: the layer's
-        AttentionPattern (None = causal). Keys the answer row cannot see (outside a sliding window)
+        AttentionPattern (required). Keys the answer row cannot see (outside a sliding window)
         get weight 0 and leave the logit statistics (NaN where no needle / image key is visible)."""
+        require_pattern(pattern, "the answer-row statistics")
         n_heads, n_kv = q_rot.shape[1], k_rot.shape[1]
         for b in range(q_rot.shape[0]):
             keep = real_mask[b].nonzero().squeeze(-1).to(q_rot.device)
@@ -82,8 +84,7 @@ class AnswerStats:
             pos = positions[b].to(keep.device)[keep].double()
             q, k = q_rot[b][:, keep].float(), k_rot[b][:, keep].float()  # (H, S, D), (H_kv, S, D)
             k_h = k.repeat_interleave(n_heads // n_kv, dim=0)
-            seen = torch.ones(len(keep), dtype=torch.bool, device=keep.device) if pattern is None else \
-                pattern.select(keep, b).visible(torch.tensor([len(keep) - 1], device=keep.device), len(keep))[0, 0]
+            seen = pattern.select(keep, b).visible(torch.tensor([len(keep) - 1], device=keep.device), len(keep))[0, 0]
             logits = torch.einsum("hd,hsd->hs", q[:, -1], k_h) * scaling  # (H, S): the answer row
             w = torch.softmax(logits.masked_fill(~seen, float("-inf")), dim=-1)
             if not bool((ids == self.image_id).any()):
@@ -106,7 +107,7 @@ class AnswerStats:
                 in_needle[s:e] = True
                 row["needle_mass"] = w[:, in_needle].sum(-1)
                 row["needle_mass_question"], row["needle_row_offset"] = _question_needle_mass(
-                    q, k_h, scaling, ids == self.image_id, in_needle, None if pattern is None else pattern.select(keep, b))
+                    q, k_h, scaling, ids == self.image_id, in_needle, pattern.select(keep, b))
                 distract, in_needle = image & ~in_needle, in_needle & seen
                 row["needle_margin"] = (logits[:, in_needle].mean(-1) - logits[:, distract].mean(-1)
                                         if bool(distract.any()) and bool(in_needle.any()) else nan)
@@ -140,17 +141,17 @@ class AnswerStats:
         return answer_dataset(data, counts, layers, sizes, local_threshold)
 
 
-def _question_needle_mass(q, k_h, scaling: float, image, in_needle, pattern=None) -> tuple[torch.Tensor, torch.Tensor]:
+def _question_needle_mass(q, k_h, scaling: float, image, in_needle, pattern: AttentionPattern) -> tuple[torch.Tensor, torch.Tensor]:
     """(H,) largest needle mass over the question rows and (H,) that row's offset before the answer.
 
     q (H, S, D), k_h (H, S, D) one haystack's real tokens (keys repeated to the query heads); image,
-    in_needle (S,) bool; pattern: the layer's AttentionPattern of this haystack (None = causal).
+    in_needle (S,) bool; pattern: the layer's AttentionPattern of this haystack (one row, padding removed).
     Question rows: every token after the last image token, each with the keys its layer lets it see."""
     s = q.shape[1]
     first = int(image.nonzero().max()) + 1  # first question row
     rows = torch.arange(first, s, device=q.device)  # (R,)
     logits = torch.einsum("hrd,hsd->hrs", q[:, first:], k_h) * scaling  # (H, R, S)
-    seen = (torch.arange(s, device=q.device)[None, :] <= rows[:, None]) if pattern is None else pattern.visible(rows, s)[0]
+    seen = pattern.visible(rows, s)[0]  # (R, S)
     w = torch.softmax(logits.masked_fill(~seen, float("-inf")), dim=-1)
     mass = w[..., in_needle].sum(-1)  # (H, R)
     best, arg = mass.max(-1)

@@ -7,11 +7,14 @@ import pytest
 import torch
 
 from laid.data.render import sample_image
+from laid.model.families import AttentionPattern, family_of
 from laid.model.loading import load_model, load_processor
 from laid.model.prompting import Example, encode_batch
 from laid_analysis import tokens
 from laid_analysis.distance import DistanceProfile, distance_sums
 from laid.model.hooks import record_qk, text_decoder
+
+CAUSAL_16 = AttentionPattern.causal(16)  # the planted tensors' layer: plain causal, head_dim 16
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,8 @@ def test_chunked_profile_equals_eager_attention(student_7b, queries, keys, units
         sdpa(**batch)
     for i in range(len(layers)):
         q, k = rec.tensors[f"layers.{i}.attn.q_rot"], rec.tensors[f"layers.{i}.attn.k_rot"]
-        profile.update(i, q, k, layers[i].self_attn.scaling, real, qsel, ksel, positions)
+        profile.update(i, q, k, layers[i].self_attn.scaling, real, qsel, ksel, positions,
+                       pattern=family_of(sdpa).attention_pattern(sdpa, i, batch))
     ds = profile.to_dataset()
     assert ds["distance"].attrs["units"] == units
     for i in range(len(layers)):
@@ -90,14 +94,14 @@ def test_statistics_invariant_to_chunk_size():
     torch.manual_seed(0)
     q, k = torch.randn(4, 37, 16), torch.randn(2, 37, 16)
     qm, km = torch.rand(37) < 0.7, torch.rand(37) < 0.6
-    ref = distance_sums(q, k, 0.25, qm, km, chunk_size=37)
+    ref = distance_sums(q, k, 0.25, qm, km, chunk_size=37, pattern=CAUSAL_16)
     for chunk in (1, 3, 8, 100):
-        got = distance_sums(q, k, 0.25, qm, km, chunk_size=chunk)
+        got = distance_sums(q, k, 0.25, qm, km, chunk_size=chunk, pattern=CAUSAL_16)
         for a, b in zip(ref, got):  # fp32 matmuls round differently per block shape: 1e-5, not bits
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     # Attention of every query sums to 1 over its causal keys: with all pairs counted the total
     # attention mass equals the number of queries, and the uniform baseline's too.
-    attn, _, _, uniform, count = distance_sums(q, k, 0.25)
+    attn, _, _, uniform, count = distance_sums(q, k, 0.25, pattern=CAUSAL_16)
     torch.testing.assert_close(attn.sum(-1), torch.full((4,), 37.0, dtype=torch.float64))
     torch.testing.assert_close(uniform.sum(), torch.tensor(37.0, dtype=torch.float64))
     assert count.tolist() == list(range(37, 0, -1))  # S - d pairs at distance d
@@ -108,7 +112,7 @@ def test_profile_accumulates_sequences_of_different_length():
     prof = DistanceProfile()
     for seq in (5, 9):
         q, k = torch.randn(1, 2, seq, 8), torch.randn(1, 1, seq, 8)
-        prof.update(0, q, k, 1.0, torch.ones(1, seq, dtype=torch.bool))
+        prof.update(0, q, k, 8**-0.5, torch.ones(1, seq, dtype=torch.bool), pattern=AttentionPattern.causal(8))
     ds = prof.to_dataset()
     assert ds.sizes["distance"] == 9
     assert ds["pair_count"].values.tolist() == [14, 12, 10, 8, 6, 4, 3, 2, 1]

@@ -7,6 +7,7 @@ import pytest
 import torch
 import xarray as xr
 
+from laid.model.families import AttentionPattern
 from laid_analysis.distance import profile_dataset
 from laid_analysis.head_weights import head_weight_summary, load_head_weights
 from laid_analysis.key_activation import AnswerStats, stack_models
@@ -139,7 +140,8 @@ def test_needle_margin_and_mass_do_not_dilute_but_the_old_statistic_does():
         for j in range(3):
             needle = int(rng.integers(n))
             q, k, ids, pos = _haystack(n, needle, local_slope=0.05)
-            stats.update(0, n, q, k, 1.0, ids, torch.ones_like(ids, dtype=torch.bool), pos, [needle])
+            stats.update(0, n, q, k, 1.0, ids, torch.ones_like(ids, dtype=torch.bool), pos, [needle],
+                         pattern=AttentionPattern.causal(q.shape[-1]))
     ds = stats.to_dataset(local_threshold=1.0)
     old = ds["key_activation_raw"].sel(layer=0, head=0).mean("sample")
     np.testing.assert_allclose(old.values, [5.0, 1.0, 0.25, 5 / 150], rtol=1e-5)  # 5/N: dilution

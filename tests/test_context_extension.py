@@ -86,8 +86,13 @@ def test_selfextend_attention_equals_explicit_grouped_positions_reference(random
     expected = (torch.softmax(scores, -1) @ vv).transpose(1, 2)
 
     state.positions = pos
-    got, _ = selfextend.selfextend_attention(attn, qn[:, :, :, :], rot(k, pos), v, None, scaling=32**-0.5)
+    causal = torch.ones(s, s, dtype=torch.bool).tril()[None, None]  # the mask the model passes (B, 1, S, S)
+    got, _ = selfextend.selfextend_attention(attn, qn[:, :, :, :], rot(k, pos), v, causal, scaling=32**-0.5)
     assert torch.allclose(got, expected, atol=1e-5)
+    for mask, scale, what in ((None, 32**-0.5, "attention mask"), (causal, None, "logit scale")):  # never guessed
+        with pytest.raises(ValueError, match=f"text layer 0 .Qwen2.5-VL. received no {what}") as err:
+            selfextend.selfextend_attention(attn, qn, rot(k, pos), v, mask, scaling=scale)
+        assert "\n" not in str(err.value)
 
 
 def test_selfextend_is_plain_attention_inside_the_window_and_differs_beyond(random_zoo):

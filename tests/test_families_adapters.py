@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from family_helpers import FAMILIES, haystack_batch
+from family_helpers import FAMILIES, brute_force_attention_matching, haystack_batch
 
 from laid.model.families import family_of, text_decoder
 from laid.model.families.ablations import causal_pattern, contiguous_layout
@@ -75,21 +75,6 @@ def test_attention_pattern_is_the_layers_real_attention(family, family_pairs):
             assert pattern.blocks is not None and _max_err(weights(replace(pattern, blocks=None))[rows], real[rows]) > 1e-2
 
 
-def _brute_force_loss(a_s, a_t, mix, pos, valid, progress):
-    """Sum over valid rows (b, h, i) and keys j of w_ij [p log(p/q) - p + q], from full (S, S) attention
-    maps the models computed themselves, divided by (valid rows x student heads)."""
-    p = torch.einsum("ht,btij->bhij", mix.double(), a_t.double())  # convex mix of the teacher's own maps
-    q = a_s.double()
-    d = (pos[:, :, :, None] - pos[:, :, None, :]).abs().amax(0).double()  # (B, S, S) max-axis distance
-    big = 1 << 40
-    span = (pos.masked_fill(~valid[None], -big).amax(-1) - pos.masked_fill(~valid[None], big).amin(-1)).amax(0)  # (B,)
-    w = 1 + DistanceWeighting().alpha(progress) * d / span.double().clamp(min=1)[:, None, None]
-    seen = q > 0  # keys the student's layer can attend to (its real mask)
-    term = torch.where(p > 0, p * (p.clamp(min=1e-300).log() - q.clamp(min=1e-300).log()), torch.zeros((), dtype=torch.float64)) - p + q
-    term = torch.where(seen & valid[:, None, :, None], w[:, None] * term, torch.zeros((), dtype=torch.float64))
-    return term.sum() / (valid.sum() * a_s.shape[1])
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_attention_matching_equals_a_brute_force_reference_with_the_real_masks(family, family_pairs):
     pair = family_pairs[family]
@@ -102,11 +87,14 @@ def test_attention_matching_equals_a_brute_force_reference_with_the_real_masks(f
     for layer in (0, 1):  # Gemma: a sliding layer, then a full one (same type in both models)
         args = (sqk[site_name(layer, "q_rot")], sqk[site_name(layer, "k_rot")], tqk[site_name(layer, "q_rot")],
                 tqk[site_name(layer, "k_rot")], valid, 1.0)
-        ref = _brute_force_loss(s_out.attentions[layer], t_out.attentions[layer], mix, pos, valid, 1.0)
+        ref = brute_force_attention_matching(s_out.attentions[layer], t_out.attentions[layer], mix, pos, valid, DistanceWeighting().alpha(1.0))
         got = loss(*args, mix=mix, positions=pos, student_pattern=fam.attention_pattern(student, layer, batch),
                    target_pattern=fam.attention_pattern(teacher, layer, batch))
         torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-6)
-        degenerate = loss(*args, mix=mix, positions=pos)  # causal at head_dim ** -0.5 on both sides
+        degenerate = loss(*args, mix=mix, positions=pos, student_pattern=causal_pattern(student, layer),
+                          target_pattern=causal_pattern(teacher, layer))  # causal at head_dim ** -0.5 on both sides
+        with pytest.raises(ValueError, match="target_pattern needs its layer's AttentionPattern"):
+            loss(*args, mix=mix, positions=pos, student_pattern=causal_pattern(student, layer))  # no default mask
         if family == "gemma3":  # ignores the window, the image blocks and the scale: fails the reference
             assert abs(float(degenerate) - float(ref)) > 1e-2 * float(ref)
             no_blocks = [replace(fam.attention_pattern(m, layer, batch), blocks=None) for m in (student, teacher)]

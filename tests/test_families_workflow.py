@@ -57,6 +57,9 @@ def test_every_method_distills_and_exports(family, family_pairs, vhs, tmp_path):
             assert hw["student_layer"].values.tolist() == [0, 1] and hw["teacher_layer"].values.tolist() == [0, 1]
             if family_of(export).qk_norm:  # one gain for all heads: folded into the shared q_norm / k_norm
                 assert np.all(hw["gain_q"].values == hw["gain_q"].values[:, :1])
+            notes = [r["note"] for r in map(json.loads, (tmp_path / name / "train_log.jsonl").read_text().splitlines()) if "note" in r]
+            sliding = [n for n in notes if n.startswith("warning: layer pair 0 <- 0 is on sliding-window layers")]
+            assert len(sliding) == (1 if family == "gemma3" else 0)  # Gemma's layer 0 is a sliding one: logged
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -6,6 +6,7 @@ RoPE is already scaled (Gemma 3's full layers)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,3 +69,28 @@ def test_selfextend_and_yarn_per_family(family, family_pairs):
         {k: v for k, v in plain_rope.items() if k != "rope_type"}  # mrope_section, interleaving, theta kept
     fam = family_of(model)
     assert not torch.equal(fam.layer_rotary_layout(model, 0).inv_freq, fam.layer_rotary_layout(load_model(folder, device="cpu"), 0).inv_freq)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compare_quick_runs_in_every_family(family, family_pairs, tmp_path, tmp_path_factory):
+    """`laid compare --quick` on a tiny teacher -> student of the family: the untrained rows and the
+    trained methods (KD, LAid; 2 steps each) evaluated on every quick test size, the table written."""
+    import xarray as xr
+    from recipe_helpers import quick_vhs
+
+    run = tmp_path / "run"
+    (run / "zoo").mkdir(parents=True)
+    for role in ("teacher", "student"):
+        (run / "zoo" / f"toy-{role}").symlink_to(family_pairs[family][role])
+    (run / "data").symlink_to(quick_vhs(tmp_path_factory))
+    distill = Path(__file__).resolve().parents[1] / "configs" / "distill" / "tiny-32b_to_tiny-7b.yaml"
+    overrides = ["teacher=toy-teacher", "students=[toy-student]", "variants=[base]", "methods=[kd, laid]", "seeds=[0]",
+                 f"distill_configs={{toy-student: {distill}}}", "method_overrides={}"]
+    argv = ["compare", "--quick", "--run-dir", str(run), "--workers", "1", "--no-progress"]
+    assert main(argv + [a for o in overrides for a in ("--override", o)]) == 0
+    ds = xr.load_dataset(run / "compare" / "comparison.nc")
+    assert ds["accuracy"].sizes["method"] == 3 and not ds["accuracy"].isnull().any()  # base, kd, laid
+    export = run / "distill" / "toy-student__laid" / "export"
+    assert family_of(export).name == family
+    hw = xr.load_dataset(export / "head_weights.nc")  # layer_map last: the last full layers (Gemma: not its sliding layer 0)
+    assert hw["student_layer"].values.tolist() == [1] and hw["teacher_layer"].values.tolist() == [1]

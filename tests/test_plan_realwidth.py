@@ -18,10 +18,10 @@ import torch
 
 from trainers.config import METHODS
 from trainers.plan import plan
-from trainers.realwidth import build_model, distill_step, synthetic_batch, truncated_config, write_config_folder
+from trainers.realwidth import (build_model, distill_step, plan_against_measured, synthetic_batch, truncated_config,
+                                write_config_folder)
 
 pytestmark = pytest.mark.slow
-MiB = 2**20
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +64,7 @@ def test_plan_matches_measured_memory_per_component(models):
     seq, keep = batch["input_ids"].shape[1], 9
     est = plan(dirs["32b"], dirs["7b"], seq_len=seq, max_response=keep, sharding="none",
                gradient_checkpointing=False, precision="fp32").memory  # fmt: skip
-    est = {k: v * 1024 for k, v in est.items()}  # MiB
-    laid = {k: v / MiB for k, v in distill_step(teacher, student, "laid", batch, bf16=False)["bytes"].items()}
-    kd = {k: v / MiB for k, v in distill_step(teacher, student, "kd", batch, bf16=False)["bytes"].items()}
-    pairs = {
-        "teacher weights": (laid["teacher weights"], est["teacher weights"]),
-        "student states": (laid["student states"], est["student states"]),
-        "student activations": (kd["student activations"], est["student activations"] + est["logits"]),
-        "captured Q/K": (laid["captured Q/K"], est["captured Q/K"]),
-        "LAid loss": (laid["student activations"] - kd["student activations"], est["LAid loss"]),
-    }
+    laid = distill_step(teacher, student, "laid", batch, bf16=False)["bytes"]
+    pairs = plan_against_measured(est, laid, distill_step(teacher, student, "kd", batch, bf16=False)["bytes"])
     for name, (measured, estimate) in pairs.items():
         assert estimate == pytest.approx(measured, rel=0.25), f"{name}: plan {estimate:.1f} MiB, measured {measured:.1f} MiB"

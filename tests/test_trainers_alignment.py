@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from pattern_helpers import causal
 
 from trainers.head_mixer import HeadMixer, attention_mix, effective_weight, row_entropy
 from trainers.losses import AttentionMatchingLoss, DistanceWeighting, QKAlignmentLoss
@@ -179,7 +180,7 @@ def test_d_teacher_target_chunked_equals_dense_reference(chunk):
     ref = dense_teacher_reference(*s_ref, tq, tk, mix, mask, pos, alpha=weighting.alpha(0.5), power=1.5)
     ref.backward()
     s_got = [x.clone().requires_grad_(True) for x in (sq, sk)]
-    got = AttentionMatchingLoss(weighting, chunk_size=chunk)(*s_got, tq, tk, mask, 0.5, mix=mix, positions=pos)
+    got = AttentionMatchingLoss(weighting, chunk_size=chunk)(*s_got, tq, tk, mask, 0.5, mix=mix, positions=pos, **causal(tq))
     got.backward()
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-7)
     for a, r in zip(s_got, s_ref):
@@ -204,14 +205,14 @@ def test_d_zero_when_the_student_attends_like_the_mixed_teacher():
     # Student: 2 query heads on 1 KV head, copies of teacher heads 0 and 1 (both read KV head 0).
     sq, sk = tq[:, [0, 1]].clone(), tk[:, [0]].clone()
     one_hot = torch.tensor([[1.0] + [0.0] * (HT - 1), [0.0, 1.0] + [0.0] * (HT - 2)])
-    assert loss(sq, sk, tq, tk, progress=1.0, mix=one_hot).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(sq, sk, tq, tk, progress=1.0, mix=one_hot, **causal(tq)).item() == pytest.approx(0.0, abs=1e-6)
     # A genuine mix of two heads whose maps are equal: still the same attention, still zero.
     w = torch.zeros(2, HT)
     w[:, 0] = w[:, 1] = 1.0
     mix = attention_mix(effective_weight(w, "unit"))
     assert torch.allclose(mix[:, :2], torch.full((2, 2), 0.5))
-    assert loss(sq, sk, tq, tk, progress=1.0, mix=mix).item() == pytest.approx(0.0, abs=1e-6)
-    assert loss(sq, sk.flip(2), tq, tk, progress=1.0, mix=mix).item() > 1e-3  # and positive otherwise
+    assert loss(sq, sk, tq, tk, progress=1.0, mix=mix, **causal(tq)).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(sq, sk.flip(2), tq, tk, progress=1.0, mix=mix, **causal(tq)).item() > 1e-3  # and positive otherwise
 
 
 @pytest.mark.parametrize("target", ["teacher_heads", "mixed_qk"])
@@ -228,9 +229,9 @@ def test_d_target_does_not_move_when_the_student_trains(target):
     for _ in range(40):
         opt.zero_grad()
         if target == "teacher_heads":
-            value = loss(*student, tq, tk, progress=0.5, mix=attention_mix(mixer_q.effective()))
+            value = loss(*student, tq, tk, progress=0.5, mix=attention_mix(mixer_q.effective()), **causal(tq))
         else:
-            value = loss(*student, mixer_q(tq), mixer_k(tk), progress=0.5)
+            value = loss(*student, mixer_q(tq), mixer_k(tk), progress=0.5, **causal(tq))
         value.backward()
         opt.step()
         values.append(value.item())
@@ -288,7 +289,7 @@ def test_a_flat_mix_target_pulls_the_student_gain_down_a_sharp_one_does_not(powe
     opt = torch.optim.Adam([gain], lr=2e-2)
     for _ in range(60):
         opt.zero_grad()
-        loss(tq[:, :1] * gain, tk, tq, tk, mix=mix).backward()
+        loss(tq[:, :1] * gain, tk, tq, tk, mix=mix, **causal(tq)).backward()
         opt.step()
     assert (gain.item() < 0.9) == shrinks
 
@@ -324,7 +325,7 @@ def test_a_direction_only_attention_matching_cannot_flatten_the_student_by_shrin
     n0, values = q.detach().norm().item(), []
     for _ in range(60):
         opt.zero_grad()
-        value = loss(q, tk, tq, tk, mix=mix)
+        value = loss(q, tk, tq, tk, mix=mix, **causal(tq))
         value.backward()
         opt.step()
         values.append(value.item())

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from pattern_helpers import causal as causal_patterns
 
 from trainers.head_mixer import HeadMixer, QKMixer, overlap_init
 from trainers.losses import (
@@ -142,7 +143,7 @@ def test_attention_matching_chunked_equals_dense_reference(chunk):
     ref = dense_reference(*leaves, mask, alpha=weighting.alpha(0.5), power=1.5)
     ref.backward()
     got_leaves = [x.clone().requires_grad_(True) for x in (sq, sk, tq, tk)]
-    got = AttentionMatchingLoss(weighting, chunk_size=chunk)(*got_leaves, mask, progress=0.5)
+    got = AttentionMatchingLoss(weighting, chunk_size=chunk)(*got_leaves, mask, progress=0.5, **causal_patterns(sq))
     got.backward()
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-7)
     for a, r in zip(got_leaves, leaves):
@@ -153,7 +154,7 @@ def test_attention_matching_with_uniform_weights_is_the_attention_kl():
     b, h, s, d = 1, 2, 6, 4
     g = torch.Generator().manual_seed(2)
     sq, sk, tq, tk = (torch.randn(b, h, s, d, generator=g) for _ in range(4))
-    loss = AttentionMatchingLoss(DistanceWeighting(alpha_start=0, alpha_end=0), chunk_size=2)(sq, sk, tq, tk)
+    loss = AttentionMatchingLoss(DistanceWeighting(alpha_start=0, alpha_end=0), chunk_size=2)(sq, sk, tq, tk, **causal_patterns(sq))
     causal = torch.ones(s, s, dtype=torch.bool).tril()
     logp = torch.log_softmax((tq @ tk.mT / 2).masked_fill(~causal, float("-inf")), -1)
     logq = torch.log_softmax((sq @ sk.mT / 2).masked_fill(~causal, float("-inf")), -1)
@@ -172,17 +173,17 @@ def test_attention_matching_query_rows_average_over_the_selected_rows_only():
     rows = torch.arange(s)[None] >= 5  # (B, S)
     sq = torch.where(rows[:, None, :, None], tq, torch.randn(b, h, s, d, generator=g)).requires_grad_(True)
     loss_fn = AttentionMatchingLoss(DistanceWeighting(alpha_start=0, alpha_end=0), chunk_size=4)
-    restricted = loss_fn(sq, tk, tq, tk, query_mask=rows)
+    restricted = loss_fn(sq, tk, tq, tk, query_mask=rows, **causal_patterns(sq))
     assert restricted.item() == pytest.approx(0.0, abs=1e-6)
-    assert loss_fn(sq, tk, tq, tk).item() > 1e-2
+    assert loss_fn(sq, tk, tq, tk, **causal_patterns(sq)).item() > 1e-2
     other = torch.randn(b, h, s, d, generator=g)
     causal = torch.ones(s, s, dtype=torch.bool).tril()
     logp = torch.log_softmax((tq @ tk.mT / 2).masked_fill(~causal, float("-inf")), -1)
     logq = torch.log_softmax((other @ tk.mT / 2).masked_fill(~causal, float("-inf")), -1)
     kl = F.kl_div(logq, logp, log_target=True, reduction="none").nan_to_num(0).sum(-1)  # (B, H, S)
-    assert loss_fn(other, tk, tq, tk, query_mask=rows).item() == pytest.approx(kl[..., 5:].mean().item(), rel=1e-5)
+    assert loss_fn(other, tk, tq, tk, query_mask=rows, **causal_patterns(sq)).item() == pytest.approx(kl[..., 5:].mean().item(), rel=1e-5)
     sq2 = other.clone().requires_grad_(True)
-    loss_fn(sq2, tk, tq, tk, query_mask=rows).backward()
+    loss_fn(sq2, tk, tq, tk, query_mask=rows, **causal_patterns(sq)).backward()
     assert sq2.grad[:, :, :5].abs().max() == 0 and sq2.grad[:, :, 5:].abs().max() > 0
 
 
@@ -197,15 +198,15 @@ def test_matched_heads_pair_student_heads_with_the_teacher_heads_that_attend_ali
     tq, tk = 2 * torch.randn(b, h, s, d, generator=g), 2 * torch.randn(b, h, s, d, generator=g)
     perm = [2, 0, 1]
     sq, sk = tq[:, perm], tk[:, perm]
-    div = head_divergence(sq, sk, tq, tk)
+    div = head_divergence(sq, sk, tq, tk, **causal_patterns(sq))
     assert div.shape == (h, h) and torch.all(div >= -1e-6)
     mix = matched_mix(div)
     assert mix.argmax(-1).tolist() == perm
     loss = AttentionMatchingLoss(DistanceWeighting(alpha_start=0, alpha_end=0))
-    assert loss(sq, sk, tq, tk, mix=mix).item() == pytest.approx(0.0, abs=1e-5)
-    assert loss(sq, sk, tq, tk, mix=torch.eye(h)).item() > 0.05
+    assert loss(sq, sk, tq, tk, mix=mix, **causal_patterns(sq)).item() == pytest.approx(0.0, abs=1e-5)
+    assert loss(sq, sk, tq, tk, mix=torch.eye(h), **causal_patterns(sq)).item() > 0.05
     rows = torch.arange(s)[None].expand(b, s) >= 6  # compared on some rows only: the same pairing
-    assert matched_mix(head_divergence(sq, sk, tq, tk, query_mask=rows)).argmax(-1).tolist() == perm
+    assert matched_mix(head_divergence(sq, sk, tq, tk, query_mask=rows, **causal_patterns(sq))).argmax(-1).tolist() == perm
 
 
 def test_attention_matching_mixed_qk_ablation_zero_at_target_and_grads_reach_mixers():
@@ -215,10 +216,10 @@ def test_attention_matching_mixed_qk_ablation_zero_at_target_and_grads_reach_mix
     loss_fn = AttentionMatchingLoss(DistanceWeighting(alpha_end=5.0), chunk_size=4)
     mask = left_padded_mask([12, 8], 12)
     mq, mk = mixer(tq, tk)
-    assert loss_fn(mq.detach(), mk.detach(), mq, mk, mask, progress=1.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss_fn(mq.detach(), mk.detach(), mq, mk, mask, progress=1.0, **causal_patterns(sq)).item() == pytest.approx(0.0, abs=1e-6)
     sq.requires_grad_(True)
     sk.requires_grad_(True)
-    loss = loss_fn(sq, sk, mq, mk, mask, progress=1.0)
+    loss = loss_fn(sq, sk, mq, mk, mask, progress=1.0, **causal_patterns(sq))
     assert loss.item() > 0
     loss.backward()
     for grad in (sq.grad, sk.grad, mixer.q.weight.grad, mixer.k.weight.grad):
@@ -248,7 +249,7 @@ def test_progress_shifts_emphasis_to_long_distances():
     sk = tk.clone()
     sk[0, 0, 0] += 1.0  # changes attention to key 0 (distance up to 7) only
     loss = AttentionMatchingLoss(DistanceWeighting(alpha_start=0, alpha_end=4), chunk_size=3)
-    assert loss(tq, sk, tq, tk, progress=1.0) > loss(tq, sk, tq, tk, progress=0.0) > 0
+    assert loss(tq, sk, tq, tk, progress=1.0, **causal_patterns(tq)) > loss(tq, sk, tq, tk, progress=0.0, **causal_patterns(tq)) > 0
 
 
 # ---------------------------------------------------------------- KL + SFT (Eq. 8)
@@ -307,10 +308,10 @@ def test_losses_stay_fp32_under_bf16_autocast():
     align = QKAlignmentLoss(4, 8, 2, 4)
     attn = AttentionMatchingLoss(chunk_size=5)
     mask = left_padded_mask([12, 9], 12)
-    ref_attn = attn(sq, sk, *align.mixer(tq, tk), mask, progress=0.3)
+    ref_attn = attn(sq, sk, *align.mixer(tq, tk), mask, progress=0.3, **causal_patterns(sq))
     ref_align = align(sq, sk, tq, tk, mask)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got_attn = attn(sq, sk, *align.mixer(tq, tk), mask, progress=0.3)
+        got_attn = attn(sq, sk, *align.mixer(tq, tk), mask, progress=0.3, **causal_patterns(sq))
         got_align = align(sq, sk, tq, tk, mask)
     assert got_attn.dtype == torch.float32 and torch.allclose(got_attn, ref_attn, rtol=1e-6)
     assert torch.allclose(got_align, ref_align, rtol=1e-6)

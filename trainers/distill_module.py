@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from laid.model.families import AttentionPattern, family_of
+from laid.model.families import AttentionPattern, UnknownFamilyError, family_of
 from laid.model.hooks import record_qk, site_name
 from laid.model.token_masks import select
 from trainers import health as hl
@@ -82,8 +82,18 @@ def teacher_forward(teacher: nn.Module, batch: dict, layers: list[int], keep: in
     q = {i: rec.tensors[site_name(i, "q_rot")] for i in layers} if want_qk else {}
     k = {i: rec.tensors[site_name(i, "k_rot")] for i in layers} if want_qk else {}
     model = getattr(teacher, "module", teacher)  # a DeepSpeed engine's model (its .config is DeepSpeed's)
-    patterns = {i: family_of(model).attention_pattern(model, i, batch) for i in layers} if want_qk else {}
+    patterns = layer_patterns(model, layers, batch, "teacher") if want_qk else {}
     return TeacherOutputs(out.logits.detach(), q, k, patterns)
+
+
+def layer_patterns(model: nn.Module, layers, batch: dict, role: str) -> dict[int, AttentionPattern]:
+    """{layer: its AttentionPattern on `batch`} from `model`'s family adapter; a model whose family
+    LAid does not know is refused in one line naming the layer (no mask is ever assumed)."""
+    try:
+        family = family_of(model)
+    except UnknownFamilyError as err:
+        raise UnknownFamilyError(f"cannot read the attention of {role} layer(s) {list(layers)}: {err}") from None
+    return {i: family.attention_pattern(model, i, batch) for i in layers}
 
 
 @torch.no_grad()
@@ -117,7 +127,10 @@ class DistillModule(nn.Module):
                  gain: nn.Module | None = None, qk_dims: dict | None = None):
         super().__init__()
         self.student = student
-        self.family = family_of(student)
+        try:
+            self.family = family_of(student)
+        except UnknownFamilyError as err:  # the pairs' masks and scales would be unknown: refuse, naming them
+            raise UnknownFamilyError(f"cannot read the attention of student layer(s) {[int(s) for s, _ in layer_pairs]}: {err}") from None
         # student layer -> (student dims, teacher dims) of the rotary pairs both share, where head_dims differ
         self.qk_dims = dict(qk_dims or {})
         self.weights = cfg.weights()
@@ -164,6 +177,14 @@ class DistillModule(nn.Module):
             return sq, sk, tq, tk
         s_dims, t_dims = (torch.as_tensor(d, device=sq.device) for d in self.qk_dims[layer])
         return sq[..., s_dims], sk[..., s_dims], tq[..., t_dims], tk[..., t_dims]
+
+    def _teacher_pattern(self, teacher: TeacherOutputs, layer: int) -> AttentionPattern:
+        """The teacher layer's pattern from its forward; missing -> one line naming layer and family (the
+        teacher is of the student's family: trainers.pairing refuses cross-family pairs)."""
+        if layer not in teacher.patterns:
+            raise ValueError(f"teacher layer {layer} ({self.family.label}) has no attention pattern: teacher_forward "
+                             f"recorded layers {sorted(teacher.patterns)}; its mask and scale are unknown and LAid assumes none")
+        return teacher.patterns[layer]
 
     def tie_weights(self) -> None:
         """Re-tie the student's shared weights (embeddings / lm_head): accelerate's FSDP2 rank-0 loading
@@ -212,7 +233,7 @@ class DistillModule(nn.Module):
         if w["kl"] > 0:
             terms["kl"] = self.kl_loss(logits, teacher.logits, answer_logit_mask(tail_labels))
         mask = batch["attention_mask"].bool()  # (B, S) valid (non-padding) tokens
-        patterns = {ls: self.family.attention_pattern(self.student, ls, batch) for ls in self.student_layers} if want_qk else {}
+        patterns = layer_patterns(self.student, self.student_layers, batch, "student") if want_qk else {}
         if len(self.align) > 0:
             positions = rope_positions(self.student, batch) if w["attn"] > 0 and self.attn_distance == "mrope" else None
             rows = None if self.attn_rows == "all" else select(batch, self.attn_rows, self.family.image_token_id(self.student.config))
@@ -220,7 +241,7 @@ class DistillModule(nn.Module):
             for align, (ls, lt) in zip(self.align, self.layer_pairs):
                 sq, sk = rec.tensors[site_name(ls, "q_rot")], rec.tensors[site_name(ls, "k_rot")]
                 tq, tk = teacher.q[lt], teacher.k[lt]
-                s_pat, t_pat = patterns[ls], teacher.patterns.get(lt)
+                s_pat, t_pat = patterns[ls], self._teacher_pattern(teacher, lt)
                 if w["laid"] > 0 or self.attention_target == "mixed_qk":
                     sq_a, sk_a, tq_a, tk_a = self._shared(ls, sq, sk, tq, tk)
                     mq, mk = align.mixer(tq_a, tk_a)  # (B, Hs, S, D), (B, Hs_kv, S, D)
@@ -254,7 +275,7 @@ class DistillModule(nn.Module):
         for ls, lt in self.layer_pairs:
             values = hl.layer_health(rec.tensors[site_name(ls, "q_rot")], rec.tensors[site_name(ls, "k_rot")],
                                      teacher.q[lt], teacher.k[lt], mask, self.attn_loss.chunk_size,
-                                     patterns[ls], teacher.patterns.get(lt))
+                                     patterns[ls], self._teacher_pattern(teacher, lt))
             for name, value in values.items():
                 out.setdefault(name, {})[str(ls)] = round(value, 6)
         if not self.health_params:

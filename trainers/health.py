@@ -56,9 +56,9 @@ def masked_rms(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def layer_health(sq, sk, tq, tk, mask, chunk_size: int = 256, s_pattern=None, t_pattern=None) -> dict[str, float]:
+def layer_health(sq, sk, tq, tk, mask, chunk_size: int, s_pattern, t_pattern) -> dict[str, float]:
     """Norm ratios and attention entropies of one aligned layer pair (student / teacher Q/K); each
-    side's entropy under its layer's AttentionPattern (None: causal at head_dim ** -0.5)."""
+    side's entropy under its layer's AttentionPattern (required: no mask is assumed)."""
     return {
         "q_norm_ratio": float(masked_rms(sq, mask) / masked_rms(tq, mask).clamp(min=1e-30)),
         "k_norm_ratio": float(masked_rms(sk, mask) / masked_rms(tk, mask).clamp(min=1e-30)),

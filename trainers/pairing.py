@@ -16,9 +16,12 @@ files when present), builds both models on the meta device to count parameters, 
   Named maps move a teacher layer to the nearest one of the student layer's type (Gemma 3: sliding
   or full), explicit pairs of different types are refused;
 - valid layer pairs (student layer, teacher layer), student layers distinct: explicit pairs, or a
-  named map (`map_layers`): "last" (default, the last layer of each: the paper's 27 <-> 63 for
-  7B <- 32B, 35 <- 63 for 3B) or "proportional" (every student layer, spread over the teacher's),
+  named map (`map_layers`): "last" (default, the last full-attention layer of each: the paper's
+  27 <-> 63 for 7B <- 32B, 35 <- 63 for 3B; Gemma 3, whose last layers are sliding-window ones,
+  29 <- 59 for 4B <- 27B) or "proportional" (every student layer, spread over the teacher's),
   or "diagnosed" (where the teacher's diagnosis finds it reading the needle: trainers.layer_choice);
+  a pair on a sliding-window layer is allowed but warned about (`Pairing.warnings`: what the window
+  sees);
 - the same image processing and vision token layout (patch size, merge size, temporal patch size,
   normalisation, pixel bounds, special token ids): the student and the teacher must turn one batch
   into the same token sequence, so token i is the same token in both;
@@ -36,8 +39,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 
-from laid.model.families import (RotaryLayout, family_named, family_of, pair_dims, rotary_from_config, shared_pairs,
-                                 snap_to_type, text_decoder)
+from laid.model.families import (FULL, SLIDING, RotaryLayout, family_named, family_of, pair_dims, rotary_from_config,
+                                 shared_pairs, snap_to_type, text_decoder)
 from laid.model.loading import check_model_dir
 from trainers.layer_choice import LayerChoice, choose_layers
 from trainers.losses.distillation import shared_vocab_note
@@ -78,6 +81,7 @@ class ModelShape:
     qk_norm: bool = False  # per-head QK-norm before RoPE (the RoPE gain is then shared by all heads)
     deepstack: list[int] = field(default_factory=list)  # text layers after which vision features are added
     patches_per_token: int = 4  # vision-tower patches behind one image token
+    sliding_window: int | None = None  # tokens a sliding-window layer's query sees (Gemma 3: 1024)
 
     def layout(self, layer: int) -> RotaryLayout:
         return self.layouts[self.layer_types[layer]]
@@ -111,6 +115,7 @@ def read_shape(model_dir: str | Path) -> ModelShape:
     family = family_of(path)
     cfg = AutoConfig.from_pretrained(path)
     text, vision = family.text_config(cfg), cfg.vision_config
+    cfg.tie_word_embeddings = family.tie_word_embeddings(cfg)  # as the checkpoint holds them (InternVL3: untied)
     with torch.device("meta"):  # exact parameter counts without allocating anything
         model = AutoModelForImageTextToText.from_config(cfg)
     count = lambda params: sum(p.numel() for p in params)
@@ -146,6 +151,7 @@ def read_shape(model_dir: str | Path) -> ModelShape:
         qk_norm=hasattr(attn, "q_norm"),
         deepstack=family.deepstack_layers(cfg),
         patches_per_token=family.patches_per_token(cfg),
+        sliding_window=getattr(text, "sliding_window", None) if SLIDING in types else None,
     )
 
 
@@ -171,10 +177,20 @@ def parse_layer_pairs(spec: str | list | None) -> list[tuple[int, int]] | None:
 LAYER_MAPS = ("last", "proportional", "diagnosed")
 
 
-def map_layers(layer_map: str, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+def last_full_layer(types: list[str]) -> int:
+    """The last full-attention layer (layers typed as in `Family.layer_types`); the last layer if none is."""
+    full = [i for i, kind in enumerate(types) if kind == FULL]
+    return full[-1] if full else len(types) - 1
+
+
+def map_layers(layer_map: str, n_student: int, n_teacher: int, student_types: list[str] | None = None,
+               teacher_types: list[str] | None = None) -> list[tuple[int, int]]:
     """Layer pairs of a named map (student layer, teacher layer), non-negative.
 
-    "last": [(L_s - 1, L_t - 1)], the paper's choice (27 <-> 63). "proportional": every student
+    "last": the last full-attention layer of each (types from the family adapter's `layer_types`;
+    all layers are full ones where none are given), the paper's choice (27 <-> 63), and for Gemma 3
+    the last global layers (29 <- 59 for 4B <- 27B) rather than its last, sliding-window, ones
+    (33 <- 61: each query sees 1024 tokens). "proportional": every student
     layer i <- teacher layer round(i (L_t - 1) / (L_s - 1)) (half up), so the first layers pair, the
     last layers pair and the rest spread evenly: depth fraction matched to depth fraction (7B <- 32B:
     0 <- 0, 1 <- 2, ..., 27 <- 63; tiny-7b <- tiny-32b: 0 <- 0, 1 <- 2, 2 <- 3). A one-layer student
@@ -184,8 +200,9 @@ def map_layers(layer_map: str, n_student: int, n_teacher: int) -> list[tuple[int
         raise PairingError(f"layer_map {layer_map!r} is not one of {LAYER_MAPS}")
     if layer_map == "diagnosed":
         raise PairingError("layer_map diagnosed needs the teacher's diagnosis (trainers.layer_choice): pass it to check_pair")
+    s_types, t_types = student_types or [FULL] * n_student, teacher_types or [FULL] * n_teacher
     if layer_map == "last" or n_student == 1:
-        return [(n_student - 1, n_teacher - 1)]
+        return [(last_full_layer(s_types) if layer_map == "last" else 0, last_full_layer(t_types))]
     return [(i, int(i * (n_teacher - 1) / (n_student - 1) + 0.5)) for i in range(n_student)]
 
 
@@ -199,6 +216,7 @@ class Pairing:
     shared_vocab: int
     vocab_note: str  # one line: how the KL treats the vocabularies
     notes: list[str]  # what was (not) checked
+    warnings: list[str] = field(default_factory=list)  # allowed but probably not meant (a sliding-window pair)
     layer_map: str = "last"  # how layer_pairs were chosen: "explicit" or a named map (map_layers)
     choice: LayerChoice | None = None  # the evidence behind layer_map: diagnosed
     # student layer -> (student dims, teacher dims) of the rotary pairs both share, where head_dims differ
@@ -292,6 +310,20 @@ def _shared_dims(pairs, student: ModelShape, teacher: ModelShape, problems: list
     return out
 
 
+def _sliding_warnings(pairs, student: ModelShape, teacher: ModelShape) -> list[str]:
+    """One warning per pair on a sliding-window layer: what its window sees, and the full layers instead."""
+    out = []
+    last = (last_full_layer(student.layer_types), last_full_layer(teacher.layer_types))
+    for s, t in pairs:
+        sides = [f"{who} layer {i} sees the last {shape.sliding_window} tokens" for who, i, shape in
+                 (("student", s, student), ("teacher", t, teacher)) if shape.layer_types[i] == SLIDING]
+        if sides:
+            out.append(f"layer pair {s} <- {t} is on sliding-window layers ({'; '.join(sides)}): it aligns local "
+                       f"attention only, not the long-range retrieval LAid is for; the last full-attention layers "
+                       f"are {last[0]} <- {last[1]} (layer_map: last)")
+    return out
+
+
 def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=None, layer_map: str = "last",
                diagnosis: Diagnosis | None = None) -> Pairing:
     """Check that the pair can be distilled; raise PairingError listing every reason it cannot.
@@ -323,11 +355,12 @@ def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=Non
         choice = choose_layers(diagnosis.path, diagnosis.n_layers, diagnosis.rows, expect_layers=teacher.n_layers)
         explicit = choice.pairs(student.n_layers, teacher.n_layers)
     elif named:
-        explicit = map_layers(layer_map, student.n_layers, teacher.n_layers)
+        explicit = map_layers(layer_map, student.n_layers, teacher.n_layers, student.layer_types, teacher.layer_types)
     pairs = _resolve_pairs(explicit, student.n_layers, teacher.n_layers, problems)
     if named:
         pairs = snap_to_type(pairs, student.layer_types, teacher.layer_types)
     qk_dims = _shared_dims(pairs, student, teacher, problems, notes)
+    warnings = _sliding_warnings(pairs, student, teacher)
     if student.deepstack or teacher.deepstack:
         notes.append(f"DeepStack: vision features are added after text layers {teacher.deepstack} (teacher) and "
                      f"{student.deepstack} (student); image-token Q/K of the layers after them carry those features")
@@ -351,6 +384,7 @@ def check_pair(teacher_dir: str | Path, student_dir: str | Path, layer_pairs=Non
         shared_vocab=shared,
         vocab_note=shared_vocab_note(student.vocab_size, teacher.vocab_size) or f"same vocabulary ({shared}): KL over all ids",
         notes=notes,
+        warnings=warnings,
         layer_map="explicit" if parse_layer_pairs(layer_pairs) is not None else layer_map,
         choice=choice,
         qk_dims=qk_dims,

@@ -24,7 +24,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig
 
 # Published text-decoder shapes (platform-facts.md; intermediate sizes from the published configs).
 REAL_TEXT = {
@@ -59,10 +59,11 @@ def write_config_folder(cfg: Qwen2_5_VLConfig, out: str | Path) -> Path:
     return out
 
 
-def build_model(cfg: Qwen2_5_VLConfig, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0):
+def build_model(cfg, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0):
+    """A random model of `cfg` (any supported family's config)."""
     torch.manual_seed(seed)
     with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype)
+        model = AutoModelForImageTextToText.from_config(cfg).to(dtype)
     return model
 
 
@@ -117,9 +118,11 @@ def _sync(device) -> None:
 def distill_step(teacher, student, method: str, batch: dict, bf16: bool, repeats: int = 1, measure: bool = True, **overrides) -> dict:
     """One (or `repeats`) full distillation step(s) of `method`; returns time and measured bytes.
 
-    teacher / student: models from `build_model` (the student is trained in place; the teacher is
+    teacher / student: models from `build_model` (or trainers.realwidth_families; the student is
+    trained in place, its vision tower frozen as the recipe's freeze_vision does; the teacher is
     frozen here). bf16: autocast the forwards to bf16 (the GPU setting). The RoPE gain and the
-    mixers are set up as the recipe does (last layers paired).
+    mixers are set up as the recipe does (last layers paired; where head_dims differ, the Q/K
+    alignment on the rotary pairs both share, as trainers.pairing finds them).
     """
     from trainers.config import load_config
     from trainers.distill_module import DistillModule, tail_length, teacher_forward
@@ -135,10 +138,12 @@ def distill_step(teacher, student, method: str, batch: dict, bf16: bool, repeats
     for p in teacher.parameters():
         p.requires_grad_(False)
     teacher.eval()
+    freeze_vision(student)
     n_s, n_t = student.config.text_config.num_hidden_layers, teacher.config.text_config.num_hidden_layers
     pairs = [(n_s - 1, n_t - 1)] if cfg.uses_mixers else []
     gain = RopeGain.for_model(student, [n_s - 1]).to(device) if cfg.uses_gain else None
-    module = DistillModule(student, cfg, pairs, teacher.config if cfg.uses_teacher else None, gain).to(device).train()
+    module = DistillModule(student, cfg, pairs, teacher.config if cfg.uses_teacher else None, gain,
+                           qk_dims=shared_qk_dims(student, teacher, pairs)).to(device).train()
     optimizer = build_optimizer(module, cfg)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     keep = tail_length(batch["labels"])
@@ -175,6 +180,45 @@ def distill_step(teacher, student, method: str, batch: dict, bf16: bool, repeats
         return {"seconds": times, "terms": terms, "bytes": measured}
     finally:
         module.release_gain()
+
+
+def plan_against_measured(plan_memory: dict, laid: dict, kd: dict) -> dict[str, tuple[float, float]]:
+    """{component: (measured, planned)} in MiB from a plan's memory (GiB) and the bytes two
+    `distill_step`s measured (LAid and KD on the same batch): the student's activations are KD's
+    (its saved tensors, tail logits included) and LAid's extra activations are the 'LAid loss' line."""
+    est = {k: v * 1024 for k, v in plan_memory.items()}
+    laid, kd = ({k: v / 2**20 for k, v in d.items()} for d in (laid, kd))
+    return {
+        "teacher weights": (laid["teacher weights"], est["teacher weights"]),
+        "student states": (laid["student states"], est["student states"]),
+        "student activations": (kd["student activations"], est["student activations"] + est["logits"]),
+        "captured Q/K": (laid["captured Q/K"], est["captured Q/K"]),
+        "LAid loss": (laid["student activations"] - kd["student activations"], est["LAid loss"]),
+    }
+
+
+def freeze_vision(model) -> None:
+    """The recipe's freeze_vision: the vision tower and projector get no gradient."""
+    from laid.model.families import family_of
+
+    prefixes = family_of(model).vision_prefixes
+    for name, p in model.named_parameters():
+        if name.startswith(prefixes):
+            p.requires_grad_(False)
+
+
+def shared_qk_dims(student, teacher, pairs) -> dict:
+    """{student layer: (student dims, teacher dims)} of the rotary pairs both layers share, where
+    head_dims differ (Gemma 3 4B / 27B); {} where they agree (trainers.pairing does it from configs)."""
+    from laid.model.families import family_of, pair_dims, shared_pairs
+
+    family, out = family_of(student), {}
+    for s, t in pairs:
+        a, b = family.layer_rotary_layout(student, s), family.layer_rotary_layout(teacher, t)
+        if a.n_pairs != b.n_pairs:
+            shared = shared_pairs(a, b)
+            out[s] = (pair_dims([i for i, _ in shared], a.n_pairs), pair_dims([j for _, j in shared], b.n_pairs))
+    return out
 
 
 def _measure(module, optimizer, saved, t_out, pairs, uses_teacher, teacher) -> dict:

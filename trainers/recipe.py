@@ -147,6 +147,9 @@ def distill(cfg: DistillConfig, resume: bool = False, progress: bool = True, acc
     monitor = NormMonitor.from_log(read_log(train_log.path) if main else [], cfg.norm_warn_fraction)
     if main and pairing is not None and pairing.choice is not None and state.global_step == 0:
         train_log.note(" | ".join(pairing.choice.describe()[:1] + [f"pairs {pairs}"]))
+    if main and pairing is not None and state.global_step == 0:
+        for warning in pairing.warnings:  # a pair on a sliding-window layer (laid plan says the same)
+            train_log.note(f"warning: {warning}")
     if main and cfg.weights()["kl"] > 0:
         note = _vocab_note(inner.student.config, teacher_config)
         if note:  # the KL loss also logs it once through `logging`

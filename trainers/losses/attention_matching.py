@@ -71,8 +71,9 @@ Masks and scales (`student_pattern`, `target_pattern`: `laid.model.families.Atte
 each model's family adapter for the paired layer): every attention map here is the layer's real
 one, with its own mask (causal; Gemma 3 adds the sliding window on local layers and bidirectional
 attention inside each image block) and its own logit scale (Gemma 3: query_pre_attn_scalar ** -0.5).
-None = plain causal at head_dim ** -0.5 (Qwen2.5-VL's; for Gemma 3 the degenerate reading the tests
-fail). The target is restricted to the keys the student's layer can see and renormalised there
+Both patterns are required: there is no default mask (a missing one is an error, never a causal
+fallback; `AttentionPattern.causal(D)` states plain causal attention where that is the layer's real
+one, as in Qwen2.5-VL). The target is restricted to the keys the student's layer can see and renormalised there
 (identical to the teacher's map when both masks agree, as for same-type layers of one family): a key
 the student cannot attend to would make the divergence infinite and carries nothing it can learn.
 
@@ -92,7 +93,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from laid.model.families import AttentionPattern
+from laid.model.families import AttentionPattern, require_pattern
 
 _MASKED = -1e9  # finite fill for masked logits: exp -> 0 and no NaN in gradients (fp32)
 
@@ -151,10 +152,10 @@ def _logits(q, k, scale):
     return torch.einsum("bkgcd,bksd->bkgcs", q.float().view(b, h_kv, h // h_kv, c, d), k.float()).reshape(b, h, c, s) * scale
 
 
-def _patterns(student_pattern, target_pattern, student_q, target_q):
-    """The two sides' patterns; None = plain causal at each side's head_dim ** -0.5."""
-    s = student_pattern or AttentionPattern.causal(student_q.shape[-1])
-    return s, target_pattern or AttentionPattern.causal(target_q.shape[-1])
+def require_patterns(**patterns) -> None:
+    """Refuse a missing AttentionPattern in one line naming the argument: no mask is assumed (module doc)."""
+    for name, pattern in patterns.items():
+        require_pattern(pattern, f"attention matching's {name}")
 
 
 def _target_probs(tq, tk, mix, allowed, scale):
@@ -195,16 +196,17 @@ def _chunk_divergence_fp32(sq, sk, tq, tk, mix, start, key_valid, query_valid, q
 
 
 @torch.no_grad()
-def head_divergence(sq, sk, tq, tk, mask=None, query_mask=None, student_pattern=None, target_pattern=None,
-                    chunk_size: int = 256) -> torch.Tensor:
+def head_divergence(sq, sk, tq, tk, mask=None, query_mask=None, student_pattern: AttentionPattern | None = None,
+                    target_pattern: AttentionPattern | None = None, chunk_size: int = 256) -> torch.Tensor:
     """(H_s, H_t) mean over the matched query rows of KL(P^t_j || P^s_h): how far each student head's
     attention is from each teacher head's, on this batch.
 
     sq (B, H_s, S, D), sk (B, H_s_kv, S, D), tq (B, H_t, S, D), tk (B, H_t_kv, S, D); mask (B, S) valid
-    tokens; query_mask (B, S) the rows compared (None = every valid row); patterns as in the loss.
-    What `matched_mix` pairs heads by: function (what a head attends to), not Q/K geometry."""
+    tokens; query_mask (B, S) the rows compared (None = every valid row); patterns as in the loss
+    (required). What `matched_mix` pairs heads by: function (what a head attends to), not Q/K geometry."""
     b, hs, s, _ = sq.shape
-    s_pat, t_pat = _patterns(student_pattern, target_pattern, sq, tq)
+    require_patterns(student_pattern=student_pattern, target_pattern=target_pattern)
+    s_pat, t_pat = student_pattern, target_pattern
     mask = torch.ones(b, s, dtype=torch.bool, device=sq.device) if mask is None else mask.bool()
     rows = mask if query_mask is None else mask & query_mask.to(mask.device).bool()
     total = torch.zeros(hs, tq.shape[1], dtype=torch.float64, device=sq.device)
@@ -258,7 +260,7 @@ class AttentionMatchingLoss(nn.Module):
     forward(student_q (B, H, S, D), student_k (B, H_kv, S, D), target_q, target_k,
             mask (B, S) bool valid tokens or None, progress t in [0, 1],
             mix (H, H_t) convex rows or None, positions (A, B, S) position ids or None,
-            student_pattern / target_pattern: each layer's AttentionPattern or None (causal, head_dim ** -0.5),
+            student_pattern / target_pattern: each layer's AttentionPattern (required: no default mask),
             query_mask (B, S) bool query rows that are matched or None = every valid row)
     -> scalar: weighted divergence averaged over the matched query rows and heads (keys: every
     valid token). `query_mask` restricts the rows (the recipe's `attn_rows`: text or question rows).
@@ -296,7 +298,8 @@ class AttentionMatchingLoss(nn.Module):
                 raise ValueError(f"{name}: {q.shape[1]} query heads are not a multiple of {k.shape[1]} KV heads")
         if self.direction_only:  # gradients turn the student's vectors, with no component along them
             student_q, student_k = direction_only(student_q), direction_only(student_k)
-        s_pat, t_pat = _patterns(student_pattern, target_pattern, student_q, target_q)
+        require_patterns(student_pattern=student_pattern, target_pattern=target_pattern)
+        s_pat, t_pat = student_pattern, target_pattern
         mask = torch.ones(b, s, dtype=torch.bool, device=student_q.device) if mask is None else mask.bool()
         rows = mask if query_mask is None else mask & query_mask.to(mask.device).bool()  # (B, S) matched rows
         pos = _positions_or_index(positions, b, s, student_q.device)  # (A, B, S)
@@ -328,13 +331,13 @@ class AttentionMatchingLoss(nn.Module):
 def attention_entropy(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None, chunk_size: int = 256,
                       pattern: AttentionPattern | None = None) -> torch.Tensor:
     """Mean entropy (nats) of the attention rows of q (B, H, S, D), k (B, H_kv, S, D) under the
-    layer's `pattern` (None: causal at head_dim ** -0.5).
+    layer's `pattern` (required: no default mask).
 
     Averaged over valid query rows and heads; chunked in queries like the loss (memory linear in S).
     A row that sees n keys has entropy between 0 (one key) and log n (uniform).
     """
     b, h, s, d = q.shape
-    pattern = pattern or AttentionPattern.causal(d)
+    require_patterns(pattern=pattern)
     mask = torch.ones(b, s, dtype=torch.bool, device=q.device) if mask is None else mask.bool()
     total = torch.zeros((), dtype=torch.float64, device=q.device)
     for start in range(0, s, chunk_size):

@@ -71,9 +71,10 @@ class SelfExtendState:
     layout (frequency and position component per pair, as the model's rotary module holds them, so
     YaRN + SelfExtend composes), and the positions of the current forward."""
 
-    def __init__(self, config: SelfExtendConfig, layouts: dict[int, RotaryLayout]):
+    def __init__(self, config: SelfExtendConfig, layouts: dict[int, RotaryLayout], family_label: str = ""):
         self.config = config
         self.layouts = layouts  # text layer -> RotaryLayout
+        self.family_label = family_label  # named in errors
         self.positions: torch.Tensor | None = None  # (A, B, S) of the current forward
 
 
@@ -101,7 +102,10 @@ def selfextend_attention(module, query, key, value, attention_mask, scaling=None
     b, h, s_q, d = query.shape
     h_kv, s_k = key.shape[1], key.shape[2]
     g = h // h_kv
-    scaling = d**-0.5 if scaling is None else scaling
+    if scaling is None or attention_mask is None:  # never guessed: Gemma 3's scale and masks are not the defaults
+        what = "logit scale" if scaling is None else "attention mask"
+        raise ValueError(f"SelfExtend on text layer {module.layer_idx} ({state.family_label}) received no {what}; "
+                         "it applies the layer's own and assumes none (load the model with laid.eval.variants.selfextend)")
 
     layout = state.layouts[module.layer_idx]
     q_pos = state.positions.to(query.device)  # (A, B, Sq)
@@ -118,10 +122,6 @@ def selfextend_attention(module, query, key, value, attention_mask, scaling=None
     k_grouped = torch.div(k_pos, G, rounding_mode="floor")
     q_g = _shift(query, q_grouped - q_pos, layout)  # query rotated at its grouped position
     k_g = _shift(key, k_grouped - k_pos, layout)
-
-    if attention_mask is None:  # causal, queries are the last Sq positions
-        i = torch.arange(s_k - s_q, s_k, device=query.device)[:, None]
-        attention_mask = (torch.arange(s_k, device=query.device)[None, :] <= i)[None, None]
 
     out = torch.empty(b, h, s_q, d, dtype=query.dtype, device=query.device)
     v = value.float()
@@ -143,7 +143,7 @@ def selfextend_attention(module, query, key, value, attention_mask, scaling=None
 
 
 def _boolean_causal_mask(*args, **kwargs):
-    # SelfExtend needs the explicit mask (SDPA's is_causal shortcut would return None with padding info lost).
+    # SelfExtend needs the explicit mask (SDPA's is_causal shortcut would return None, and a missing mask is refused).
     kwargs["allow_is_causal_skip"] = False
     return sdpa_mask(*args, **kwargs)
 
@@ -160,7 +160,7 @@ def enable_selfextend(model: nn.Module, config: SelfExtendConfig) -> SelfExtendS
         raise RuntimeError("SelfExtend is already enabled on this model; load a fresh model to change its settings")
     family = family_of(model)
     extended = family.long_rope_layers(model.config)
-    state = SelfExtendState(config, {i: family.layer_rotary_layout(model, i) for i in extended})
+    state = SelfExtendState(config, {i: family.layer_rotary_layout(model, i) for i in extended}, family.label)
 
     def remember_positions(module, args):
         position_ids = args[1]  # forward(x, position_ids[, layer_type]): (3, B, S) M-RoPE or (B, S)

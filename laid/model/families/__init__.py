@@ -19,8 +19,8 @@ from torch import nn
 from transformers import AutoProcessor
 
 from laid.model.families.base import (  # noqa: F401 (re-exported)
-    FULL, SLIDING, AttentionPattern, Family, RotaryLayout, find_owner, pair_dims, pre_rope_module, shared_pairs,
-    snap_to_type, text_decoder)
+    FULL, SLIDING, AttentionPattern, Family, RotaryLayout, find_owner, pair_dims, pre_rope_module, require_pattern,
+    shared_pairs, snap_to_type, text_decoder)
 from laid.model.families.gemma3 import Gemma3
 from laid.model.families.internvl import InternVL
 from laid.model.families.qwen2_5_vl import Qwen2_5_VL

@@ -139,6 +139,15 @@ class AttentionPattern:
         return AttentionPattern(self.scaling, self.sliding_window, blocks)
 
 
+def require_pattern(pattern, what: str) -> AttentionPattern:
+    """`pattern` if it is an AttentionPattern, else one line refusing `what`: no mask is ever assumed
+    (a Gemma 3 layer read as causal would silently drop its window, image blocks and scale)."""
+    if not isinstance(pattern, AttentionPattern):
+        raise ValueError(f"{what} needs its layer's AttentionPattern (family.attention_pattern(model, layer, batch)); "
+                         "no mask is assumed (AttentionPattern.causal(head_dim) where plain causal attention is the layer's own)")
+    return pattern
+
+
 def block_ends(blocks: torch.Tensor) -> torch.Tensor:
     """(B, S): for a token in block b the index of b's last token, for any other token itself."""
     b, s = blocks.shape
@@ -242,6 +251,10 @@ class Family:
         text = self.text_config(config)
         return list(getattr(text, "layer_types", None) or [FULL] * text.num_hidden_layers)
 
+    def tie_word_embeddings(self, config) -> bool:
+        """Whether the checkpoint's lm_head is its token embedding (what planning counts once)."""
+        return bool(getattr(config, "tie_word_embeddings", False))
+
     def deepstack_layers(self, config) -> list[int]:
         """Text layers after which vision features are added again (Qwen3-VL's DeepStack); [] = none."""
         return []
@@ -254,6 +267,13 @@ class Family:
     def patches_per_token(self, config) -> int:
         """Vision-tower patches behind one image token (memory planning): the merge / shuffle / pooling."""
         return int(config.vision_config.spatial_merge_size) ** 2
+
+    def planned_image_tokens(self, vision: dict, token_ids: dict, image_processor: dict | None, width: int,
+                             height: int) -> int:
+        """Image tokens one width x height image becomes in the prompt (placeholders only, no start / end
+        markers), from config values alone (memory planning: `trainers.pairing.ModelShape`'s vision and
+        token_ids dicts and the preprocessor_config.json, if any)."""
+        raise NotImplementedError
 
     def long_rope_layers(self, config) -> list[int]:
         """Layers whose RoPE spans the whole context: where YaRN / SelfExtend act (all, by default)."""

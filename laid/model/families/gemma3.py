@@ -56,6 +56,10 @@ class Gemma3(Family):
         v = config.vision_config
         return (v.image_size // v.patch_size) ** 2 // config.mm_tokens_per_image  # average pooling (16 for 896 px)
 
+    def planned_image_tokens(self, vision: dict, token_ids: dict, image_processor: dict | None, width: int,
+                             height: int) -> int:
+        return int(token_ids["mm_tokens_per_image"])  # every image resized to image_size (no pan-and-scan)
+
     def image_tokens(self, processor, width: int, height: int) -> int:
         return processor.image_seq_length + 2  # <start_of_image> ... <end_of_image>
 

@@ -34,8 +34,25 @@ class InternVL(Family):
                       "do_normalize", "do_rescale", "rescale_factor")
     processor_class, config_class = LaidInternVLProcessor, InternVLConfig
 
+    def tie_word_embeddings(self, config) -> bool:
+        """The language model's own setting: the -hf checkpoints ship a separate lm_head wherever the text
+        config says untied (InternVL3-2B / 8B), while the top-level key, absent from their config.json,
+        defaults to tied in transformers 5; loading real weights does not tie two different tensors."""
+        return bool(getattr(self.text_config(config), "tie_word_embeddings", False))
+
     def patches_per_token(self, config) -> int:
         return round(1 / config.downsample_ratio**2)  # pixel shuffle
+
+    def planned_image_tokens(self, vision: dict, token_ids: dict, image_processor: dict | None, width: int,
+                             height: int) -> int:
+        """image_seq_length per tile, tiles as the processor cuts them: InternVLProcessor calls its image
+        processor with crop_to_patches on (whatever preprocessor_config.json says), so an image of
+        another aspect than 1:1 becomes a grid of 448 px tiles plus a thumbnail."""
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+        ip = GotOcr2ImageProcessorPil(**{k: v for k, v in (image_processor or {}).items() if k in ("size", "min_patches", "max_patches")})
+        tiles = ip.get_number_of_image_patches(height, width, dict(InternVLProcessor.images_kwargs))  # the call's defaults
+        return int(token_ids["image_seq_length"]) * tiles
 
     def image_tokens(self, processor, width: int, height: int) -> int:
         tiles = processor.image_processor.get_number_of_image_patches(height, width, {})

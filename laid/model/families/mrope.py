@@ -63,6 +63,21 @@ class MRopeFamily(Family):
         axis = mrope_axes(list(rotary.mrope_section), len(inv), self.interleaved)
         return RotaryLayout(inv, axis, self.axis_names, float(getattr(rotary, "attention_scaling", 1.0)))
 
+    def planned_image_tokens(self, vision: dict, token_ids: dict, image_processor: dict | None, width: int,
+                             height: int) -> int:
+        """The processor's resize (`smart_resize`: sides rounded to patch x merge, pixel count within the
+        preprocessor's bounds, else the image processor's defaults), then one token per merge x merge patches."""
+        from transformers import Qwen2VLImageProcessorPil
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        ip, default = image_processor or {}, Qwen2VLImageProcessorPil.size
+        size = ip.get("size") or {}
+        lo = ip.get("min_pixels") or size.get("shortest_edge") or default["shortest_edge"]
+        hi = ip.get("max_pixels") or size.get("longest_edge") or default["longest_edge"]
+        factor = int(vision["patch_size"]) * int(vision["spatial_merge_size"])
+        h, w = smart_resize(height, width, factor=factor, min_pixels=lo, max_pixels=hi)
+        return (h // factor) * (w // factor)
+
     def image_tokens(self, processor, width: int, height: int) -> int:
         ip = processor.image_processor
         return ip.get_number_of_image_patches(height, width) // ip.merge_size**2
