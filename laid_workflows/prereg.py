@@ -213,6 +213,56 @@ def study_name(prereg: Preregistration, prereg_path: str | Path) -> str | None:
     return load_study_config(config).name if config.is_file() else None
 
 
+def registered_in(folder: Path) -> list[tuple[Path, Preregistration | str]]:
+    """Every preregistration in `folder` by file name, or the one-line error that loading it gave (a
+    page that reports them must not fail on one bad file)."""
+    out: list[tuple[Path, Preregistration | str]] = []
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        try:
+            out.append((path, load_prereg(path)))
+        except (ValueError, FileNotFoundError) as e:
+            out.append((path, str(e)))
+    return out
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a study may report of the test split: confirmatory under `prereg` (frozen at `commit`), or not."""
+
+    prereg: Path | None = None
+    commit: str | None = None
+
+    @property
+    def confirmatory(self) -> bool:
+        return self.prereg is not None
+
+    def attrs(self) -> dict:
+        """The study result's attrs that say so (laid_workflows/study.py)."""
+        if not self.confirmatory:
+            return {"confirmatory": 0, "preregistration": "", "prereg_commit": ""}
+        return {"confirmatory": 1, "preregistration": self.prereg.name, "prereg_commit": self.commit}
+
+
+def claim_for(config: str | Path | None, modified: bool = False) -> Claim:
+    """The frozen preregistration that registers the study config file `config` as it is, if any.
+
+    `modified`: the config in memory is not the file (--override, --quick): no preregistration covers
+    it. Preregistrations are looked up in the config's own repository (configs/preregistration/)."""
+    if config is None or modified or not Path(config).is_file():
+        return Claim()
+    config = Path(config).resolve()
+    root = _repo_root(config)
+    if root is None:
+        return Claim()
+    for path, p in registered_in(root / "configs" / "preregistration"):
+        if isinstance(p, str) or (root / p.study.config).resolve() != config:
+            continue
+        freeze = freeze_status(path)
+        if freeze.frozen and not config_problems(p, path, freeze):
+            return Claim(path, freeze.commit)
+    return Claim()
+
+
 # --- verdicts ------------------------------------------------------------------------------------
 
 
@@ -280,15 +330,8 @@ def verdict_line(v: Verdict, margin: float) -> str:
 
 
 def registered() -> list[tuple[Path, Preregistration | str]]:
-    """Every preregistration in PREREG_DIR (configs/preregistration/) by file name, or the one-line
-    error that loading it gave (a page that reports them must not fail on one bad file)."""
-    out: list[tuple[Path, Preregistration | str]] = []
-    for path in sorted(PREREG_DIR.glob("*.yaml")) if PREREG_DIR.is_dir() else []:
-        try:
-            out.append((path, load_prereg(path)))
-        except (ValueError, FileNotFoundError) as e:
-            out.append((path, str(e)))
-    return out
+    """Every preregistration of this repository (PREREG_DIR, configs/preregistration/)."""
+    return registered_in(PREREG_DIR)
 
 
 def study_status(study: str | None) -> str:

@@ -144,8 +144,12 @@ class Study:
     def __init__(self, cfg: StudyConfig, run_dir: str | Path, force: bool = False, full: bool = False,
                  workers: int | None = None, device: str = "cpu", log=log_line, figures_dir: str | Path | None = None,
                  quick_figures: bool = False, results_page: str | Path | None = None, dtype: str | None = None,
-                 launcher: Launcher | None = None, dry_run: bool = False):
+                 launcher: Launcher | None = None, dry_run: bool = False, config_path: str | Path | None = None,
+                 modified: bool = False, exploratory: bool = False):
         self.cfg, self.force, self.full = cfg, force, full
+        # Test-split numbers are claims: only a config frozen in a preregistration may report them
+        # (laid_workflows/prereg.py); `exploratory` reports them labelled so, `modified` = not the file.
+        self.config_path, self.modified, self.exploratory = config_path, modified, exploratory
         self.where = cfg.where(run_dir)
         self.run_dir, self.layout = self.where.run, self.where.layout
         self.figures_dir, self.quick_figures = figures_dir, quick_figures  # the learning-curve figure (None: none)
@@ -233,6 +237,22 @@ class Study:
                 name=f"{student}-{arm}-seed{seed}", launcher=self.launcher, placement=self.placement)))
         return out
 
+    def claim(self):
+        """The preregistration this study's test numbers are confirmatory under; refuses (one line) a
+        study that reads the test split without one, unless it is run as exploratory."""
+        from laid_workflows.prereg import Claim, claim_for
+
+        c = self.cfg
+        if c.data.eval_split != "test":
+            return Claim()
+        claim = claim_for(self.config_path, self.modified or self.full)
+        if not claim.confirmatory and not self.exploratory:
+            raise ValueError(f"study {c.name} reads the test split, and no frozen preregistration (configs/preregistration/) "
+                             f"registers {self.config_path or 'this config'} as it is: choose on val (data.eval_split: val), "
+                             "register and commit the config before claiming, or pass --exploratory to label every number "
+                             "exploratory")
+        return claim
+
     def _note(self, line: str) -> None:
         if self.plan is not None:
             self.plan.append(line)
@@ -242,6 +262,7 @@ class Study:
         from laid_workflows.study_stats import best_retrieval, build_study, study_markdown
 
         c, t0, where = self.cfg, time.time(), self.where
+        claim = self.claim()  # before anything trains: a refused claim costs nothing
         pending = self.ensure_inputs()
         grid = self.cfg.grid(self.full)
         if not pending:  # (a dry run checks the models it would add once they are there)
@@ -290,6 +311,7 @@ class Study:
         ds = build_study(evals, base, teacher, c.student_labels, list(c.arms), c.budgets, c.groups,
                          dcfg.per_device_batch_size * dcfg.grad_accum, retrieval, labels=labels, margin=c.non_inferiority_margin,
                          attrs={"config": json.dumps(asdict(c)), "full_grid": int(self.full), "device": self.device,
+                                "eval_split": c.data.eval_split, **claim.attrs(),
                                 "diagnose_sizes": json.dumps(c.diagnose.sizes),
                                 "timings_s": json.dumps({"total": round(time.time() - t0, 1),
                                                          **{k: v["seconds"] for k, v in timings.items()}}),
@@ -360,14 +382,16 @@ CONFIG = REPO / "configs" / "experiments" / "testbed.yaml"
 
 
 def _study(args: argparse.Namespace) -> int:
-    cfg = load_study_config(args.config or CONFIG, args.override or [])
+    config = Path(args.config or CONFIG)
+    cfg = load_study_config(config, args.override or [])
     if args.quick:
         cfg = quick_config(cfg)
     # Into the run folder, as the main job: `laid results --publish` refreshes the repository's copies.
     figures_dir = args.figures_dir or RunLayout(args.run_dir).figures
     page = RunLayout(args.run_dir).results_page
     study = Study(cfg, args.run_dir, force=args.force, full=args.full, figures_dir=None if args.no_figures else figures_dir,
-                  quick_figures=args.quick, results_page=page, **run_options(args))
+                  quick_figures=args.quick, results_page=page, config_path=config,
+                  modified=bool(args.override) or args.quick, exploratory=args.exploratory or args.quick, **run_options(args))
     ds = study.run()
     if ds is None:
         print(dry_run_text("study", cfg.name, study.run_dir, study.placement, study.plan))
@@ -391,6 +415,8 @@ def register(subparsers) -> None:
     p.add_argument("--full", action="store_true", help="every arm at all seeds and budgets (the whole grid, for a GPU)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run on quick data (2 steps, 4 questions per size)")
     p.add_argument("--force", action="store_true", help="retrain and re-evaluate the runs this study owns")
+    p.add_argument("--exploratory", action="store_true", help="report test-split numbers of a config no frozen "
+                   "preregistration registers, labelled exploratory (without it such a study is refused; --quick implies it)")
     p.add_argument("--figures-dir", help="where the learning-curve figure goes (default: <run-dir>/figures)")
     p.add_argument("--no-figures", action="store_true", help="write the tables only, no figure")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")

@@ -91,6 +91,6 @@ def test_a_study_on_folders_under_labels(world):
         "arms": {"kd": {"method": "kd"}}, "eval.sizes": None, "eval.samples_per_size": 2,
         "groups": {"short": [1, 2], "long": [5, 10]}, "diagnose": {"seeds": []}})
     run = world["root"] / "study-run"
-    ds = Study(cfg, run, workers=1, log=lambda *a: None).run()
+    ds = Study(cfg, run, workers=1, log=lambda *a: None, exploratory=True).run()
     assert ds["student"].values.tolist() == ["small"] and (run / "study" / "runs" / "small__kd__seed0" / "evals" / "step-00000001.nc").is_file()
     assert not (run / "zoo").exists()  # path entries are never copied from the shipped zoo

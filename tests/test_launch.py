@@ -85,7 +85,7 @@ def test_a_study_dry_run_launches_every_run(world, capsys):
         "distill_configs": {"small": DISTILL}, "data": {"root": str(quick_vhs_of(world))}, "budgets": [1, 2],
         "arms": {"kd": {"method": "kd"}, "sft": {"method": "sft"}}, "diagnose": {"seeds": []}}))
     run = world["root"] / "study"
-    assert main(["study", "--config", str(spec), "--run-dir", str(run), "--gpus", "2", "--dry-run"]) == 0
+    assert main(["study", "--config", str(spec), "--run-dir", str(run), "--gpus", "2", "--dry-run", "--exploratory"]) == 0
     launches = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train ")]
     assert len(launches) == 6 and all("--num_processes 2" in line for line in launches)  # 2 arms x 3 seeds
     assert not run.exists()

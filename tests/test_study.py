@@ -95,7 +95,7 @@ def test_mini_study_runs_resumes_and_refuses_changed_arms(random_zoo, tmp_path_f
         "diagnose": {"seeds": [0], "sizes": [5, 10], "samples": 2},
     }
     cfg = load_study_config(REPO / "configs" / "experiments" / "testbed.yaml", overrides)
-    ds = Study(cfg, run, workers=1, log=lambda *a: None).run()
+    ds = Study(cfg, run, workers=1, log=lambda *a: None, exploratory=True).run()
     assert (run / "study" / "testbed.nc").is_file() and (run / "study" / "testbed.md").is_file()
     assert (run / "analysis" / "tiny-32b__base" / "diagnostics.nc").is_file()  # the diagnosed arm's evidence
     # the table's numbers are the eval files' numbers
@@ -109,13 +109,13 @@ def test_mini_study_runs_resumes_and_refuses_changed_arms(random_zoo, tmp_path_f
     # every run's job time is kept with the run, so a resumed study still reports the whole grid's time
     assert int(ds.attrs["jobs_timed"]) == int(ds.attrs["jobs"]) == 4 and float(ds.attrs["job_seconds"]) > 0
     # resume: nothing left to do, and the job seconds are not lost
-    assert Study(cfg, run, workers=1).jobs() == []
-    again = Study(cfg, run, workers=1, log=lambda *a: None).run()
+    assert Study(cfg, run, workers=1, exploratory=True).jobs() == []
+    again = Study(cfg, run, workers=1, log=lambda *a: None, exploratory=True).run()
     assert float(again.attrs["job_seconds"]) == float(ds.attrs["job_seconds"])
     # an arm whose settings changed under the same name is refused, not silently mixed
     cfg.arms["laid"].overrides["attn_rows"] = "text"
     with pytest.raises(ValueError, match=r"was trained with other \['attn_rows'\]"):
-        Study(cfg, run, workers=1).jobs()
+        Study(cfg, run, workers=1, exploratory=True).jobs()
 
 
 def test_shipped_study_config_loads_and_its_grid():
@@ -138,7 +138,7 @@ def test_shipped_studies_agree_on_every_shared_run(tmp_path):
     seen: dict[tuple, tuple[str, dict]] = {}
     for path in configs:
         cfg = load_study_config(path)
-        study = Study(cfg, tmp_path, workers=1)
+        study = Study(cfg, tmp_path, workers=1, exploratory=True)
         for student, arm, seed, budgets in cfg.grid(full=True):
             sig = study.distill_config(student, arm, seed, budgets).training_signature()
             first = seen.setdefault((student, arm, seed), (path.name, sig))
