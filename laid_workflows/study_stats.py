@@ -34,7 +34,9 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
-from laid.eval.paired import DEFAULT_MARGIN, Interval, interval_description, mean_accuracy, paired_difference, stack_seeds
+from laid.eval.metrics import DEFAULT_THRESHOLD
+from laid.eval.paired import (DEFAULT_MARGIN, Interval, interval_description, mean_accuracy, paired_difference, stack_seeds,
+                              window_ratio, windows)
 from laid_workflows.headline import add_labels, claimed, no_harm, row_label
 
 REFERENCES = ("base", "kd", "sft")
@@ -56,6 +58,7 @@ def build_study(evals: dict[tuple[str, str, int], list[xr.Dataset]], base: dict[
     bootstrap ablation's resamples only. `margin`: the non-inferiority margin (attrs)."""
     students, arms, budgets = list(students), list(arms), [int(b) for b in budgets]
     sizes = sorted({int(s) for s in teacher["haystack_size"].values})
+    threshold = float(teacher.attrs.get("threshold", DEFAULT_THRESHOLD))
     gnames = list(groups)
     for g, gs in groups.items():
         missing = sorted(set(gs) - set(sizes))
@@ -84,6 +87,9 @@ def build_study(evals: dict[tuple[str, str, int], list[xr.Dataset]], base: dict[
                             continue
                         _put(data, "diff", (i, j, k, g, r), paired_difference(c, other, groups[group], n_boot),
                              s3 + (len(gnames), len(REFERENCES)))
+                iv = window_ratio(c, base_c[student], threshold)  # the paper's "window extended N x": over base
+                _put(data, "window_ratio", (i, j, k), iv, s3)
+                data.setdefault("window_ratio_mc_error", np.full(s3, np.nan))[i, j, k] = iv.mc_error
     shape_sg = (len(students), len(gnames))
     for i, student in enumerate(students):
         for g, group in enumerate(gnames):
@@ -92,7 +98,8 @@ def build_study(evals: dict[tuple[str, str, int], list[xr.Dataset]], base: dict[
     for g, group in enumerate(gnames):
         _put(data, "teacher_acc", (g,), mean_accuracy(teacher_c, groups[group], n_boot), (len(gnames),))
     dims = {"acc": ("student", "arm", "budget", "group"), "diff": ("student", "arm", "budget", "group", "ref"),
-            "base_acc": ("student", "group"), "teacher_lead": ("student", "group"), "teacher_acc": ("group",)}
+            "base_acc": ("student", "group"), "teacher_lead": ("student", "group"), "teacher_acc": ("group",),
+            "window_ratio": ("student", "arm", "budget"), "window_ratio_mc_error": ("student", "arm", "budget")}
     interval = interval_description()
     out = xr.Dataset(coords={"student": students, "arm": arms, "budget": budgets, "group": gnames,
                              "ref": list(REFERENCES), "haystack_size": sizes})
@@ -100,17 +107,33 @@ def build_study(evals: dict[tuple[str, str, int], list[xr.Dataset]], base: dict[
     out["n_seeds"] = (("student", "arm", "budget"), n_seeds, {"long_name": "training seeds behind the cell"})
     for name, values in data.items():
         stem = name.replace("_ci_low", "").replace("_ci_high", "").replace("_seeds_counted", "")
+        stem = stem if stem in dims else name
         out[name] = (dims[stem], values, {"units": "1", "interval": interval} if not name.endswith("_seeds_counted") else
                      {"long_name": "1: the interval counts the seed variance of every trained side (>= 2 seeds each)"})
     out["haystacks"] = (("budget",), np.asarray(budgets) * global_batch, {"long_name": "training haystacks seen", "units": "haystacks"})
     out["base_accuracy"] = (("student", "haystack_size"), np.stack([base[s]["accuracy"].sel(haystack_size=sizes).values
                                                                      for s in students]), {"units": "1"})
     out["teacher_accuracy"] = (("haystack_size",), teacher["accuracy"].sel(haystack_size=sizes).values, {"units": "1"})
+    _add_windows(out, sizes, threshold)
     _add_retrieval(out, retrieval or {}, students, arms, budgets)
     out = add_labels(out, labels or {}, dim="arm")
     out.attrs.update({"groups": json.dumps(groups), "global_batch": global_batch, "non_inferiority_margin": float(margin),
                       **(attrs or {})})
     return out
+
+
+def _add_windows(out: xr.Dataset, sizes: list[int], threshold: float) -> None:
+    """Effective windows (images) of the seed-mean curves, as laid.eval.paired.windows counts them for
+    the ratios: below the smallest size = half of it, never below the threshold = the largest size."""
+    attrs = {"units": "images", "threshold": threshold, "long_name": "effective window of the seed-mean accuracy curve "
+             "(below the smallest size: half of it; censored at the largest size)"}
+    for name, curve in (("effective_window", "accuracy"), ("base_effective_window", "base_accuracy"),
+                        ("teacher_effective_window", "teacher_accuracy")):
+        acc = out[curve]
+        out[name] = (acc.dims[:-1], np.where(np.isnan(acc.values).all(-1), np.nan, windows(sizes, np.nan_to_num(acc.values, nan=0.0),
+                                                                                               threshold)), attrs)
+    if "window_ratio_mc_error" in out:
+        out["window_ratio_mc_error"].attrs.update(long_name="Monte-Carlo standard error of the window ratio's bounds")
 
 
 def _add_retrieval(out: xr.Dataset, retrieval: dict, students, arms, budgets) -> None:
@@ -172,6 +195,22 @@ def _mass(mass: xr.DataArray, layer: xr.DataArray) -> str:
     return "-" if math.isnan(m) else f"{m:.2f} (layer {int(layer)})"
 
 
+def _window(w: xr.DataArray) -> str:
+    v = float(w)
+    return "-" if math.isnan(v) else f"{v:.1f}"
+
+
+def _ratio(ds: xr.Dataset, sel: dict) -> str:
+    """'2.10x [1.40, 3.20]', bold when the interval excludes 1 and counts every trained side's seeds."""
+    if "window_ratio" not in ds:
+        return "-"
+    v, lo, hi = (float(ds["window_ratio" + s].sel(sel)) for s in ("", "_ci_low", "_ci_high"))
+    if math.isnan(v):
+        return "-"
+    text = f"{v:.2f}x [{lo:.2f}, {hi:.2f}]"
+    return f"**{text}**" if claimed(ds, "window_ratio", sel, null=1.0) else text
+
+
 def study_markdown(ds: xr.Dataset) -> str:
     """Per student: the teacher's lead, then per arm and budget the paired differences."""
     groups = json.loads(ds.attrs["groups"])
@@ -184,9 +223,14 @@ def study_markdown(ds: xr.Dataset) -> str:
         for g, sizes in groups.items():
             lines.append(f"| {g} | {sizes} | {_cell(ds, 'base_acc', {**st, 'group': g}, False)} | "
                          f"{_cell(ds, 'teacher_acc', {'group': g}, False)} | {_cell(ds, 'teacher_lead', {**st, 'group': g})} |")
+        if "base_effective_window" in ds:
+            lines += ["", f"Effective window (images): base {_window(ds['base_effective_window'].sel(st))}, teacher "
+                      f"{_window(ds['teacher_effective_window'])}."]
         margin = 100 * float(ds.attrs.get("non_inferiority_margin", DEFAULT_MARGIN))
+        others = [g for g in groups if g not in ("long", "short")]
         head = ["arm", "budget (steps)", "haystacks", "seeds"] + [f"{g} - {r}" for g in ("long", "short") for r in ("base", "KD", "SFT")] + \
-               [f"short no harm vs base / KD (margin {margin:g})", "inside - base", "beyond - base", "retrieval mass"]
+               [f"short no harm vs base / KD (margin {margin:g})"] + [f"{g} - base" for g in others] + \
+               ["eff. window", "window / base", "retrieval mass"]
         lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         labels = {str(arm): row_label(ds, student, arm, dim="arm") for arm in ds["arm"].values}
         shared = {lab for lab in labels.values() if list(labels.values()).count(lab) > 1}
@@ -201,7 +245,8 @@ def study_markdown(ds: xr.Dataset) -> str:
                 cells = [name, str(int(budget)), str(int(ds["haystacks"].sel(budget=budget))), str(n)]
                 cells += [_cell(ds, "diff", {**sel, "group": g, "ref": r}) for g in ("long", "short") for r in ("base", "kd", "sft")]
                 cells.append(_no_harm(ds, sel))
-                cells += [_cell(ds, "diff", {**sel, "group": g, "ref": "base"}) for g in ("inside", "beyond")]
+                cells += [_cell(ds, "diff", {**sel, "group": g, "ref": "base"}) for g in others]
+                cells += [_window(ds["effective_window"].sel(sel)) if "effective_window" in ds else "-", _ratio(ds, sel)]
                 cells.append(_mass(ds["retrieval_mass"].sel(sel), ds["retrieval_layer"].sel(sel)))
                 lines.append("| " + " | ".join(cells) + " |")
         base = _mass(ds["base_retrieval_mass"].sel(st), ds["base_retrieval_layer"].sel(st))
@@ -215,7 +260,9 @@ def study_markdown(ds: xr.Dataset) -> str:
               "the interval excludes 0 and every trained side had >= 2 seeds, the only differences claimed. Short no harm: "
               "the lower bound of short - reference above minus the margin (set before the run); - : no verdict. Arms are "
               "labelled by the terms that trained (laid.methods.label_for). Budgets of one run per seed are exports of "
-              "that run along a constant learning-rate schedule (docs: zoo-and-testbeds)."]
+              "that run along a constant learning-rate schedule (docs: zoo-and-testbeds). Window / base: effective window "
+              "of the arm over the base student's, paired on questions, the same seed-counting interval on the log ratio; "
+              "bold when it excludes 1."]
     return "\n".join(lines) + "\n"
 
 

@@ -62,6 +62,27 @@ def test_planted_differences_are_paired_at_the_same_budget(planted):
     assert float(ds["retrieval_mass"].sel(student="s", arm="laid", budget=2)) == 0.7
 
 
+def test_window_ratios_over_base_are_the_planted_windows(planted):
+    """KD at budget 1 answers as the teacher on every question: its window over base is the teacher's
+    over base, claimed (2 agreeing seeds); SFT answers as base: ratio 1 with a zero-width interval; the
+    degenerate ratio of a seed-mean curve to itself at budget 2 (KD = base) is 1, not a window gain."""
+    from laid.eval.paired import windows
+
+    ds, t, b = planted
+    sel = lambda arm, budget: {"student": "s", "arm": arm, "budget": budget}  # noqa: E731
+    want = float(windows(SIZES, t["accuracy"].values, 0.6) / windows(SIZES, b["accuracy"].values, 0.6))
+    assert want > 1.5  # the planted teacher holds more sizes
+    assert float(ds["window_ratio"].sel(sel("kd", 1))) == pytest.approx(want)
+    assert float(ds["effective_window"].sel(sel("kd", 1))) == pytest.approx(float(ds["teacher_effective_window"]))
+    assert float(ds["window_ratio_ci_low"].sel(sel("kd", 1))) > 1  # excludes 1: a window extended
+    for arm, budget in (("sft", 1), ("kd", 2)):
+        assert float(ds["window_ratio"].sel(sel(arm, budget))) == pytest.approx(1.0)
+        assert float(ds["window_ratio_ci_low"].sel(sel(arm, budget))) <= 1 <= float(ds["window_ratio_ci_high"].sel(sel(arm, budget)))
+    md = study_markdown(ds)
+    kd1 = next(line for line in md.splitlines() if line.startswith("| KD | 1 |"))
+    assert f"**{want:.2f}x [" in kd1 and "Effective window (images): base" in md
+
+
 def test_markdown_and_curve_show_what_the_intervals_support(planted):
     ds, _, _ = planted
     md = study_markdown(ds)
