@@ -43,7 +43,7 @@ class Block:
         return f"{self.page.relative_to(REPO) if self.page.is_relative_to(REPO) else self.page}:{self.line}"
 
 
-WALK = re.compile(r"<!--\s*walk:\s*(\S+)")
+WALK = re.compile(r"^<!--\s*walk:\s*(\S+)", re.MULTILINE)  # a comment line of its own, not a mention in text
 
 
 def walk_test(page: Path) -> str | None:
