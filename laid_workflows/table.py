@@ -263,8 +263,8 @@ def register(subparsers) -> None:
         "table", help="the paired comparison table, its netCDF and Figure 3 from evaluation files (yours or the official harness's)",
         description="Tabulate evaluations of one or more students (one per method, and per training seed for trained "
                     "methods): `laid eval` .nc files or official per-question folders ({N}_images/{idx:03d}.json). "
-                    "Every method is paired with base and KD on the same questions (95%% bootstrap over questions and "
-                    "seeds); files evaluated on different questions are refused. Writes OUT/compare/comparison.md and "
+                    "Every method is paired with base and KD on the same questions (95% intervals counting questions and "
+                    "training seeds); files evaluated on different questions are refused. Writes OUT/compare/comparison.md and "
                     ".nc (the comparison schema), the per-question files in a run folder's layout, and Figure 3.")
     p.add_argument("--eval", nargs="+", action="append", metavar="STUDENT:METHOD[:SEED]=PATH",
                    help="an evaluation file or official folder and its tags, e.g. 7b:laid:1=results/7b_laid_s1.nc "

@@ -76,3 +76,48 @@ def ground_truth(data: dict, min_area: float) -> tuple[dict[str, set[str]], dict
         if a["area"] / (SIDE * SIDE) >= min_area:
             holds[f].add(c)
     return holds, touched
+
+
+
+def write_tiny_vhs_test(root: Path, out: Path, sizes=(1, 2, 5), n_images: int = 120, seed: int = 7,
+                        id_offset: int = 500_000, train: dict | None = None, one_question_from: int | None = None) -> Path:
+    """A Visual Haystacks test split in the benchmark's own layout: images in root/coco/val2017/ (COCO
+    file names, ids from `id_offset` so they never collide with write_tiny_coco's) and
+    out/visual_haystack_{oracle,N}.json whose paths read `coco/val2017/<file>`, relative to `root` (the
+    official image root holds coco/). `train`: the content of write_tiny_coco's annotation file, whose
+    root/coco/train2017 images may then be distractors too (the benchmark uses train2017 images as well).
+    One yes and one no question per size (only a yes question from size `one_question_from` on), from
+    the annotations: the needle holds the anchor, no distractor shows any of it, yes iff the needle
+    holds the target."""
+    data = coco_dict(n_images, seed)
+    for im in data["images"]:
+        im["file_name"] = f"{im['id'] + id_offset:012d}.jpg"
+    holds, touched = ground_truth(data, 0.01)
+    images = root / "coco" / "val2017"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in holds:
+        Image.fromarray(rng.integers(0, 255, (SIDE, SIDE, 3), dtype=np.uint8)).save(images / name, "JPEG")
+    pool = {f"coco/val2017/{f}": (holds[f], touched[f]) for f in holds}
+    if train is not None:
+        t_holds, t_touched = ground_truth(train, 0.01)
+        pool.update({f"coco/train2017/{f}": (t_holds[f], t_touched[f]) for f in t_holds})
+    val = sorted(f"coco/val2017/{f}" for f in holds)
+    pairs = [(a, t) for a in CATEGORIES.values() for t in CATEGORIES.values() if a != t]
+    out.mkdir(parents=True, exist_ok=True)
+    for n in sizes:
+        entries = []
+        for answer in ("yes", "no") if one_question_from is None or n < one_question_from else ("yes",):
+            for k in rng.permutation(len(pairs)):
+                a, t = pairs[k]
+                needles = [f for f in val if a in pool[f][0] and (t in pool[f][0] if answer == "yes" else t not in pool[f][1])]
+                free = sorted(f for f, (_, seen) in pool.items() if a not in seen)
+                if needles and len(free) >= n - 1:
+                    break
+            else:
+                raise ValueError(f"no {answer} question of size {n} in these images")
+            entries.append({"conversations": [{"from": "human", "value": f"For the image with a {a}, is there a {t}?"},
+                                              {"from": "gpt", "value": answer.capitalize()}],
+                            "pos_image": [str(rng.choice(needles))], "neg_image": [str(f) for f in rng.choice(free, n - 1, replace=False)]})
+        (out / f"visual_haystack_{'oracle' if n == 1 else n}.json").write_text(json.dumps(entries))
+    return out

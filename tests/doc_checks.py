@@ -4,7 +4,9 @@ Command blocks: pytest-codeblocks (`extract_from_file`) reads the fenced blocks 
 marks before them. Every ```bash (or ```sh) block runs unless a `<!--pytest.mark.skip(reason="...")-->`
 line precedes it; the blocks of one page run in order, in one shell each, in a sandbox folder that
 shares `configs/`, `checkpoints/`, `data/` and `notebooks/` with the repository (read-only use) and
-holds everything they write, with this checkout's `laid` first on PATH.
+holds everything they write, with this checkout's `laid` first on PATH. A *walk* page (a
+`<!-- walk: tests/test_x.py ... -->` comment) reads its paths from variables that its own test sets;
+the generic runner leaves it to that test.
 
 Links: markdown-it-py parses each page (CommonMark, as GitHub renders it) and mdit-py-plugins gives
 every heading GitHub's anchor; every relative link and image must name a file or folder of the
@@ -14,6 +16,7 @@ repository, and an anchor must name a heading of the page it points into.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -38,6 +41,15 @@ class Block:
 
     def where(self) -> str:
         return f"{self.page.relative_to(REPO) if self.page.is_relative_to(REPO) else self.page}:{self.line}"
+
+
+WALK = re.compile(r"^<!--\s*walk:\s*(\S+)", re.MULTILINE)  # a comment line of its own, not a mention in text
+
+
+def walk_test(page: Path) -> str | None:
+    """The test file a walk page names (`<!-- walk: tests/test_x.py ... -->`), or None: not a walk."""
+    m = WALK.search(page.read_text())
+    return m.group(1) if m else None
 
 
 def runnable_blocks(page: Path) -> list[Block]:
@@ -71,16 +83,19 @@ def block_env() -> dict[str, str]:
     return env
 
 
-def run_block(block: Block, cwd: Path) -> None:
-    """Run one block with bash -e (a failing command fails the block); raise naming the block."""
+def run_block(block: Block, cwd: Path, variables: dict[str, str] | None = None) -> str:
+    """Run one block with bash -e (a failing command fails the block); raise naming the block; return
+    its stdout. With `variables` (a walk's), they are set and an unset one fails the block (bash -u)."""
+    flags = ["-e", "-o", "pipefail"] + (["-u"] if variables is not None else [])
     try:
-        res = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block.code], cwd=cwd, env=block_env(),
+        res = subprocess.run(["bash", *flags, "-c", block.code], cwd=cwd, env={**block_env(), **(variables or {})},
                              capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"{block.where()}: the block ran past {BLOCK_TIMEOUT_S} s") from None
     if res.returncode != 0:
         raise AssertionError(f"{block.where()}: the block exited {res.returncode}:\n{block.code}\n"
                              f"--- stderr (end) ---\n{res.stderr[-3000:]}\n--- stdout (end) ---\n{res.stdout[-1500:]}")
+    return res.stdout
 
 
 def _parser() -> MarkdownIt:

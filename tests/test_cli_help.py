@@ -1,5 +1,6 @@
 """The command line explains itself: every option of every command has help, no help prints its
-default twice (or "(default: None)"), no help names a flag that does not exist; and the packaging
+default twice (or "(default: None)"), no help names a flag that does not exist, no description prints
+"%%"; and the packaging
 metadata points at what exists. Each check also runs on a deliberately broken parser, which must fail.
 """
 
@@ -45,6 +46,8 @@ def help_problems(parser: argparse.ArgumentParser) -> list[str]:
             if shown.count("(default") > 1 or "(default: None)" in shown:
                 problems.append(f"{prog} {name}: default shown twice or as None: {shown!r}")
         text = " ".join([p.description or ""] + [a.help or "" for a in p._actions])
+        if "%%" in (p.description or ""):  # argparse %-formats every help, a description only if it names %(prog)
+            problems.append(f"{prog}: the description prints '%%'")
         problems += [f"{prog}: names {flag}, which no command has" for flag in sorted(set(FLAG.findall(text)) - every_flag)]
     return problems
 
@@ -56,7 +59,7 @@ def test_every_option_has_help_and_no_default_twice():
 def test_the_check_fails_on_a_broken_parser():
     parser = argparse.ArgumentParser(prog="x")
     sub = parser.add_subparsers(dest="command").add_parser("diagnose", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                                            description="with --ablate-heads the accuracy change")
+                                                            description="with --ablate-heads the accuracy change (95%% of it)")
     sub.add_argument("--sizes", nargs="+", help="haystack sizes (default: all in --data)")
     sub.add_argument("--data", help="data")
     sub.add_argument("--batch-size", type=int, default=1)
@@ -64,6 +67,7 @@ def test_the_check_fails_on_a_broken_parser():
     assert "x diagnose --sizes: default shown twice" in problems
     assert "x diagnose --batch-size: no help" in problems
     assert "names --ablate-heads" in problems
+    assert "x diagnose: the description prints '%%'" in problems
 
 
 def test_packaging_metadata():

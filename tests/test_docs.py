@@ -2,7 +2,8 @@
 
 - Every runnable command block of README.md, docs/*.md and notebooks/README.md (doc_checks: ```bash blocks not marked
   skip) runs on the toy, in page order, README first: the README's tour makes the `runs/tour/` that
-  the docs pages' blocks build on. A deliberately broken block fails (test below).
+  the docs pages' blocks build on. A deliberately broken block fails (test below). A walk page
+  (docs/real-checkpoints.md) reads its paths from variables: the test it names runs it.
 - Every relative link and image path resolves, every docs page is reachable from the README, and a
   deliberately broken link or anchor is reported.
 - docs/cli.md equals what laid_workflows.cli_reference generates from the parsers now, and `laid
@@ -17,7 +18,7 @@ import io
 from pathlib import Path
 
 import pytest
-from doc_checks import REPO, broken_links, reachable, run_block, runnable_blocks, sandbox
+from doc_checks import REPO, broken_links, reachable, run_block, runnable_blocks, sandbox, walk_test
 
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
@@ -33,13 +34,26 @@ def tour(tmp_path_factory) -> dict:
     return {"dir": sandbox(tmp_path_factory.mktemp("docs_sandbox")), "ran": set()}
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if runnable_blocks(p)], ids=lambda p: p.relative_to(REPO).as_posix())
+WALKS = [p for p in PAGES if walk_test(p)]  # pages whose blocks read variables their own test sets
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if runnable_blocks(p) and p not in WALKS], ids=lambda p: p.relative_to(REPO).as_posix())
 def test_runnable_blocks_run_on_the_toy(page, tour):
     # A docs page builds on the tour's runs/tour/: run the README first when a page is selected alone (-k).
     for p in ([README] if page != README and README not in tour["ran"] else []) + [page]:
         for block in runnable_blocks(p):
             run_block(block, tour["dir"])
         tour["ran"].add(p)
+
+
+def test_every_walk_page_is_run_by_the_test_it_names():
+    """A walk page is left out above; the test it names must exist and run that page."""
+    # docs/testing.md only mentions the marker: a walk is a comment line of its own
+    assert [p.name for p in WALKS] == ["real-checkpoints.md"], WALKS
+    for page in WALKS:
+        test = REPO / walk_test(page)
+        assert test.is_file(), f"{page.name} names {test}, which does not exist"
+        assert page.relative_to(REPO).as_posix() in test.read_text(), f"{test.name} does not run {page.name}"
 
 
 def test_a_broken_block_fails(tmp_path):

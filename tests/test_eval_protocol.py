@@ -192,3 +192,27 @@ def test_settings_reuse_only_results_of_the_same_protocol(tmp_path):
     assert auto.matches(old) and auto.matches(ours) and not auto.matches(official)
     assert EvalSettings(sizes=None, samples_per_size=None, protocol="official").matches(official)
     assert not EvalSettings(sizes=None, samples_per_size=None, scoring="generate").matches(ours)
+
+
+def test_a_result_scored_at_every_needle_position_is_reused_for_its_questions(tmp_path):
+    """The official single-needle protocol scores each question once per needle position, so a result
+    of 2 questions at 5 images holds 10 samples: it is the evaluation of a cap of 100 questions on a
+    file of 2 (the cap it was made with), and of 2 questions, not of 10 or 3. Comparing the samples
+    with the cap (the rule before) never reused an official result: a resumed comparison evaluated
+    everything again."""
+    from laid.eval.results import SampleResult, build_result
+    from laid.eval.settings import EvalSettings
+
+    real = tmp_path / "vhs"  # no manifest.json: real data, auto = official
+    real.mkdir()
+    rows = {5: [SampleResult(p % 2 == 0, 1.0, True, 10, p, True) for q in range(2) for p in range(5)]}
+    attrs = {"data_path": str(real), "needle_setting": "single_needle", "scoring": "generate", "protocol": "official",
+             "placement": "file_order_at", "config": json.dumps({"max_samples_per_size": 100})}
+    ds = build_result(rows, threshold=0.6, seed=0, n_bootstrap=5, attrs=attrs)
+    assert int(ds["n_samples"].sel(haystack_size=5)) == 10
+    assert EvalSettings(sizes=[5], samples_per_size=100).matches(ds)  # the cap it was made with
+    assert EvalSettings(sizes=[5], samples_per_size=2).matches(ds)  # as many questions as asked
+    assert not EvalSettings(sizes=[5], samples_per_size=10).matches(ds) and not EvalSettings(sizes=[5], samples_per_size=3).matches(ds)
+    shuffled = ds.assign_attrs(placement="shuffle", config=json.dumps({"max_samples_per_size": 50}))  # one sample per question
+    assert EvalSettings(sizes=[5], samples_per_size=10, protocol="official").matches(shuffled)
+    assert not EvalSettings(sizes=[5], samples_per_size=2, protocol="official").matches(shuffled)

@@ -116,6 +116,26 @@ def test_each_run_trains_in_two_processes(world, tmp_path):
     assert xr.load_dataset(run / "eval.nc").attrs["model_dir"] == str(run / "export")
 
 
+def test_a_run_whose_mixers_no_term_trains_trains_in_two_processes(world, tmp_path):
+    """The toy's LAid (the Q/K alignment term off: the head mixers only weight the teacher maps and get
+    no gradient) under plain DDP in 2 gloo processes, as `laid compare --accelerate-config
+    configs/accelerate/multi_cpu.yaml` launches it: it trains and equals the 1-process run. DDP not
+    told that the mixers go unused fails the second step ("parameters that were not used in producing
+    loss"), as it did before trainers/engines.py told it."""
+    from laid_workflows.launch import Launcher
+    from recipe_helpers import tiny_config
+    from trainers.recipe import distill
+
+    toy = {"lambdas.laid": 0.0, "lambdas.attn": 0.1, "mixer_init": "overlap", "grad_accum": 1, "max_steps": 2}
+    cfg = tiny_config(world["zoo"], quick_vhs_of(world), tmp_path / "two", **toy)
+    assert cfg.uses_mixers and not cfg.trains_mixers
+    Launcher(str(REPO / "configs" / "accelerate" / "multi_cpu.yaml"), 2).launch(cfg, resume=False)
+    one = distill(tiny_config(world["zoo"], quick_vhs_of(world), tmp_path / "one", **{**toy, "grad_accum": 2}), progress=False)
+    w1, w2 = load_file(str(one / "model.safetensors")), load_file(str(tmp_path / "two" / "export" / "model.safetensors"))
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-6)
+
+
 def test_a_finished_comparison_dry_run_reuses_everything(world, capsys):
     assert main([*world["args"], "--run-dir", str(world["run"]), "--dry-run"]) == 0
     steps = capsys.readouterr().out.splitlines()[1:]

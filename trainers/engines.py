@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, InitProcessGroupKwargs
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs
 
 from trainers.config import DistillConfig
 from trainers.trainlog import tracking_kwargs
@@ -61,6 +61,10 @@ def make_accelerator(cfg: DistillConfig) -> Accelerator:
             state = PartialState(cpu=False, backend="gloo")
             if state.distributed_type == DistributedType.NO:
                 PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+    if cfg.uses_mixers and not cfg.trains_mixers:
+        # The head mixers then only weight the teacher maps (detached) and get no gradient; DDP waits
+        # for every parameter's gradient and fails the next step unless told (ZeRO-3 / FSDP2 need not be).
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
     # The scheduler is stepped once per optimizer step by us: accelerate's default would step it
     # num_processes times per call (it assumes a per-process step count).
     accelerator = Accelerator(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from laid.data.vhs import SETTINGS, data_setting, find_vhs_files
+from laid.data.vhs import SETTINGS, data_setting, find_vhs_files, needle_positions
 from laid.eval.metrics import DEFAULT_THRESHOLD
 from laid.eval.protocol import PROTOCOLS, resolve_protocol
 
@@ -63,6 +63,13 @@ def choose_sizes(data: str | Path, setting: str | None, sizes: list[int] | str) 
             + (f"; not run: {[n for n in found if n not in chosen]} (--sizes all runs every size found)"
                if set(found) - set(chosen) else ""))
     return chosen, note
+
+
+def questions_evaluated(ds, size: int, n_samples: int) -> float:
+    """Questions behind a result's `n_samples` at `size`: with the needle at every position (the official
+    single-needle protocol, `--needle-positions`) each question is scored once per position."""
+    at_positions = ds.attrs.get("placement") in ("file_order_at", "shuffle_at") or bool(ds.attrs.get("needle_position_mode", 0))
+    return n_samples / len(needle_positions(size)) if at_positions else n_samples
 
 
 @dataclass
@@ -121,8 +128,9 @@ class EvalSettings:
             return False
         if self.samples_per_size is None:
             samples_ok = cfg.get("max_samples_per_size") is None
-        else:  # the count that was actually evaluated, whatever cap produced it
-            samples_ok = all(n.get(s) == self.samples_per_size for s in wanted)
+        else:  # the same cap, or as many questions as it asks for, whatever cap produced them
+            samples_ok = cfg.get("max_samples_per_size") == self.samples_per_size or all(
+                questions_evaluated(ds, s, n.get(s, 0)) == self.samples_per_size for s in wanted)
         return (
             wanted <= set(n)
             and samples_ok
