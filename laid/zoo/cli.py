@@ -21,7 +21,9 @@ DEFAULT_FAMILY = "qwen2_5_vl"
 FAMILY_NAMES = tuple(FAMILIES)
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "zoo"
-DEFAULT_MODELS = ("tiny-32b", "tiny-7b", "tiny-3b", "tiny-32b-short", "tiny-7b-ret")  # the shipped zoo (checkpoints/zoo)
+# The shipped zoo (checkpoints/zoo): the main job's models, then the window-extension testbed's (issue 26).
+DEFAULT_MODELS = ("tiny-32b", "tiny-7b", "tiny-3b", "tiny-32b-short", "tiny-7b-ret",
+                  "tiny-32b-long", "tiny-32b-w5-s3", "tiny-32b-w5-s4", "tiny-7b-w5-s1", "tiny-7b-w5-s2")
 # Quick mode (tests, smoke runs): a fixed handful of steps on short haystacks, to exercise the
 # code path in seconds; quick models are untrained (accuracy at chance) by design.
 QUICK_STEPS, QUICK_VISION_STEPS, QUICK_MAX_HAYSTACK, QUICK_IMAGE_BANK = 12, 6, 5, 300
