@@ -75,6 +75,8 @@ def _is_complete(folder: Path, cfg: ZooModelConfig, family: str = DEFAULT_FAMILY
 
 def _start_from(cfg: ZooModelConfig, parent_folder: Path | None, family: str):
     """The model pretraining starts from: a random init, or the parent's weights (init_from)."""
+    import torch
+
     from laid.model.loading import load_model
     from laid.zoo.build import build_model
 
@@ -85,8 +87,6 @@ def _start_from(cfg: ZooModelConfig, parent_folder: Path | None, family: str):
     if arch != {k: cfg.to_dict()[k] for k in arch}:
         raise ValueError(f"zoo model {cfg.name} continues from {cfg.pretrain.init_from} but their text/vision/"
                          f"image_size sections differ; copy them from configs/zoo/{cfg.pretrain.init_from}.yaml")
-    import torch
-
     torch.manual_seed(cfg.pretrain.seed)
     return load_model(parent_folder, device="cpu", dtype=torch.float32)
 

@@ -125,8 +125,8 @@ class ZooModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = to_dict(self)
         if not self.pretrain.init_from:
-            # A model trained from a random init keeps the dict it had before init_from existed,
-            # so the shipped folders still match their configs (laid/zoo/cli.py, _is_complete).
+            # Omitted when unset: a folder is matched to its config by this dict (laid/zoo/cli.py,
+            # _is_complete), and the folders trained from a random init were saved without the field.
             del d["pretrain"]["init_from"]
         return d
 
