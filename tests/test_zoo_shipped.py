@@ -27,9 +27,10 @@ def test_shipped_model_matches_its_config_and_loads(name):
     from laid.model.loading import load_model, load_processor
 
     cfg = load_zoo_config(CONFIGS / f"{name}.yaml")
+    parent = load_zoo_config(CONFIGS / f"{cfg.pretrain.init_from}.yaml") if cfg.pretrain.init_from else None
     folder = SHIPPED / name
     meta = json.loads((folder / "laid_zoo.json").read_text())
-    assert _is_complete(folder, cfg), (
+    assert _is_complete(folder, cfg, parent=parent), (
         f"{folder} was trained from another config than configs/zoo/{name}.yaml; rebuild it: "
         f"laid zoo --out checkpoints/zoo --models {name} --force")
     assert meta["pretrain_log"]["steps"] == cfg.pretrain.steps

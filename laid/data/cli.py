@@ -22,6 +22,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder; it becomes the image root")
     p.add_argument("--seed", type=int, default=0, help="seed of images and questions: the same seed writes the same files")
     p.add_argument("--quick", action="store_true", help="tiny benchmark (few sizes and questions) for smoke tests")
+    p.add_argument("--train-sizes", type=int, nargs="+", default=None, metavar="N",
+                   help="haystack sizes of the train split (default 2-20, as the paper); e.g. 1 2 3 4 5 for "
+                        "distillation on short haystacks only (the window-extension testbed)")
+    p.add_argument("--test-sizes", type=int, nargs="+", default=None, metavar="N",
+                   help="haystack sizes of the test split (default 1 2 5 10 20 50 100 150)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing benchmark made with another config")
     p.set_defaults(func=_synth)
 
@@ -70,6 +75,9 @@ def register(subparsers) -> None:
 
 def _synth(args: argparse.Namespace) -> int:
     cfg = SynthConfig.quick(args.seed) if args.quick else SynthConfig(seed=args.seed)
+    sizes = {k: tuple(v) for k, v in (("train_sizes", args.train_sizes), ("test_sizes", args.test_sizes)) if v}
+    if sizes:
+        cfg = SynthConfig.from_dict({**cfg.to_dict(), **sizes})
     out = generate(cfg, args.out, overwrite=args.overwrite)
     print(f"synthetic VHs benchmark (seed {cfg.seed}{', quick' if args.quick else ''}) in {out}")
     return 0

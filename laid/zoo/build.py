@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText
 
-from laid.config import to_dict
 from laid.model.loading import save_folder_atomically
 from laid.zoo import toys
 from laid.zoo.configs import ZooModelConfig
@@ -39,8 +38,14 @@ def build_model(cfg: ZooModelConfig, seed: int | None = None, family: str = DEFA
     return model
 
 
-def save_zoo_folder(model, processor, cfg: ZooModelConfig, out_dir: str | Path, log: dict | None = None) -> Path:
-    extra = {"laid_zoo.json": json.dumps({"zoo_config": to_dict(cfg), "pretrain_log": log or {}}, indent=1)}
+def save_zoo_folder(model, processor, cfg: ZooModelConfig, out_dir: str | Path, log: dict | None = None,
+                    parent: ZooModelConfig | None = None) -> Path:
+    """`parent`: the config of the model `cfg` continued from (pretrain.init_from), kept so a changed
+    parent config marks this folder stale too (laid/zoo/cli.py, _is_complete)."""
+    meta = {"zoo_config": cfg.to_dict(), "pretrain_log": log or {}}
+    if parent is not None:
+        meta["parent_zoo_config"] = parent.to_dict()
+    extra = {"laid_zoo.json": json.dumps(meta, indent=1)}
     return save_folder_atomically(model, processor, out_dir, extra_files=extra)
 
 

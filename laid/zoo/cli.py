@@ -21,21 +21,35 @@ DEFAULT_FAMILY = "qwen2_5_vl"
 FAMILY_NAMES = tuple(FAMILIES)
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "zoo"
-DEFAULT_MODELS = ("tiny-32b", "tiny-7b", "tiny-3b", "tiny-32b-short", "tiny-7b-ret")  # the shipped zoo (checkpoints/zoo)
+# The shipped zoo (checkpoints/zoo): the main job's models, then the window-extension testbed's (issue 26).
+DEFAULT_MODELS = ("tiny-32b", "tiny-7b", "tiny-3b", "tiny-32b-short", "tiny-7b-ret",
+                  "tiny-32b-long", "tiny-32b-w5-s3", "tiny-32b-w5-s4", "tiny-7b-w5-s1", "tiny-7b-w5-s2")
 # Quick mode (tests, smoke runs): a fixed handful of steps on short haystacks, to exercise the
 # code path in seconds; quick models are untrained (accuracy at chance) by design.
 QUICK_STEPS, QUICK_VISION_STEPS, QUICK_MAX_HAYSTACK, QUICK_IMAGE_BANK = 12, 6, 5, 300
 
 
 def zoo_configs(config_dir: str | Path = DEFAULT_CONFIG_DIR, models=DEFAULT_MODELS) -> list[ZooModelConfig]:
+    """The configs of `models`, each preceded by the models it continues from (`pretrain.init_from`)."""
     config_dir = Path(config_dir)
-    out = []
-    for name in models:
+    out: dict[str, ZooModelConfig] = {}
+
+    def add(name: str, chain: tuple[str, ...] = ()) -> None:
+        if name in chain:
+            raise ValueError(f"zoo configs continue from each other in a loop: {' -> '.join((*chain, name))}")
+        if name in out:
+            return
         path = config_dir / f"{name}.yaml"
         if not path.is_file():
             raise FileNotFoundError(f"zoo config {path} not found; known: {sorted(p.stem for p in config_dir.glob('*.yaml'))}")
-        out.append(load_zoo_config(path))
-    return out
+        cfg = load_zoo_config(path)
+        if cfg.pretrain.init_from:
+            add(cfg.pretrain.init_from, (*chain, name))
+        out[name] = cfg
+
+    for name in models:
+        add(name)
+    return list(out.values())
 
 
 def _quick(cfg: ZooModelConfig) -> ZooModelConfig:
@@ -46,25 +60,50 @@ def _quick(cfg: ZooModelConfig) -> ZooModelConfig:
     return cfg
 
 
-def _is_complete(folder: Path, cfg: ZooModelConfig, family: str = DEFAULT_FAMILY) -> bool:
+def _is_complete(folder: Path, cfg: ZooModelConfig, family: str = DEFAULT_FAMILY,
+                 parent: ZooModelConfig | None = None) -> bool:
+    """Whether `folder` holds `cfg` trained to the end; a model continued from another (init_from)
+    also needs that parent to have been trained from `parent`, today's config of it."""
     done = folder / "laid_zoo.json"
     if not done.is_file() or json.loads((folder / "config.json").read_text()).get("model_type") != family:
         return False
     meta = json.loads(done.read_text())
+    if cfg.pretrain.init_from and (parent is None or meta.get("parent_zoo_config") != parent.to_dict()):
+        return False
     return meta.get("pretrain_log", {}).get("steps") == cfg.pretrain.steps and meta.get("zoo_config") == cfg.to_dict()
 
 
-def build_one(cfg: ZooModelConfig, folder: Path, threads: int | None = None, progress: bool = True, position: int = 0,
-              family: str = DEFAULT_FAMILY) -> Path:
-    """Build, pretrain (vision stage, then multitask) and save one model folder of `family`."""
+def _start_from(cfg: ZooModelConfig, parent_folder: Path | None, family: str):
+    """The model pretraining starts from: a random init, or the parent's weights (init_from)."""
     import torch
 
-    from laid.zoo.build import build_model, build_processor, save_zoo_folder
+    from laid.model.loading import load_model
+    from laid.zoo.build import build_model
+
+    if not cfg.pretrain.init_from:
+        return build_model(cfg, family=family)
+    meta = json.loads((parent_folder / "laid_zoo.json").read_text())
+    arch = {k: meta["zoo_config"][k] for k in ("text", "vision", "image_size")}
+    if arch != {k: cfg.to_dict()[k] for k in arch}:
+        raise ValueError(f"zoo model {cfg.name} continues from {cfg.pretrain.init_from} but their text/vision/"
+                         f"image_size sections differ; copy them from configs/zoo/{cfg.pretrain.init_from}.yaml")
+    torch.manual_seed(cfg.pretrain.seed)
+    return load_model(parent_folder, device="cpu", dtype=torch.float32)
+
+
+def build_one(cfg: ZooModelConfig, folder: Path, threads: int | None = None, progress: bool = True, position: int = 0,
+              family: str = DEFAULT_FAMILY, parent: ZooModelConfig | None = None) -> Path:
+    """Build, pretrain (vision stage, then multitask) and save one model folder of `family`.
+
+    A model with `pretrain.init_from` starts from its parent's folder beside `folder`, trained from `parent`."""
+    import torch
+
+    from laid.zoo.build import build_processor, save_zoo_folder
     from laid.zoo.pretrain import pretrain, pretrain_vision
 
     if threads:
         torch.set_num_threads(threads)
-    model = build_model(cfg, family=family)
+    model = _start_from(cfg, folder.parent / cfg.pretrain.init_from if cfg.pretrain.init_from else None, family)
     processor = build_processor(cfg.image_size, family, cfg)
     p = cfg.pretrain
     vlog = pretrain_vision(model, processor, p, p.vision_steps, progress=progress, desc=f"vision {cfg.name}", position=position)
@@ -72,7 +111,7 @@ def build_one(cfg: ZooModelConfig, folder: Path, threads: int | None = None, pro
                    image_size=cfg.image_size)
     log.update(vlog, steps=p.steps, vision_steps=p.vision_steps)
     log["torch_threads"] = torch.get_num_threads()
-    return save_zoo_folder(model, processor, cfg, folder, log)
+    return save_zoo_folder(model, processor, cfg, folder, log, parent=parent)
 
 
 def build_zoo(
@@ -101,9 +140,15 @@ def build_zoo(
     family = family_named(family).name  # one line naming the choices if unknown
     out_dir = Path(out_dir)
     configs = [_quick(c) if quick else c for c in configs]
-    todo = [c for c in configs if force or not _is_complete(out_dir / c.name, c, family)]
+    by_name = {c.name: c for c in configs}
+    for c in configs:
+        if c.pretrain.init_from and c.pretrain.init_from not in by_name:
+            raise ValueError(f"zoo model {c.name} continues from {c.pretrain.init_from}: build them together "
+                             f"(laid zoo --models {c.pretrain.init_from} {c.name}, or zoo_configs adds it)")
+    parent_of = {c.name: by_name.get(c.pretrain.init_from) for c in configs}
+    todo = [c for c in configs if force or not _is_complete(out_dir / c.name, c, family, parent_of[c.name])]
     if checkpoints is not None and not force and not quick:
-        shipped = [c for c in todo if _is_complete(Path(checkpoints) / c.name, c, family)]
+        shipped = [c for c in todo if _is_complete(Path(checkpoints) / c.name, c, family, parent_of[c.name])]
         for c in shipped:
             with atomic_dir(out_dir / c.name) as tmp:
                 shutil.copytree(Path(checkpoints) / c.name, tmp, dirs_exist_ok=True)
@@ -111,19 +156,27 @@ def build_zoo(
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = max(1, min(workers or cores, len(todo) or 1))
     todo.sort(key=lambda c: -(c.text.hidden_size**2 * c.text.num_hidden_layers * c.pretrain.max_haystack))
-    if workers == 1:
-        for c in todo:
-            build_one(c, out_dir / c.name, progress=progress, family=family)
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        threads = max(1, cores // workers)
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            jobs = [pool.submit(build_one, c, out_dir / c.name, threads, progress, i, family) for i, c in enumerate(todo)]
-            for job in jobs:
-                job.result()  # re-raises a worker's error here
+    while todo:  # in waves: a model continued from another (init_from) waits for it
+        wave = [c for c in todo if parent_of[c.name] not in todo]
+        todo = [c for c in todo if c not in wave]
+        _train_wave(wave, out_dir, min(workers, len(wave)), cores, progress, family, parent_of)
     return {c.name: out_dir / c.name for c in configs}
+
+
+def _train_wave(wave, out_dir: Path, workers: int, cores: int, progress: bool, family: str, parent_of) -> None:
+    if workers == 1:
+        for c in wave:
+            build_one(c, out_dir / c.name, progress=progress, family=family, parent=parent_of[c.name])
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, cores // workers)
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        jobs = [pool.submit(build_one, c, out_dir / c.name, threads, progress, i, family, parent_of[c.name])
+                for i, c in enumerate(wave)]
+        for job in jobs:
+            job.result()  # re-raises a worker's error here
 
 
 def _run(args: argparse.Namespace) -> int:

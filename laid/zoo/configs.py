@@ -102,6 +102,10 @@ class PretrainConfig:
     # Token budget per batch: long haystacks get smaller batches so a step costs about the same.
     max_tokens_per_batch: int = 4096
     seed: int = 0
+    # Continue from another zoo model (the name of a config in the same folder, built first and
+    # with the same architecture) instead of a random init: a long-context stage, as real VLMs
+    # extend their window last. "" = random init. Set vision_steps 0 (the parent's tower is aligned).
+    init_from: str = ""
 
 
 @dataclass
@@ -119,7 +123,12 @@ class ZooModelConfig:
         return self.text.hidden_size // self.text.num_attention_heads
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        d = to_dict(self)
+        if not self.pretrain.init_from:
+            # Omitted when unset: a folder is matched to its config by this dict (laid/zoo/cli.py,
+            # _is_complete), and the folders trained from a random init were saved without the field.
+            del d["pretrain"]["init_from"]
+        return d
 
     def validate(self) -> None:
         t = self.text
@@ -148,6 +157,8 @@ class ZooModelConfig:
         if p.retrieval_attention_query not in RETRIEVAL_QUERIES:
             raise ValueError(f"{self.name}: pretrain.retrieval_attention_query is {p.retrieval_attention_query!r}; "
                              f"use one of {list(RETRIEVAL_QUERIES)}")
+        if p.init_from == self.name:
+            raise ValueError(f"{self.name}: pretrain.init_from names the model itself; name another zoo config")
         if p.image_bank_size < 0:
             raise ValueError(f"{self.name}: pretrain.image_bank_size must be >= 0 (0 renders every image on demand)")
 
