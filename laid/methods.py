@@ -17,10 +17,12 @@ from typing import Mapping, Sequence
 INFERENCE_VARIANTS: tuple[str, ...] = ("base", "yarn", "selfextend")
 TRAINED_METHODS: tuple[str, ...] = ("sft-lora", "sft", "kd", "laid", "laid-no-kl", "laid-no-laid")
 # Comparison entries that train one of TRAINED_METHODS with other settings (the comparison config's
-# method_overrides say which): the paper's literal Eq. 7 objective, and every student layer aligned.
-DERIVED_METHODS: dict[str, str] = {"laid-paper": "laid", "laid-all-layers": "laid"}
-ALL_METHODS: tuple[str, ...] = ("base", "yarn", "selfextend", "sft-lora", "sft", "kd", "laid", "laid-paper", "laid-all-layers",
-                                "laid-no-kl", "laid-no-laid")
+# method_overrides say which): the paper's literal Eq. 7 objective, every student layer aligned, and
+# the toy's LAid variant (no Q/K alignment, attention matching at 0.1: docs/zoo-and-testbeds.md),
+# shown beside the paper's LAid, never instead of it. Rows are labelled by what trained (label_for).
+DERIVED_METHODS: dict[str, str] = {"laid-paper": "laid", "laid-all-layers": "laid", "laid-light": "laid"}
+ALL_METHODS: tuple[str, ...] = ("base", "yarn", "selfextend", "sft-lora", "sft", "kd", "laid", "laid-light", "laid-paper",
+                                "laid-all-layers", "laid-no-kl", "laid-no-laid")
 
 # Rows of the paper's tables (base first: the reference row of each student).
 TABLE1_METHODS: tuple[str, ...] = ("base", "yarn", "selfextend", "sft-lora", "kd", "laid")
@@ -29,7 +31,7 @@ TABLE3_METHODS: tuple[str, ...] = ("base", "laid-paper", "laid-no-kl", "laid-no-
 LABELS: dict[str, str] = {
     "base": "/", "yarn": "YaRN", "selfextend": "SelfExtend", "sft-lora": "SFT(LoRA)", "sft": "SFT (full, labels only)",
     "kd": "KD",
-    "laid": "LAid", "laid-paper": "LAid (paper Eq. 7)", "laid-all-layers": "LAid (all layers)",
+    "laid": "LAid", "laid-light": "LAid variant (toy)", "laid-paper": "LAid (paper Eq. 7)", "laid-all-layers": "LAid (all layers)",
     "laid-no-kl": "w/o L_KL", "laid-no-laid": "w/o L_LAid",
 }  # fmt: skip
 

@@ -96,7 +96,8 @@ def _stage_data(cfg: MainConfig, log) -> None:
     from laid.data.synth import SynthConfig, generate
 
     base = SynthConfig.quick(cfg.seed) if cfg.quick else SynthConfig(seed=cfg.seed)
-    synth = SynthConfig.from_dict({**base.to_dict(), **cfg.data})
+    # Quick mode keeps the quick benchmark's small sizes: the run's data overrides size a real run.
+    synth = SynthConfig.from_dict({**base.to_dict(), **({} if cfg.quick else cfg.data)})
     generate(synth, cfg.run / "data")
 
 

@@ -49,6 +49,9 @@ OUTCOMES = ("held", "not held", "inconclusive")
 class StudyRef:
     config: str = ""  # the study config, relative to the repository root
     sha256: str = ""  # of its content when the preregistration was frozen (`laid prereg` prints it)
+    # Other files that decide the runs ({path relative to the repository root: sha256}): the distill
+    # configs the study names, the zoo configs of its models. An edit to one is an edit to the study.
+    inputs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -185,7 +188,9 @@ def config_problems(prereg: Preregistration, prereg_path: str | Path, freeze: Fr
     if now != prereg.study.sha256:
         return [f"study config {prereg.study.config} was edited after the freeze (sha256 now {now}, registered "
                 f"{prereg.study.sha256[:12]}...); run the registered config or register anew"]
-    problems = []
+    problems = [f"{rel} was edited after the freeze (sha256 now {sha256_of(root / rel) if (root / rel).is_file() else 'missing'}, "
+                f"registered {sha[:12]}...)" for rel, sha in prereg.study.inputs.items()
+                if not (root / rel).is_file() or sha256_of(root / rel) != sha]
     if freeze is not None and freeze.commit:
         shown = subprocess.run(["git", "-C", str(root), "show", f"{freeze.commit}:{prereg.study.config}"], capture_output=True,
                                timeout=30)  # bytes: the hash of exactly what was committed
@@ -379,7 +384,11 @@ def report(path: str | Path, prereg: Preregistration, ds: xr.Dataset | None,
     lines.append(f"  {'Confirmatory' if confirmatory else 'Not confirmatory (see above), shown for the record'}: split "
                  f"{prereg.split}, {len(prereg.seeds)} seeds, interval {prereg.analysis.interval} at {prereg.analysis.confidence:g}, "
                  f"margin {100 * prereg.margin:g} points")
-    return lines + ["  " + verdict_line(v, prereg.margin) for v in evaluate(prereg, ds)]
+    try:
+        verdicts = evaluate(prereg, ds)
+    except ValueError as e:  # another analysis of the same name (a --quick run, edited groups): no verdicts
+        return lines + [f"  No verdicts: {e}"]
+    return lines + ["  " + verdict_line(v, prereg.margin) for v in verdicts]
 
 
 def _prereg(args: argparse.Namespace) -> int:

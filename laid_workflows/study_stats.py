@@ -195,9 +195,12 @@ def _mass(mass: xr.DataArray, layer: xr.DataArray) -> str:
     return "-" if math.isnan(m) else f"{m:.2f} (layer {int(layer)})"
 
 
-def _window(w: xr.DataArray) -> str:
-    v = float(w)
-    return "-" if math.isnan(v) else f"{v:.1f}"
+def _window(w: xr.DataArray, sizes) -> str:
+    """An effective window as read: below the smallest size, censored at the largest, or its value."""
+    v, lo, hi = float(w), min(int(s) for s in sizes), max(int(s) for s in sizes)
+    if math.isnan(v):
+        return "-"
+    return f"below {lo}" if v < lo else f">= {hi}" if v >= hi else f"{v:.1f}"
 
 
 def _ratio(ds: xr.Dataset, sel: dict) -> str:
@@ -224,8 +227,8 @@ def study_markdown(ds: xr.Dataset) -> str:
             lines.append(f"| {g} | {sizes} | {_cell(ds, 'base_acc', {**st, 'group': g}, False)} | "
                          f"{_cell(ds, 'teacher_acc', {'group': g}, False)} | {_cell(ds, 'teacher_lead', {**st, 'group': g})} |")
         if "base_effective_window" in ds:
-            lines += ["", f"Effective window (images): base {_window(ds['base_effective_window'].sel(st))}, teacher "
-                      f"{_window(ds['teacher_effective_window'])}."]
+            lines += ["", f"Effective window (images): base {_window(ds['base_effective_window'].sel(st), ds['haystack_size'].values)}, teacher "
+                      f"{_window(ds['teacher_effective_window'], ds['haystack_size'].values)}."]
         margin = 100 * float(ds.attrs.get("non_inferiority_margin", DEFAULT_MARGIN))
         others = [g for g in groups if g not in ("long", "short")]
         head = ["arm", "budget (steps)", "haystacks", "seeds"] + [f"{g} - {r}" for g in ("long", "short") for r in ("base", "KD", "SFT")] + \
@@ -246,7 +249,8 @@ def study_markdown(ds: xr.Dataset) -> str:
                 cells += [_cell(ds, "diff", {**sel, "group": g, "ref": r}) for g in ("long", "short") for r in ("base", "kd", "sft")]
                 cells.append(_no_harm(ds, sel))
                 cells += [_cell(ds, "diff", {**sel, "group": g, "ref": "base"}) for g in others]
-                cells += [_window(ds["effective_window"].sel(sel)) if "effective_window" in ds else "-", _ratio(ds, sel)]
+                cells += [_window(ds["effective_window"].sel(sel), ds["haystack_size"].values) if "effective_window" in ds else "-",
+                          _ratio(ds, sel)]
                 cells.append(_mass(ds["retrieval_mass"].sel(sel), ds["retrieval_layer"].sel(sel)))
                 lines.append("| " + " | ".join(cells) + " |")
         base = _mass(ds["base_retrieval_mass"].sel(st), ds["base_retrieval_layer"].sel(st))

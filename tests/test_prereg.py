@@ -203,3 +203,17 @@ def test_results_page_prints_the_commit_and_one_line_per_hypothesis(repo, tmp_pa
     path.write_text(path.read_text().replace("margin: 0.03", "margin: 0.05"))  # edited after the freeze
     text = write_results_page(run.root).read_text()
     assert "NOT FROZEN" in text and "Exploratory: no frozen preregistration reads it." in text
+
+
+def test_a_study_of_the_same_name_with_other_groups_gets_no_verdicts_and_the_page_is_written(repo, tmp_path, monkeypatch):
+    """A --quick run of a registered study (other groups) must not be judged, nor break the results page."""
+    path = repo / "configs" / "preregistration" / "h.yaml"
+    _git(repo, "add", str(path))
+    _git(repo, "commit", "-qm", "freeze")
+    ds = _study([15, 16, 14], [0, 1, 0])
+    ds.attrs["groups"] = '{"short": [1, 2], "beyond": [50]}'
+    run = RunLayout(tmp_path / "run")
+    write_netcdf(ds, run.study_result("testbed"))
+    monkeypatch.setattr(pr, "PREREG_DIR", repo / "configs" / "preregistration")
+    section = write_results_page(run.root).read_text().split("## Preregistered hypotheses", 1)[1]
+    assert "No verdicts: " in section and "**held**" not in section

@@ -63,12 +63,16 @@ def test_a_frozen_preregistration_makes_exactly_its_config_confirmatory(tmp_path
     config = root / "configs" / "experiments" / "testbed.yaml"
     shutil.copy(REPO / "configs" / "experiments" / "testbed.yaml", config)
     config.write_text(config.read_text().replace("eval_split: val", "eval_split: test"))
+    distill = root / "configs" / "distill" / "d.yaml"  # a file the runs read: registered by its hash
+    distill.parent.mkdir(parents=True)
+    distill.write_text("lambdas: {laid: 1.0}\n")
     prereg = yaml.safe_load(EXAMPLE.read_text())
     prereg["study"]["sha256"] = pr.sha256_of(config)
+    prereg["study"]["inputs"] = {"configs/distill/d.yaml": pr.sha256_of(distill)}
     path = root / "configs" / "preregistration" / "h.yaml"
     path.write_text(yaml.safe_dump(prereg))
     _git(root, "init", "-q")
-    _git(root, "add", "configs/experiments/testbed.yaml")
+    _git(root, "add", "configs/experiments/testbed.yaml", "configs/distill/d.yaml")
     _git(root, "commit", "-qm", "config")
     assert not pr.claim_for(config).confirmatory  # registered but not committed: not frozen
     _git(root, "add", "configs/preregistration/h.yaml")
@@ -82,5 +86,10 @@ def test_a_frozen_preregistration_makes_exactly_its_config_confirmatory(tmp_path
     assert not pr.claim_for(config, modified=True).confirmatory  # --override / --quick: not the registered config
     with pytest.raises(ValueError, match="no frozen preregistration"):
         Study(cfg, tmp_path / "run", workers=1, config_path=config, modified=True).claim()
+    distill.write_text("lambdas: {laid: 0.0}\n")  # the training changed though the study config did not
+    assert not pr.claim_for(config).confirmatory
+    assert any("d.yaml was edited after the freeze" in p for p in pr.config_problems(pr.load_prereg(path), path))
+    distill.write_text("lambdas: {laid: 1.0}\n")
+    assert pr.claim_for(config).confirmatory
     config.write_text(config.read_text() + "\n# edited after the freeze\n")
     assert not pr.claim_for(config).confirmatory  # its hash no longer matches

@@ -22,9 +22,9 @@ def test_device_script_dry_run_writes_the_study_archive(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     with tarfile.open(tmp_path / "out" / "study.tgz") as tar:
         names = tar.getnames()
-    assert "study/testbed.nc" in names and any(n.endswith("evals/step-00000002.nc") for n in names)
+    assert "study/window.nc" in names and any(n.endswith("evals/step-00000002.nc") for n in names)
     assert not any("/budgets/" in n or "/checkpoints/" in n for n in names)  # models stay on the device
-    assert (tmp_path / "out" / "testbed.md").is_file()
+    assert (tmp_path / "out" / "window.md").is_file()
     # the GPU path: every run of the launcher check launched with accelerate across 8 processes (FSDP2), nothing run
     launches = [line for line in (tmp_path / "out" / "launcher.txt").read_text().splitlines() if line.startswith("train ")]
     assert len(launches) == 3 and all("fsdp.yaml --num_processes 8" in line for line in launches)
