@@ -14,6 +14,7 @@ from recipe_helpers import mini_run
 from laid.eval.results import SampleResult, build_result
 from laid.methods import ALL_METHODS, INFERENCE_VARIANTS
 from laid_workflows.compare import CompareConfig, Comparison, load_compare_config, run_comparison
+from laid_workflows.headline import run_label
 from laid_workflows.tables import build_comparison, comparison_markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,8 +76,11 @@ def load_config_yaml(path):
 
 def test_shipped_comparison_configs_load():
     head = load_compare_config(REPO / "configs" / "experiments" / "compare.yaml")
-    assert head.students == ["tiny-32b-short"] and head.methods == ["sft", "kd", "laid"]  # the testbed headline
+    assert head.students == ["tiny-32b-w5-s3"] and head.methods == ["sft", "kd", "laid", "laid-light"]  # the window testbed
     assert head.variants == ["base"] and len(head.seeds) >= 3  # the headline rows, several seeds
+    # The headline shows the paper's LAid (every term at its weight), and the toy's variant only beside it.
+    labels = {m: run_label(Comparison(head, "runs/x").distill_config("tiny-32b-w5-s3", m)) for m in ("laid", "laid-light")}
+    assert labels == {"laid": "LAid", "laid-light": "LAid without Q/K alignment, attention matching x0.1"}
     full = load_compare_config(REPO / "configs" / "experiments" / "compare_full.yaml")
     assert set(full.methods) == set(ALL_METHODS) - set(INFERENCE_VARIANTS)
     assert set(full.variants) == set(INFERENCE_VARIANTS)
@@ -85,8 +89,9 @@ def test_shipped_comparison_configs_load():
     pairing = load_compare_config(REPO / "configs" / "experiments" / "layer_pairing.yaml")
     assert pairing.name == "layer_pairing" and "laid-all-layers" in pairing.methods and len(pairing.seeds) >= 3
     main_sizes = load_config_yaml(REPO / "configs" / "experiments" / "main.yaml")["eval"]["sizes"]
-    for c in (head, full, pairing):  # run after the main job, each reuses its evaluations
+    for c in (head, full):  # run after the main job on its data, each reuses its evaluations
         assert c.eval.sizes == main_sizes and c.eval.samples_per_size == 100
+    assert pairing.data.eval_split == "val"  # a screen (of the paper's 2-20 split)
     with pytest.raises(ValueError, match="plain file stem"):
         CompareConfig(name="../x", distill_configs={"tiny-7b": "x", "tiny-3b": "y"})
     with pytest.raises(ValueError, match="unknown comparison entries"):
@@ -98,7 +103,7 @@ def test_mini_comparison_runs_and_resumes(random_zoo, tmp_path_factory, tmp_path
     run = mini_run(random_zoo, tmp_path_factory, tmp_path / "run")
     cfg = load_compare_config(
         REPO / "configs" / "experiments" / "compare.yaml",
-        {"students": ["tiny-7b"], "distill_configs": {"tiny-7b": str(REPO / "configs/distill/tiny-32b_to_tiny-7b.yaml")},
+        {"teacher": "tiny-32b", "students": ["tiny-7b"], "distill_configs": {"tiny-7b": str(REPO / "configs/distill/tiny-32b_to_tiny-7b.yaml")},
          "variants": ["base"], "methods": ["kd"], "seeds": [0], "eval.sizes": [1, 2], "eval.samples_per_size": 2,
          "method_overrides": {"kd": {"max_steps": 1, "per_device_batch_size": 1}}},
     )  # fmt: skip

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 FIGURE_DATA = ("fig1_effective_window", "fig3_distillation_bars", "fig4_key_activations", "head_weights", "spectra",
                "table1", "table2", "table3")  # fmt: skip
-LAID_MIXER_METHODS = ("laid", "laid-paper", "laid-all-layers", "laid-no-kl", "laid-no-laid")  # entries that train head mixers
+LAID_MIXER_METHODS = ("laid", "laid-light", "laid-paper", "laid-all-layers", "laid-no-kl", "laid-no-laid")  # entries that train head mixers
 
 
 def checkout_state() -> list[str]:
