@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--log-every", type=int, default=25, help="telemetry interval (the testbed config's 25)")
     ap.add_argument("--methods", nargs="+", default=["kd", "laid"], choices=sorted(ARMS))
-    ap.add_argument("--data", default="data", help="data folder inside the run folder (e.g. data-w5 for the <= 5-image split)")
+    ap.add_argument("--data", default="data", help="data folder inside the run folder (the main job's has the <= 5-image split)")
     ap.add_argument("--ops", type=int, default=0, help="also print the top N aten ops of each method (torch.profiler)")
     ap.add_argument("--top", type=int, default=0, help="also print the N project functions with the most cumulative time")
     ap.add_argument("--warmup", action="store_true",

@@ -74,14 +74,18 @@ def claimed(ds: xr.Dataset, name: str, sel: dict, null: float = 0.0) -> bool:
 
 
 def no_harm(ds: xr.Dataset, name: str, sel: dict) -> str:
-    """'yes' / 'no' / '-': the stored difference non-inferior at the Dataset's margin (laid.eval.paired.non_inferior)."""
+    """'yes' / 'harm' / 'unclear' / '-': the stored difference non-inferior at the Dataset's margin
+    (laid.eval.paired.non_inferior: lower bound above -margin), harmful (upper bound below -margin), or
+    neither (the interval straddles -margin); '-' when it does not count seeds. A verdict in three
+    states, as a preregistered non-inferiority hypothesis is read (laid_workflows/prereg.py)."""
     if name not in ds or np.isnan(float(ds[name].sel(sel))):
         return "-"
     counted = name + "_seeds_counted" not in ds or bool(int(ds[name + "_seeds_counted"].sel(sel)))
     iv = Interval(float(ds[name].sel(sel)), float(ds[name + "_ci_low"].sel(sel)), float(ds[name + "_ci_high"].sel(sel)),
                   seed_variance_estimable=counted)
-    verdict = non_inferior(iv, float(ds.attrs.get("non_inferiority_margin", DEFAULT_MARGIN)))
-    return "-" if verdict is None else "yes" if verdict else "no"
+    margin = float(ds.attrs.get("non_inferiority_margin", DEFAULT_MARGIN))
+    verdict = non_inferior(iv, margin)
+    return "-" if verdict is None else "yes" if verdict else "harm" if iv.ci_high < -margin else "unclear"
 
 
 def add_paired_statistics(ds: xr.Dataset, evals: dict, short_sizes: Sequence[int], long_sizes: Sequence[int],
@@ -197,6 +201,7 @@ def headline_markdown(ds: xr.Dataset, methods: Sequence[str] | None = None) -> l
     lines += ["", "Accuracies and differences in percentage points; [95% interval counting questions (paired between "
               "methods) and training seeds (laid.eval.paired)]. **Bold**: the interval excludes 0 (or 1 for the window "
               "ratio) and counts the seed variance of every trained row (>= 2 seeds), the only differences the table "
-              f"claims. Short no harm: the lower bound of short - base above -{margin:g} points (the margin set before "
-              "the run); - : no verdict (one training seed). Labels say which terms trained (laid.methods.label_for)."]
+              f"claims. Short no harm: yes when the lower bound of short - base is above -{margin:g} points (the margin "
+              "set before the run), harm when the upper bound is below it, unclear when the interval straddles it; - : no "
+              "verdict (one training seed). Labels say which terms trained (laid.methods.label_for)."]
     return lines

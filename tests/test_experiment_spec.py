@@ -46,11 +46,12 @@ def test_plain_names_are_zoo_models_and_mappings_are_folders(tmp_path):
 
 
 def test_shipped_configs_are_one_spec():
-    """compare.yaml and testbed.yaml name teacher, students, seeds, eval and data with the same keys."""
+    """compare.yaml and window.yaml (the main job's comparison and its study) name teacher, students, seeds,
+    eval and data with the same keys, so the study reuses the main job's base and teacher evaluations."""
     head = load_compare_config(REPO / "configs" / "experiments" / "compare.yaml")
-    study = load_study_config(REPO / "configs" / "experiments" / "testbed.yaml")
+    study = load_study_config(REPO / "configs" / "experiments" / "window.yaml")
     for c in (head, study):
-        assert c.teacher_label == "tiny-32b" and c.data.root == "data" and c.data.eval_split == "test" and c.zoo_dir == "zoo"
+        assert c.teacher_label == "tiny-32b-long" and c.data.root == "data" and c.data.eval_split == "test" and c.zoo_dir == "zoo"
     assert head.where("r").eval == study.where("r").eval
 
 
@@ -145,7 +146,8 @@ def test_the_cli_answers_a_bad_spec_in_one_line(folders, capfd):
     for command in ("compare", "study"):
         config = folders["tmp"] / f"{command}.yaml"
         config.write_text(yaml.safe_dump({**shared, **own[command]}))
-        rc = main([command, "--config", str(config), "--run-dir", str(run)])
+        # --exploratory: a study that reads the test split unregistered is refused before its folders are checked
+        rc = main([command, "--config", str(config), "--run-dir", str(run)] + (["--exploratory"] if command == "study" else []))
         lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
         assert rc == 1 and len(lines) == 1 and lines[0].startswith(f"laid {command}: error: student small: model folder"), lines
     assert not run.exists()  # nothing was written

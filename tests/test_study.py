@@ -113,7 +113,7 @@ def test_mini_study_runs_resumes_and_refuses_changed_arms(random_zoo, tmp_path_f
         "arms": {"sft": {"method": "sft", "seeds": [0]}, "kd": {"method": "kd"},
                  "laid": {"method": "laid", "overrides": {"layer_map": "diagnosed", "attn_rows": "question"}, "seeds": [0]}},
         "eval.sizes": None, "eval.samples_per_size": 4, "groups": GROUPS,
-        "diagnose": {"seeds": [0], "sizes": [5, 10], "samples": 2},
+        "diagnose": {"seeds": [0], "sizes": [5, 10], "samples": 2}, "data.root": "data",
     }
     cfg = load_study_config(REPO / "configs" / "experiments" / "testbed.yaml", overrides)
     ds = Study(cfg, run, workers=1, log=lambda *a: None, exploratory=True).run()

@@ -72,7 +72,7 @@ def compared(random_zoo, tmp_path_factory):
     run = mini_run(random_zoo, tmp_path_factory, tmp_path_factory.mktemp("table") / "run")
     cfg = load_compare_config(
         REPO / "configs" / "experiments" / "compare.yaml",
-        {"students": ["tiny-7b"], "distill_configs": {"tiny-7b": str(REPO / "configs/distill/tiny-32b_to_tiny-7b.yaml")},
+        {"teacher": "tiny-32b", "students": ["tiny-7b"], "distill_configs": {"tiny-7b": str(REPO / "configs/distill/tiny-32b_to_tiny-7b.yaml")},
          "variants": ["base"], "methods": ["kd"], "seeds": [0, 1], "eval.sizes": [1, 2, 5], "eval.samples_per_size": 3,
          "short_sizes": [1, 2], "long_sizes": [5], "method_overrides": {"kd": {"max_steps": 1, "per_device_batch_size": 1}}},
     )  # fmt: skip
