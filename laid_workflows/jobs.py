@@ -80,8 +80,11 @@ def log_line(*args) -> None:
     print(*args, flush=True)  # progress lines reach a log file as they happen
 
 
-def run_jobs(jobs: list[Job], workers: int | None = None, device: str = "cpu", log=log_line) -> dict[str, dict]:
-    """Run `jobs` in `workers` processes (1 = in this process); returns {key: job result + seconds}."""
+def run_jobs(jobs: list[Job], workers: int | None = None, device: str = "cpu", log=log_line,
+             on_done: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
+    """Run `jobs` in `workers` processes (1 = in this process); returns {key: job result + seconds}.
+    `on_done(key, result)` is called as each job finishes, so what a killed invocation finished is
+    recorded (a study's job seconds) before the next job ends."""
     device = check_device(device)
     if not jobs:
         return {}
@@ -95,6 +98,8 @@ def run_jobs(jobs: list[Job], workers: int | None = None, device: str = "cpu", l
             except Exception as e:  # the same one line as from a worker: which job, then why
                 raise RuntimeError(f"{job.key}: {e}") from e
             log(f"[{i}/{len(jobs)}] {job.key}: {results[job.key]['seconds']:.0f} s")
+            if on_done is not None:
+                on_done(job.key, results[job.key])
         return results
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -113,4 +118,6 @@ def run_jobs(jobs: list[Job], workers: int | None = None, device: str = "cpu", l
                     raise RuntimeError(f"{job.key}: {f.exception()}") from f.exception()
                 results[job.key] = f.result()
                 log(f"[{len(results)}/{len(jobs)}] {job.key}: {results[job.key]['seconds']:.0f} s")
+                if on_done is not None:
+                    on_done(job.key, results[job.key])
     return results

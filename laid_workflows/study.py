@@ -9,7 +9,7 @@ against base, KD and SFT at that budget (laid_workflows/study_stats.py). With `d
 the exports of those seeds are diagnosed too: the student's best head's needle mass from the
 question rows shows where the mechanism the teacher uses does (not) move.
 
-    laid study --config configs/experiments/testbed.yaml [--run-dir runs/default]
+    laid study [--config configs/experiments/window.yaml] [--run-dir runs/default]
                [--workers N] [--device cpu|cuda] [--gpus N | --accelerate-config FILE] [--full] [--quick] [--force]
 
 Teacher, students (zoo models or checkpoint folders with labels), seeds, evaluation and data are the
@@ -189,14 +189,14 @@ class Study:
         if diff:
             raise ValueError(f"{dcfg.output_dir} was trained with other {diff}; give the arm another name or rerun with --force")
 
-    def _record_job_seconds(self, timings: dict) -> None:
-        """Add this invocation's seconds of each run's job to the run's job_seconds.json."""
+    def _record_job_seconds(self, key: str, result: dict) -> None:
+        """Add a finished job's seconds to its run's job_seconds.json (as it finishes: a killed
+        invocation keeps the times of the runs it finished)."""
         for student, arm, seed, _ in self.cfg.grid(self.full):
-            name = _job_key(student, arm, seed)
-            if name in timings:
+            if _job_key(student, arm, seed) == key:
                 path = self.layout.study_job_seconds(student, arm, seed)
                 old = json.loads(path.read_text())["seconds"] if path.is_file() else 0.0
-                write_json({"seconds": round(old + timings[name]["seconds"], 1), "workers": self.workers or cores(),
+                write_json({"seconds": round(old + result["seconds"], 1), "workers": self.workers or cores(),
                             "device": self.device}, path)
 
     def _grid_seconds(self) -> dict:
@@ -288,8 +288,7 @@ class Study:
         jobs = base_jobs + self.jobs()
         if self.plan is not None:
             return None
-        timings = run_jobs(jobs, self.workers, self.device, self.log)
-        self._record_job_seconds(timings)
+        timings = run_jobs(jobs, self.workers, self.device, self.log, on_done=self._record_job_seconds)
         evals: dict[tuple[str, str, int], list[xr.Dataset]] = {}
         retrieval: dict = {}
         for student, arm, seed, budgets in grid:
@@ -378,7 +377,7 @@ def diagnose_export(model_dir: str, out: str, data: str, image_root: str, diagno
     return {}
 
 
-CONFIG = REPO / "configs" / "experiments" / "testbed.yaml"
+CONFIG = REPO / "configs" / "experiments" / "window.yaml"  # the main job's testbed; preregistered
 
 
 def _study(args: argparse.Namespace) -> int:
@@ -407,7 +406,7 @@ def register(subparsers) -> None:
         description="Train each arm of the study config once per seed under a constant learning rate, export it at every "
         "budget, evaluate every export on the same questions as base and teacher, and write paired differences against "
         "base, KD and SFT per budget to study/<name>.nc and .md in the run folder.")
-    p.add_argument("--config", help="study config YAML (default: configs/experiments/testbed.yaml)")
+    p.add_argument("--config", help="study config YAML (default: configs/experiments/window.yaml, the preregistered study of the main job's testbed)")
     p.add_argument("--run-dir", default="runs/default", help="run folder: the results, and where the config's relative "
                    "paths (zoo/, data/) start")
     p.add_argument("--override", action="append", metavar="KEY=VALUE", help="set a study config key; repeatable")
