@@ -172,6 +172,10 @@ def run_parameters(run_dir: str | Path, notebooks: Sequence[str] = NOTEBOOKS, gi
     from laid_workflows.figures_diagnosis import DIAGNOSIS
 
     run = RunLayout(run_dir)
+    # The learning curves of the study that ran last (study/<name>.nc); one study at a time: --only
+    # learning_curves with the notebook's `study` parameter draws another.
+    studies = sorted(run.study.glob("*.nc"), key=lambda p: p.stat().st_mtime) if run.study.is_dir() else []
+    curves = {"learning_curves": {"study": studies[-1].stem}} if studies else {}
     models = run_models(run)
     if models is None:
         need = [n for n in notebooks if n in NAMED_NOTEBOOKS and n not in given]
@@ -179,7 +183,7 @@ def run_parameters(run_dir: str | Path, notebooks: Sequence[str] = NOTEBOOKS, gi
             raise ValueError(f"run folder {run.root} names no teacher and students (no config.yaml of `laid main`, no "
                              f"compare/comparison.nc) and {', '.join(need)} need them: draw a checkpoint's figures with "
                              f"`laid figures --analysis LABEL=DIR ...`, or choose other notebooks with --only")
-        return {}
+        return curves
     teacher, students = models
     s = students[0]
     analysed = [m for m in ALL_METHODS if (run.analysis(run_label(s, m)) / DIAGNOSIS).is_file()] or ["base"]
@@ -192,6 +196,7 @@ def run_parameters(run_dir: str | Path, notebooks: Sequence[str] = NOTEBOOKS, gi
         "head_weights": {"head_weights": {run_label(s, "laid"): str(run.distill_run(s, "laid"))}},
         "spectra": {"analyses": analyses, "reference": reference},
         "tables": {"teacher": teacher},
+        **curves,
     }
 
 

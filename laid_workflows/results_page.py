@@ -218,7 +218,7 @@ def learning_curves(ctx: PageContext) -> str | None:
         times = json.loads(ds.attrs.get("timings_s", "{}"))
         grid = "the whole grid" if int(ds.attrs.get("full_grid", 0)) else "the config's CPU grid"
         parts += [f"### `study/{path.name}`", "",
-                  f"{grid.capitalize()} on {ds.attrs.get('device', '?')}: {_study_time(ds, times)} {_exploratory(path.stem)}", ""]
+                  f"{grid[0].upper() + grid[1:]} on {ds.attrs.get('device', '?')}: {_study_time(ds, times)} {_exploratory(path.stem)}", ""]
         parts += ["#" + line if line.startswith("### ") else line for line in study_markdown(ds).splitlines()]
         png = ctx.figures_dir / f"learning_curves_{path.stem}.png" if ctx.figures_dir is not None else None
         if png is not None and png.is_file():
