@@ -200,7 +200,10 @@ class ExperimentSpec:
         splits = [(where.split, where.eval)] + ([("train", where.train)] if configs else [])
         for name, path in [("root", where.root), *splits]:
             if not path.is_dir():
-                raise FileNotFoundError(f"data.{name}: {path} not found; make it (`laid data synth --out DIR`) or point "
+                # the run folder's own data/ is the main job's (its sizes are the shipped specs'): say how to make that
+                make = (f"`laid main --stages data --run-dir {where.run}`" if where.root == where.run / "data"
+                        else "`laid data synth --out DIR`")
+                raise FileNotFoundError(f"data.{name}: {path} not found; make it ({make}) or point "
                                         f"data.{name} at it (absolute, or relative to the run folder)")
         self._check_pairs(configs)
 

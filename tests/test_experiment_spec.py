@@ -4,6 +4,7 @@ zoo names or labelled folders, data anywhere, and one line for each way a spec c
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -102,6 +103,18 @@ def checked(f, **kw):
 
 def test_check_accepts_folders_anywhere(folders):
     checked(folders)
+
+
+def test_a_missing_data_folder_names_the_command_that_makes_it(folders):
+    """The run folder's own data/ is the main job's: the error says `laid main --stages data`, whose sizes
+    the shipped specs read; a data folder elsewhere is the user's, made by `laid data synth` or by hand."""
+    shutil.rmtree(folders["tmp"] / "data")
+    for root, needle in ((None, "`laid main --stages data --run-dir"), (str(folders["tmp"] / "data"), "`laid data synth --out DIR`")):
+        cfg = spec(teacher={"label": "big", "path": str(folders["teacher"])}, students=[{"label": "small", "path": str(folders["student"])}],
+                   data={} if root is None else {"root": root})
+        where = cfg.where(folders["tmp"] / "run")
+        with pytest.raises(FileNotFoundError, match="^data.root: .* not found; make it \\(" + re.escape(needle)):
+            cfg.check(where, [])
 
 
 @pytest.mark.parametrize("breaker, needle", [

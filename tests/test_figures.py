@@ -300,6 +300,21 @@ def test_cli_errors_before_starting_a_kernel(tmp_path):
     assert fd.parse_layers(["-1"]) == -1 and fd.parse_layers(["a=0", "b=2"]) == {"a": 0, "b": 2}
 
 
+def test_the_learning_curves_draw_the_study_that_ran_last(tmp_path):
+    """A run folder's studies (study/<name>.nc): `laid figures --run-dir` draws the one written last, not
+    the notebook's default name; a run without a study gets no study parameter."""
+    import os
+
+    assert "learning_curves" not in figures.run_parameters(tmp_path, ["learning_curves"])
+    (tmp_path / "study").mkdir()
+    for name, mtime in (("window", 2_000_000_000), ("testbed", 1_000_000_000)):  # written first: window
+        (tmp_path / "study" / f"{name}.nc").write_bytes(b"")
+        os.utime(tmp_path / "study" / f"{name}.nc", (mtime, mtime))
+    assert figures.run_parameters(tmp_path, ["learning_curves"])["learning_curves"] == {"study": "window"}
+    os.utime(tmp_path / "study" / "testbed.nc", (3_000_000_000, 3_000_000_000))
+    assert figures.run_parameters(tmp_path, ["learning_curves"])["learning_curves"] == {"study": "testbed"}
+
+
 def test_default_figures_folder_is_the_run_or_beside_the_analyses_never_the_repository(tmp_path):
     assert figures.beside([tmp_path / "run" / "analysis" / "x", tmp_path / "run" / "analysis" / "y"]) == tmp_path / "run" / "figures"
     assert figures.beside([tmp_path / "mine" / "before", tmp_path / "mine" / "after"]) == tmp_path / "mine" / "figures"
