@@ -153,7 +153,9 @@ def _describe(name: str, short, long_) -> str:
     return "effective window / base effective window, paired on questions"
 
 
-def _fmt(ds: xr.Dataset, name: str, sel: dict, bold_if_excludes_zero: bool = False, pct: bool = True, ratio: bool = False) -> str:
+def interval_cell(ds: xr.Dataset, name: str, sel: dict, bold_if_excludes_zero: bool = False, pct: bool = True, ratio: bool = False) -> str:
+    """A table cell '+1.2 [-0.5, +2.9]' (points) or '2.10x [1.40, 3.20]' (ratio) from `name` and its _ci_low /
+    _ci_high; bold when asked and the interval is claimed (excludes 0, or 1 for a ratio, counting seeds)."""
     if name not in ds:
         return "-"
     v, lo, hi = (float(ds[name + s].sel(sel)) for s in ("", "_ci_low", "_ci_high"))
@@ -193,10 +195,10 @@ def headline_markdown(ds: xr.Dataset, methods: Sequence[str] | None = None) -> l
             window = "below range" if bool(w["effective_window_below_range"]) else (
                 f"{'>= ' if bool(w['effective_window_censored']) else ''}{float(w['effective_window']):.1f}")
             row = [str(student) if k == 0 else "", row_label(ds, student, method), str(n),
-                   _fmt(ds, "acc_short", sel), _fmt(ds, "acc_long", sel),
-                   _fmt(ds, "diff_long_vs_base", sel, True), _fmt(ds, "diff_long_vs_kd", sel, True),
-                   _fmt(ds, "diff_short_vs_base", sel, True), no_harm(ds, "diff_short_vs_base", sel), window,
-                   _fmt(ds, "window_ratio_paired", sel, True, ratio=True)]
+                   interval_cell(ds, "acc_short", sel), interval_cell(ds, "acc_long", sel),
+                   interval_cell(ds, "diff_long_vs_base", sel, True), interval_cell(ds, "diff_long_vs_kd", sel, True),
+                   interval_cell(ds, "diff_short_vs_base", sel, True), no_harm(ds, "diff_short_vs_base", sel), window,
+                   interval_cell(ds, "window_ratio_paired", sel, True, ratio=True)]
             lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Accuracies and differences in percentage points; [95% interval counting questions (paired between "
               "methods) and training seeds (laid.eval.paired)]. **Bold**: the interval excludes 0 (or 1 for the window "

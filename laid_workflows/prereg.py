@@ -37,11 +37,11 @@ import xarray as xr
 
 from laid.config import load_config
 from laid.eval.paired import DEFAULT_MARGIN, METHODS, Interval, interval_description
+from laid_workflows.study_stats import REFERENCES  # what a study pairs each arm with
 
 REPO = Path(__file__).resolve().parents[1]
 PREREG_DIR = REPO / "configs" / "preregistration"
 KINDS = ("superiority", "non-inferiority")
-REFERENCES = ("base", "kd", "sft")  # the study's references (laid_workflows/study_stats.py)
 OUTCOMES = ("held", "not held", "inconclusive")
 
 

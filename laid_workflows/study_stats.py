@@ -37,7 +37,7 @@ import xarray as xr
 from laid.eval.metrics import DEFAULT_THRESHOLD
 from laid.eval.paired import (DEFAULT_MARGIN, Interval, interval_description, mean_accuracy, paired_difference, stack_seeds,
                               window_ratio, windows)
-from laid_workflows.headline import add_labels, claimed, no_harm, row_label
+from laid_workflows.headline import add_labels, interval_cell, no_harm, row_label
 
 REFERENCES = ("base", "kd", "sft")
 
@@ -170,14 +170,10 @@ def best_retrieval(diagnostics: xr.Dataset, sizes: Sequence[int]) -> tuple[float
 
 
 def _cell(ds: xr.Dataset, name: str, sel: dict, signed: bool = True) -> str:
-    if name not in ds or any(k in ds.coords and v not in ds[k].values for k, v in sel.items()):
+    """Points [interval] of a study variable; '-' for a cell the study has no coordinate for."""
+    if any(k in ds.coords and v not in ds[k].values for k, v in sel.items()):
         return "-"
-    v, lo, hi = (float(ds[name + s].sel(sel)) for s in ("", "_ci_low", "_ci_high"))
-    if math.isnan(v):
-        return "-"
-    f = "+.1f" if signed else ".1f"
-    text = f"{100 * v:{f}} [{100 * lo:{f}}, {100 * hi:{f}}]"
-    return f"**{text}**" if signed and claimed(ds, name, sel) else text
+    return interval_cell(ds, name, sel, bold_if_excludes_zero=signed)
 
 
 def _no_harm(ds: xr.Dataset, sel: dict) -> str:
@@ -205,13 +201,7 @@ def _window(w: xr.DataArray, sizes) -> str:
 
 def _ratio(ds: xr.Dataset, sel: dict) -> str:
     """'2.10x [1.40, 3.20]', bold when the interval excludes 1 and counts every trained side's seeds."""
-    if "window_ratio" not in ds:
-        return "-"
-    v, lo, hi = (float(ds["window_ratio" + s].sel(sel)) for s in ("", "_ci_low", "_ci_high"))
-    if math.isnan(v):
-        return "-"
-    text = f"{v:.2f}x [{lo:.2f}, {hi:.2f}]"
-    return f"**{text}**" if claimed(ds, "window_ratio", sel, null=1.0) else text
+    return interval_cell(ds, "window_ratio", sel, bold_if_excludes_zero=True, ratio=True)
 
 
 def study_markdown(ds: xr.Dataset) -> str:

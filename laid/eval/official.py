@@ -68,7 +68,7 @@ def read_official(folder: str | Path, threshold: float = DEFAULT_THRESHOLD, seed
     if not size_dirs:
         raise FileNotFoundError(f"{folder} holds no {{N}}_images/ folders; is it an official per-question output?")
     samples: dict[int, list[SampleResult]] = {}
-    settings = set()
+    settings, firsts = set(), []  # needle settings seen; the first record of each size folder
     for d in size_dirs:
         size = 1 if d.name.startswith("oracle") else int(d.name.split("_")[0])
         if size in samples:
@@ -76,19 +76,21 @@ def read_official(folder: str | Path, threshold: float = DEFAULT_THRESHOLD, seed
         files = sorted(d.glob("*.json"), key=lambda f: (len(f.stem), f.stem))
         if not files:
             raise FileNotFoundError(f"{d} holds no per-question JSON files")
-        rows = []
+        rows, first = [], None
         for f in files:
             try:
                 record = json.loads(f.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ValueError(f"{f}: not valid JSON ({e}); re-run the evaluation of this question") from None
+            first = record if first is None else first
             rows += _samples(f, record)
             n_pos = len(record["pos_image"])
             settings.add("single_needle" if n_pos == 1 else f"multi_needle_{n_pos}")
         samples[size] = rows
+        firsts.append(first)
     if len(settings) != 1 or next(iter(settings)) not in SETTINGS:
         raise ValueError(f"{folder}: questions of needle settings {sorted(settings)}; one folder holds one setting")
-    detailed = any(json.loads(next(d.glob("*.json")).read_text()).get("response") is not None for d in size_dirs)
+    detailed = any(record.get("response") is not None for record in firsts)  # the harness's detailed output
     attrs = {"model_name": model_name or folder.name.removesuffix("_official"), "model_dir": "", "variant": "",
              "variant_options": "{}", "scoring": "generate", "protocol": "official",
              "placement": "file_order_at" if detailed else "shuffle", "needle_position_mode": int(detailed),

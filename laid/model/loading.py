@@ -45,7 +45,6 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
-DEVICES = ("auto", "cpu", "cuda")  # or "cuda:<index>"
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -66,17 +65,13 @@ class Placement:
     device: torch.device
     sharded: bool = False  # True: accelerate spreads the layers over every visible GPU
 
-    @property
-    def uses_gpu(self) -> bool:
-        return self.sharded or self.device.type == "cuda"
-
     def dtype(self, dtype: torch.dtype | str | None = None) -> torch.dtype:
         """`dtype` (a torch dtype or a DTYPES name); "auto" / None: bf16 on GPUs, fp32 on the CPU."""
         if isinstance(dtype, str):
             if dtype not in DTYPES:
                 raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
             dtype = DTYPES[dtype]
-        return dtype or (torch.bfloat16 if self.uses_gpu else torch.float32)
+        return dtype or default_dtype(self.device)  # a sharded placement's device is cuda
 
 
 def placement(device: torch.device | str | None = "auto", n_gpus: int | None = None) -> Placement:
