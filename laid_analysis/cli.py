@@ -17,7 +17,8 @@ class _Formatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        # identity, not ==: a default of 0 (== False) is a value to show
+        if "default" in text or any(action.default is d for d in (None, False, argparse.SUPPRESS)) or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
 

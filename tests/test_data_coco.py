@@ -228,6 +228,10 @@ def test_bad_inputs_one_line(world, tmp_path, capsys):
     bad_test.write_text('[{"conversations": []}]')
     one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--exclude", str(bad_test)],
                     "--exclude", "not a VHs file")
+    # paths given as strings, not lists: refused, never read as their letters (which would exclude nothing)
+    bad_test.write_text('[{"pos_image": "a/1.jpg", "neg_image": "a/2.jpg"}]')
+    one_line_error(capsys, base + ["--annotations", str(world["ann"]), "--out", out, "--exclude", str(bad_test)],
+                    "--exclude", "must be lists of paths")
     assert not (tmp_path / "out").exists()  # nothing half-written
 
     # A missing image file: named, with how many are missing; nothing written.

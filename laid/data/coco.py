@@ -188,6 +188,8 @@ def excluded_names(sources: Sequence[str | Path]) -> set[str]:
             for f in find_vhs_files(source).values():  # read raw, one file at a time: the 10,000-image files are 300 MB
                 try:
                     entries = json.loads(f.read_text(encoding="utf-8"))
+                    if not all(isinstance(e[k], list) for e in entries for k in ("pos_image", "neg_image")):
+                        raise TypeError("pos_image and neg_image must be lists of paths")  # a string would give its letters
                     paths = [p for e in entries for p in e["pos_image"] + e["neg_image"]]
                 except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError) as e:
                     raise ValueError(f"--exclude {f}: not a VHs file ({type(e).__name__}: {e}); check it with "
