@@ -43,6 +43,12 @@ class RunLayout:
     def config(self) -> Path:
         return self.root / "config.yaml"
 
+    def config_dict(self) -> dict:
+        """The run's config.yaml (written by `laid main`) as a mapping; {} when the run has none."""
+        import yaml
+
+        return (yaml.safe_load(self.config.read_text()) or {}) if self.config.is_file() else {}
+
     @property
     def summary(self) -> Path:
         return self.root / "summary.md"
@@ -135,10 +141,14 @@ class RunLayout:
     def analysis(self, label: str) -> Path:
         return self.root / "analysis" / label
 
+    def diagnosis(self, label: str) -> Path:
+        """analysis/<label>/diagnostics.nc: what `laid diagnose --out analysis/<label>` writes."""
+        return self.analysis(label) / "diagnostics.nc"
+
     def teacher_diagnosis(self, teacher: str) -> Path:
         """The teacher's `laid diagnose` output (analysis/<teacher>__base/diagnostics.nc): the
         evidence of layer_map: diagnosed, written once and read by the comparison, study and analysis."""
-        return self.analysis(run_label(teacher, "base")) / "diagnostics.nc"
+        return self.diagnosis(run_label(teacher, "base"))
 
     # --- learning-curve study (`laid study`) ------------------------------------------------
     @property

@@ -149,9 +149,8 @@ def run_models(run: RunLayout) -> tuple[str, list[str]] | None:
     """(teacher, students) of a run folder: its config.yaml (`laid main`), else its headline
     comparison (`laid compare`'s compare/comparison.nc); None when it names neither."""
     import xarray as xr
-    import yaml
 
-    cfg = (yaml.safe_load(run.config.read_text()) or {}) if run.config.is_file() else {}
+    cfg = run.config_dict()
     if cfg.get("teacher") and cfg.get("students"):
         return str(cfg["teacher"]), [str(s) for s in cfg["students"]]
     if run.comparison.is_file():
@@ -169,7 +168,6 @@ def run_parameters(run_dir: str | Path, notebooks: Sequence[str] = NOTEBOOKS, gi
     for the notebooks that need names and are not `given` theirs: they are never drawn with the
     notebooks' own toy defaults."""
     from laid.methods import ALL_METHODS
-    from laid_workflows.figures_diagnosis import DIAGNOSIS
 
     run = RunLayout(run_dir)
     # The learning curves of the study that ran last (study/<name>.nc); one study at a time: --only
@@ -186,7 +184,7 @@ def run_parameters(run_dir: str | Path, notebooks: Sequence[str] = NOTEBOOKS, gi
         return curves
     teacher, students = models
     s = students[0]
-    analysed = [m for m in ALL_METHODS if (run.analysis(run_label(s, m)) / DIAGNOSIS).is_file()] or ["base"]
+    analysed = [m for m in ALL_METHODS if run.diagnosis(run_label(s, m)).is_file()] or ["base"]
     analyses = {run_label(s, m): str(run.analysis(run_label(s, m))) for m in analysed}
     t_label = run_label(teacher, "base")
     reference = {t_label: str(run.analysis(t_label))} if run.teacher_diagnosis(teacher).is_file() else None

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Callable
 
 import xarray as xr
-import yaml
 
 from laid.eval.results import git_commit
 from laid.io import read_netcdf, write_text
@@ -59,14 +58,10 @@ class Section:
     render: Callable[[PageContext], str | None]
 
 
-def _run_config(run: RunLayout) -> dict:
-    return (yaml.safe_load(run.config.read_text()) or {}) if run.config.is_file() else {}
-
-
 def _models(run: RunLayout) -> list[str]:
     """Models with a base evaluation in eval/: the config's teacher and students first, in its order."""
     found = sorted(p.name.removesuffix("__base.nc") for p in (run.root / "eval").glob("*__base.nc"))
-    cfg = _run_config(run)
+    cfg = run.config_dict()
     order = [m for m in [cfg.get("teacher"), *(cfg.get("students") or [])] if m in found]
     return order + [m for m in found if m not in order]
 
@@ -88,7 +83,7 @@ def provenance(ctx: PageContext) -> str | None:
         attrs = read_netcdf(path, "evaluation result").attrs
         commits[str(attrs.get("git_commit", "unknown"))] += 1
         created.append(str(attrs.get("created", "")))
-    cfg = _run_config(ctx.run)
+    cfg = ctx.run.config_dict()
     logged = f" (its config: `{ctx.run.config.name}` in the run folder)" if cfg else ""
     lines = ["## The run", "", f"- run: `{cfg.get('name', ctx.run.root.name)}`{logged}"]
     made = ", ".join(f"`{c[:10]}` ({n} file{'s' if n > 1 else ''})" for c, n in commits.most_common())
@@ -192,7 +187,7 @@ def diagnosed_pairing(ctx: PageContext) -> str | None:
     `layer_map: diagnosed`, with the evidence per layer, by the question rows and by the answer row."""
     from trainers.layer_choice import choose_layers
 
-    teacher = _run_config(ctx.run).get("teacher")
+    teacher = ctx.run.config_dict().get("teacher")
     path = ctx.run.teacher_diagnosis(teacher) if teacher else None
     if path is None or not path.is_file():
         return None
