@@ -82,11 +82,6 @@ def _start_from(cfg: ZooModelConfig, parent_folder: Path | None, family: str):
 
     if not cfg.pretrain.init_from:
         return build_model(cfg, family=family)
-    meta = json.loads((parent_folder / "laid_zoo.json").read_text())
-    arch = {k: meta["zoo_config"][k] for k in ("text", "vision", "image_size")}
-    if arch != {k: cfg.to_dict()[k] for k in arch}:
-        raise ValueError(f"zoo model {cfg.name} continues from {cfg.pretrain.init_from} but their text/vision/"
-                         f"image_size sections differ; copy them from configs/zoo/{cfg.pretrain.init_from}.yaml")
     torch.manual_seed(cfg.pretrain.seed)
     return load_model(parent_folder, device="cpu", dtype=torch.float32)
 
@@ -145,6 +140,10 @@ def build_zoo(
         if c.pretrain.init_from and c.pretrain.init_from not in by_name:
             raise ValueError(f"zoo model {c.name} continues from {c.pretrain.init_from}: build them together "
                              f"(laid zoo --models {c.pretrain.init_from} {c.name}, or zoo_configs adds it)")
+        arch = ("text", "vision", "image_size")  # checked before any training: the child loads the parent's weights
+        if c.pretrain.init_from and any(c.to_dict()[k] != by_name[c.pretrain.init_from].to_dict()[k] for k in arch):
+            raise ValueError(f"zoo model {c.name} continues from {c.pretrain.init_from} but their text/vision/"
+                             f"image_size sections differ; copy them from configs/zoo/{c.pretrain.init_from}.yaml")
     parent_of = {c.name: by_name.get(c.pretrain.init_from) for c in configs}
     todo = [c for c in configs if force or not _is_complete(out_dir / c.name, c, family, parent_of[c.name])]
     if checkpoints is not None and not force and not quick:
