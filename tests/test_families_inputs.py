@@ -20,6 +20,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from laid.data.questions import single_needle_question
 from laid.data.render import sample_image
+from laid.eval.scoring import estimate_input_tokens
 from laid.eval.variants import yarn
 from laid.model.families import family_of
 from laid.model.hooks import record_qk, site_name
@@ -123,3 +124,6 @@ def test_planned_image_tokens_are_what_the_processor_makes(family, family_pairs,
         batch = encode_batch(processor, [Example([path], single_needle_question("red circle", "blue square"))])
         made = int((batch["input_ids"] == fam.image_token_id(AutoConfig.from_pretrained(folder))).sum())
         assert fam.planned_image_tokens(shape.vision, shape.token_ids, shape.image_processor, w, h) == made, (w, h)
+        # the evaluation's batch planning (from image sizes, before any pixel is decoded) counts the same prompt
+        question = single_needle_question("red circle", "blue square")
+        assert estimate_input_tokens(processor, question, [(w, h)]) == batch["input_ids"].shape[1], (w, h)

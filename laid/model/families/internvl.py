@@ -55,5 +55,7 @@ class InternVL(Family):
         return int(token_ids["image_seq_length"]) * tiles
 
     def image_tokens(self, processor, width: int, height: int) -> int:
-        tiles = processor.image_processor.get_number_of_image_patches(height, width, {})
+        # the tiles the processor's call cuts (crop_to_patches on, as planned_image_tokens), not its image
+        # processor's own default (off): else a non-square image counts one tile and batches overflow
+        tiles = processor.image_processor.get_number_of_image_patches(height, width, dict(InternVLProcessor.images_kwargs))
         return processor.image_seq_length * tiles + 2  # <img> ... </img>
