@@ -52,7 +52,7 @@ def _options_table(parser: argparse.ArgumentParser) -> list[str]:
         help_text = formatter._expand_help(action) if action.help else ""
         if action.required or not action.option_strings:
             default = "required"
-        elif action.default in (None, False, argparse.SUPPRESS) or isinstance(action, argparse._StoreTrueAction):
+        elif any(action.default is d for d in (None, False, argparse.SUPPRESS)) or isinstance(action, argparse._StoreTrueAction):  # 0 is a default
             default = ""
         else:
             default = f"`{_portable(action.default)}`"
